@@ -1,0 +1,198 @@
+//! The command line of the contract (DESIGN.md): every subcommand and its flags.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+use crate::plan;
+use crate::site;
+
+/// Exit code of `check`/`plan` for an invalid site (and of clap for bad usage).
+pub const EXIT_INVALID: u8 = 2;
+/// Exit code of a subcommand whose part is not built yet.
+pub const EXIT_NOT_BUILT: u8 = 69;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "appliance",
+    version,
+    about = "A multicast-first site appliance for a Linux router",
+    long_about = "Reads one site description (site.toml) and makes the site real: VLAN \
+                  namespaces with private dbus and avahi, mDNS reflectors, multicast \
+                  forwarding between bridges, a unicast-to-multicast translator, an \
+                  on-demand headend and monitoring over multicast."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Bring the site up and supervise it in the foreground; SIGTERM/SIGINT tear it down.
+    Up {
+        site: PathBuf,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Remove everything `up` made, also after a crash.
+    Down {
+        site: PathBuf,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Validate a site file; print every error as FILE:LINE:COL: FIELD: why. Touches nothing.
+    Check { site: PathBuf },
+    /// Print every object `up` would create.
+    Plan {
+        site: PathBuf,
+        /// Print the plan as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running site how it is: exit 0 healthy, 1 something unhealthy, 3 no site running.
+    Status {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the site as systemd units, nspawn files and /etc overlays.
+    Render {
+        site: PathBuf,
+        #[command(flatten)]
+        target: RenderTarget,
+    },
+    /// List the mDNS services seen in each VLAN namespace.
+    Services {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Unicast-to-multicast translator; a drop-in for the TreeDN translator.
+    Translate(TranslateArgs),
+    /// The on-demand headend alone.
+    Headend { site: PathBuf },
+    /// The multicast forwarder alone, from a site or an smcroute.conf.
+    Mroute(MrouteArgs),
+    /// The monitoring relay alone.
+    Monitor { site: PathBuf },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RenderTarget {
+    /// Write units/, nspawn/, overlays/ under this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write into an image root at the paths systemd reads them from.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct MrouteArgs {
+    /// A site file whose [multicast] section is served.
+    pub site: Option<PathBuf>,
+    /// An smcroute.conf (phyint, mroute, mgroup, include).
+    #[arg(long)]
+    pub smcroute_conf: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TranslateArgs {
+    /// Address to receive unicast on. Default: that of the interface holding the default route.
+    #[arg(long)]
+    pub unicast_nif_ip: Option<IpAddr>,
+    #[arg(long, default_value_t = 9001)]
+    pub unicast_port: u16,
+    /// Groups are picked at random from here.
+    #[arg(long, default_value = "232.0.0.0/8")]
+    pub multicast_addr_space: IpNet,
+    #[arg(long, default_value_t = 9002)]
+    pub multicast_port: u16,
+    /// Interface the multicast leaves by.
+    #[arg(long)]
+    pub multicast_interface: Option<String>,
+    #[arg(long, default_value_t = 32)]
+    pub ttl: u8,
+    /// A flow silent this long frees its group.
+    #[arg(long, default_value = "60s", value_parser = site::duration::parse)]
+    pub idle: std::time::Duration,
+    /// Source prefixes allowed to send (repeat); default: anyone.
+    #[arg(long)]
+    pub allow: Vec<IpNet>,
+    #[arg(long, default_value_t = 10_000)]
+    pub max_flows: u32,
+    /// Do not announce flows with SAP.
+    #[arg(long)]
+    pub no_sap: bool,
+    /// Base URL of a Multicast Menu to register flows with.
+    #[arg(long)]
+    pub menu: Option<String>,
+    /// Where the flow-to-group map survives restarts.
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check { site } => check(&site),
+        Command::Plan { site, json } => print_plan(&site, json),
+        Command::Up { .. } => not_built("up", 3),
+        Command::Down { .. } => not_built("down", 3),
+        Command::Status { .. } => not_built("status", 3),
+        Command::Services { .. } => not_built("services", 3),
+        Command::Render { .. } => not_built("render", 3),
+        Command::Mroute(_) => not_built("mroute", 4),
+        Command::Translate(_) => not_built("translate", 5),
+        Command::Monitor { .. } => not_built("monitor", 5),
+        Command::Headend { .. } => not_built("headend", 0),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match site::load(path) {
+        Ok(_) => {
+            println!("{}: valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => invalid(&errors),
+    }
+}
+
+fn print_plan(path: &std::path::Path, json: bool) -> ExitCode {
+    match site::load(path) {
+        Ok(loaded) => {
+            let p = plan::plan(&loaded.site, &loaded.path);
+            if json {
+                println!("{}", p.to_json());
+            } else {
+                print!("{p}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => invalid(&errors),
+    }
+}
+
+fn invalid(errors: &site::SiteErrors) -> ExitCode {
+    eprintln!("{errors}");
+    let n = errors.0.len();
+    eprintln!("{n} error{}", if n == 1 { "" } else { "s" });
+    ExitCode::from(EXIT_INVALID)
+}
+
+fn not_built(what: &str, issue: u32) -> ExitCode {
+    if issue > 0 {
+        eprintln!(
+            "appliance {what}: not built yet (tracked in issue #{issue}); nothing was changed"
+        );
+    } else {
+        eprintln!("appliance {what}: not built yet; nothing was changed");
+    }
+    ExitCode::from(EXIT_NOT_BUILT)
+}

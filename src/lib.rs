@@ -1,0 +1,7 @@
+//! `appliance`: turns a Linux router into a multicast-first site appliance.
+//!
+//! `site.toml` → [`site::Site`] (validated) → [`plan::Plan`] (pure data) → apply or render.
+
+pub mod cli;
+pub mod plan;
+pub mod site;

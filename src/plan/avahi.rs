@@ -1,0 +1,84 @@
+//! avahi-daemon configurations: one instance per untrusted VLAN (its own private bus, no
+//! reflection) and one per reflector (no bus, reflecting between its legs).
+
+use crate::site::reflect_filters;
+
+/// Inside the instance's private `/run`.
+pub const CONF_PATH: &str = "/run/avahi-daemon/appliance.conf";
+
+pub fn argv() -> Vec<String> {
+    [
+        "avahi-daemon",
+        "--no-drop-root",
+        "--no-chroot",
+        "-f",
+        CONF_PATH,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The avahi of one untrusted VLAN: serves only that VLAN's interface, over its private bus.
+pub fn vlan_conf(hostname: &str, interface: &str, ipv6: bool) -> String {
+    format!(
+        "# Written by appliance for {hostname}: the VLAN's own avahi, on its private bus.\n\
+         [server]\n\
+         host-name={hostname}\n\
+         use-ipv4=yes\n\
+         use-ipv6={}\n\
+         allow-interfaces={interface}\n\
+         enable-dbus=yes\n\
+         ratelimit-interval-usec=1000000\n\
+         ratelimit-burst=1000\n\
+         \n\
+         [wide-area]\n\
+         enable-wide-area=no\n\
+         \n\
+         [publish]\n\
+         publish-hinfo=no\n\
+         publish-workstation=no\n\
+         \n\
+         [reflector]\n\
+         enable-reflector=no\n",
+        yes_no(ipv6)
+    )
+}
+
+/// A reflector: one leg per VLAN, no bus, only the listed service types cross.
+pub fn reflector_conf(
+    hostname: &str,
+    interfaces: &[String],
+    services: Option<&[String]>,
+    ipv6: bool,
+) -> String {
+    let mut s = format!(
+        "# Written by appliance for {hostname}: reflects mDNS between {}.\n\
+         [server]\n\
+         host-name={hostname}\n\
+         use-ipv4=yes\n\
+         use-ipv6={}\n\
+         allow-interfaces={}\n\
+         enable-dbus=no\n\
+         \n\
+         [wide-area]\n\
+         enable-wide-area=no\n\
+         \n\
+         [publish]\n\
+         disable-publishing=yes\n\
+         \n\
+         [reflector]\n\
+         enable-reflector=yes\n\
+         reflect-ipv=no\n",
+        interfaces.join(", "),
+        yes_no(ipv6),
+        interfaces.join(","),
+    );
+    if let Some(list) = services {
+        s.push_str(&format!("reflect-filters={}\n", reflect_filters(list)));
+    }
+    s
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}

@@ -1,0 +1,161 @@
+//! nftables rules of the site, all in one table of the appliance's own so that `down`
+//! removes them as one unit and the operator's own rules are never touched.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::Serialize;
+
+use super::McRoute;
+use crate::site::Monitor;
+
+/// Where SSDP and broadcast discovery is turned into multicast.
+pub const SSDP_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 255, 250);
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Firewall {
+    /// `inet appliance-<site>`.
+    pub family: String,
+    pub table: String,
+    pub chains: Vec<Chain>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Chain {
+    pub name: String,
+    /// `type filter hook prerouting priority raw; policy accept;`
+    pub spec: String,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Rule {
+    pub rule: String,
+    pub why: String,
+}
+
+const PREROUTING: &str = "prerouting";
+const FORWARD: &str = "forward";
+
+impl Firewall {
+    pub fn new(site: &str) -> Firewall {
+        Firewall {
+            family: "inet".into(),
+            table: format!("appliance-{site}"),
+            chains: vec![
+                Chain {
+                    name: PREROUTING.into(),
+                    // Stateless: before conntrack, so senders with a fixed source port are
+                    // rewritten every time (a nat DNAT only sees a flow's first packet).
+                    spec: "type filter hook prerouting priority raw; policy accept;".into(),
+                    rules: vec![],
+                },
+                Chain {
+                    name: FORWARD.into(),
+                    spec: "type filter hook forward priority filter; policy accept;".into(),
+                    rules: vec![],
+                },
+            ],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chains.iter().all(|c| c.rules.is_empty())
+    }
+
+    fn push(&mut self, chain: &str, rule: String, why: String) {
+        let c = self
+            .chains
+            .iter_mut()
+            .find(|c| c.name == chain)
+            .expect("chain exists");
+        if !c.rules.iter().any(|r| r.rule == rule) {
+            c.rules.push(Rule { rule, why });
+        }
+    }
+
+    /// Local broadcast to the SSDP ports becomes 239.255.255.250 so it can be routed.
+    pub fn ssdp(&mut self, bridges: &[String], ports: &[u16]) {
+        let ifs = set(bridges.iter().map(|b| format!("\"{b}\"")));
+        let ports = set(ports.iter().map(u16::to_string));
+        let m = format!("iifname {ifs} fib daddr type broadcast udp dport {ports}");
+        self.push(
+            PREROUTING,
+            format!("{m} ip ttl 1 ip ttl set 2"),
+            "a TTL-1 broadcast could not cross a router: give it one more hop".into(),
+        );
+        self.push(
+            PREROUTING,
+            format!("{m} notrack ip daddr set {SSDP_GROUP}"),
+            "SSDP broadcast becomes multicast, to be forwarded like any group".into(),
+        );
+    }
+
+    /// Let routed multicast through a default-drop forward policy.
+    pub fn forward(&mut self, r: &McRoute) {
+        let fam = family(r.group.0.addr());
+        let src = r
+            .source
+            .map(|s| format!(" {fam} saddr {s}"))
+            .unwrap_or_default();
+        let outs = set(r.to.iter().map(|t| format!("\"{t}\"")));
+        self.push(
+            FORWARD,
+            format!(
+                "iifname \"{}\" oifname {outs}{src} {fam} daddr {} accept",
+                r.from, r.group
+            ),
+            format!("{} forwards it", r.origin),
+        );
+    }
+
+    /// Hand a monitor's datagrams to the local daemon's address and port, statelessly.
+    pub fn deliver(&mut self, m: &Monitor) {
+        let fam = family(m.group);
+        let mut rule = format!(
+            "iifname \"{}\" {fam} daddr {} udp dport {} notrack",
+            m.interface, m.group, m.port
+        );
+        if !m.deliver.ip().is_unspecified() {
+            rule.push_str(&format!(" {fam} daddr set {}", m.deliver.ip()));
+        }
+        if m.deliver.port() != m.port {
+            rule.push_str(&format!(" udp dport set {}", m.deliver.port()));
+        }
+        self.push(
+            PREROUTING,
+            rule,
+            format!("monitor {} delivers to {}", m.name, m.deliver),
+        );
+    }
+
+    /// The whole table as one `nft -f` transaction that replaces any previous version.
+    pub fn ruleset(&self) -> String {
+        let t = format!("{} {}", self.family, self.table);
+        let mut s = format!(
+            "# Written by appliance. Replaces the whole table atomically.\ntable {t}\ndelete table {t}\ntable {t} {{\n"
+        );
+        for c in &self.chains {
+            s.push_str(&format!("\tchain {} {{\n\t\t{}\n", c.name, c.spec));
+            for r in &c.rules {
+                s.push_str(&format!("\t\t# {}\n\t\t{}\n", r.why, r.rule));
+            }
+            s.push_str("\t}\n");
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+fn family(a: IpAddr) -> &'static str {
+    if a.is_ipv4() { "ip" } else { "ip6" }
+}
+
+/// nft syntax: a lone value, or `{ a, b }`.
+fn set(items: impl Iterator<Item = String>) -> String {
+    let v: Vec<String> = items.collect();
+    if v.len() == 1 {
+        v.into_iter().next().unwrap_or_default()
+    } else {
+        format!("{{ {} }}", v.join(", "))
+    }
+}

@@ -1,0 +1,833 @@
+//! The plan: every object `up` will create, as plain data. A pure function of the
+//! validated site: no I/O, the same site gives the same plan byte for byte.
+
+pub mod avahi;
+pub mod firewall;
+pub mod groups;
+pub mod mac;
+pub mod names;
+mod text;
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+pub use mac::Mac;
+
+use crate::site::{Address4, GroupSpec, MacPolicy, Site, Trust};
+
+/// The UDP ports of the on-demand headend (DESIGN.md).
+pub const RTP_PORT: u16 = 5004;
+pub const RTCP_PORT: u16 = 5005;
+pub const SAP_PORT: u16 = 9875;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Plan {
+    pub site: String,
+    pub site_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub bridges: Vec<Bridge>,
+    pub namespaces: Vec<Namespace>,
+    pub veths: Vec<VethPair>,
+    pub children: Vec<Child>,
+    pub sysctls: Vec<Sysctl>,
+    pub multicast: MulticastPlan,
+    pub firewall: firewall::Firewall,
+    pub headend: Option<HeadendPlan>,
+    pub translator: Option<TranslatorPlan>,
+    pub monitors: Vec<MonitorPlan>,
+}
+
+/// An interface the site names. With `create_bridges`, a missing one is made as a bridge.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Bridge {
+    pub name: String,
+    pub create_if_missing: bool,
+    /// `multicast_snooping` to set, if the site asks.
+    pub snooping: Option<bool>,
+    /// Which parts of the site name it, for messages.
+    pub used_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceKind {
+    Vlan,
+    Reflector,
+}
+
+/// A network namespace with a private mount namespace of its own.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Namespace {
+    pub name: String,
+    pub kind: NamespaceKind,
+    /// The VLAN or reflector it serves.
+    pub owner: String,
+    /// Bind mount that keeps it alive and lets `ip netns exec` find it.
+    pub pin: PathBuf,
+    /// Where the private mount namespace is pinned (under the state dir).
+    pub mount_pin: PathBuf,
+    /// UTS host name, also avahi's `host-name`.
+    pub hostname: String,
+    pub mounts: Vec<Mount>,
+    /// Files written inside the private mounts.
+    pub files: Vec<FileSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Mount {
+    /// A fresh tmpfs, then these directories made in it.
+    Tmpfs {
+        target: String,
+        options: String,
+        dirs: Vec<String>,
+    },
+    /// A file or directory of the private mounts bound over a host path.
+    Bind { source: String, target: String },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileSpec {
+    pub path: String,
+    pub mode: u32,
+    pub contents: String,
+}
+
+/// MAC of a namespace-side veth end: fixed now, or known only once the namespace exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacSpec {
+    Fixed(Mac),
+    /// `fe:ff:` + (netns inode XOR 0xf0000000), resolved by `up`.
+    NetnsInode,
+}
+
+impl Serialize for MacSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MacSpec::Fixed(m) => m.serialize(s),
+            MacSpec::NetnsInode => s.serialize_str("fe:ff:<netns inode ^ 0xf0000000>"),
+        }
+    }
+}
+
+impl std::fmt::Display for MacSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MacSpec::Fixed(m) => write!(f, "{m}"),
+            MacSpec::NetnsInode => f.write_str("fe:ff:<netns inode ^ 0xf0000000>"),
+        }
+    }
+}
+
+/// One veth pair: the host end joins `bridge`, the peer lives in `netns`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VethPair {
+    pub host: String,
+    pub host_mac: Mac,
+    pub bridge: String,
+    pub netns: String,
+    pub peer: String,
+    pub peer_mac: MacSpec,
+    pub addresses: Vec<IpNet>,
+    pub dhcp: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Program {
+    /// This same binary in another role (argv[0] is replaced by the running executable).
+    #[serde(rename = "self")]
+    SelfExe,
+    External,
+}
+
+/// A process the supervisor runs and restarts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Child {
+    pub name: String,
+    pub program: Program,
+    pub argv: Vec<String>,
+    /// Network namespace to run in (with its private mounts); None = the host's.
+    pub netns: Option<String>,
+    /// Capabilities it keeps; every other one is dropped before exec.
+    pub caps: Vec<String>,
+    /// Children that must be running before this one starts, and that restart it when they do.
+    pub after: Vec<String>,
+    pub restart: RestartPolicy,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Health {
+    /// Alive is healthy.
+    Running,
+    /// `org.freedesktop.Avahi.Server.GetState` over this bus socket (inside the namespace) = 2.
+    AvahiBus { bus: String },
+}
+
+/// Restart with exponential backoff; never a hot loop.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RestartPolicy {
+    #[serde(with = "crate::site::duration")]
+    pub first_delay: Duration,
+    #[serde(with = "crate::site::duration")]
+    pub max_delay: Duration,
+    /// Running this long resets the backoff.
+    #[serde(with = "crate::site::duration")]
+    pub stable_after: Duration,
+    /// This many restarts within `stable_after` is reported as a crash loop.
+    pub crash_loop_restarts: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            first_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(30),
+            stable_after: Duration::from_secs(60),
+            crash_loop_restarts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Sysctl {
+    pub key: String,
+    pub value: String,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MulticastPlan {
+    pub table: Option<u32>,
+    #[serde(with = "crate::site::duration")]
+    pub expire: Duration,
+    /// Interfaces that become VIFs (IPv4) and MIFs (IPv6), in this order.
+    pub vifs: Vec<String>,
+    pub mifs: Vec<String>,
+    pub routes: Vec<McRoute>,
+    pub joins: Vec<McJoin>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// (S,G): installed at start.
+    Static,
+    /// (*,G) or a group prefix: resolved on the kernel's NOCACHE upcall.
+    Template,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct McRoute {
+    pub origin: String,
+    pub kind: RouteKind,
+    pub from: String,
+    pub source: Option<IpAddr>,
+    pub group: GroupSpec,
+    pub to: Vec<String>,
+    pub ttl_threshold: u8,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct McJoin {
+    pub origin: String,
+    pub on: String,
+    pub group: IpAddr,
+    pub source: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HeadendPlan {
+    pub interfaces: Vec<String>,
+    pub services: Vec<ServiceGroup>,
+}
+
+/// A headend service and the RFC 3306 group its receivers join.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServiceGroup {
+    pub number: u32,
+    pub name: String,
+    pub group: Ipv6Addr,
+    pub rtp_port: u16,
+    pub rtcp_port: u16,
+    pub sap_port: u16,
+    pub source: ServiceSource,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceSource {
+    Command(Vec<String>),
+    Url(String),
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TranslatorPlan {
+    pub unicast: SocketAddr,
+    pub space: IpNet,
+    pub port: u16,
+    pub interface: Option<String>,
+    pub ttl: u8,
+    #[serde(with = "crate::site::duration")]
+    pub idle: Duration,
+    pub state_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MonitorPlan {
+    pub name: String,
+    pub interface: String,
+    pub group: IpAddr,
+    pub port: u16,
+    pub deliver: SocketAddr,
+    /// Joining is enough when the daemon listens on the wildcard address and the same port;
+    /// otherwise a stateless rewrite hands the datagrams on.
+    pub rewrite: bool,
+}
+
+/// Builds the plan of a validated site read from `site_file`.
+pub fn plan(site: &Site, site_file: &Path) -> Plan {
+    let name = site.site.name.clone();
+    let state_dir = site
+        .site
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/run/appliance/{name}")));
+    let mut b = Builder {
+        site,
+        plan: Plan {
+            site: name.clone(),
+            site_file: site_file.to_path_buf(),
+            control_socket: state_dir.join("control.sock"),
+            state_dir,
+            bridges: Vec::new(),
+            namespaces: Vec::new(),
+            veths: Vec::new(),
+            children: Vec::new(),
+            sysctls: Vec::new(),
+            multicast: MulticastPlan {
+                table: site.multicast.as_ref().and_then(|m| m.table),
+                expire: site
+                    .multicast
+                    .as_ref()
+                    .map_or(Duration::from_secs(300), |m| m.expire),
+                vifs: Vec::new(),
+                mifs: Vec::new(),
+                routes: Vec::new(),
+                joins: Vec::new(),
+            },
+            firewall: firewall::Firewall::new(&name),
+            headend: None,
+            translator: None,
+            monitors: Vec::new(),
+        },
+    };
+    b.vlans();
+    b.reflectors();
+    b.multicast();
+    b.translator();
+    b.headend();
+    b.monitors();
+    b.finish_interfaces();
+    b.plan
+}
+
+struct Builder<'a> {
+    site: &'a Site,
+    plan: Plan,
+}
+
+impl Builder<'_> {
+    fn site_name(&self) -> &str {
+        &self.site.site.name
+    }
+
+    /// Record that a part of the site names an interface.
+    fn uses(&mut self, iface: &str, by: String) {
+        let create = self.site.site.create_bridges;
+        match self.plan.bridges.iter_mut().find(|b| b.name == iface) {
+            Some(b) => {
+                if !b.used_by.contains(&by) {
+                    b.used_by.push(by);
+                }
+            }
+            None => self.plan.bridges.push(Bridge {
+                name: iface.to_string(),
+                create_if_missing: create,
+                snooping: None,
+                used_by: vec![by],
+            }),
+        }
+    }
+
+    fn vlans(&mut self) {
+        let site = self.site;
+        let s = self.site_name().to_string();
+        for v in &site.vlan {
+            self.uses(&v.bridge, format!("vlan {}", v.name));
+            if v.trust == Trust::Trusted {
+                continue;
+            }
+            let netns = names::vlan_netns(&s, &v.name);
+            let dhcp = v.address == Some(Address4::Dhcp);
+            let hostname = dns_label(&netns);
+            let mut mounts = vec![Mount::Tmpfs {
+                target: "/run".into(),
+                options: "mode=0755,size=16m".into(),
+                dirs: vec!["/run/dbus".into(), "/run/avahi-daemon".into()],
+            }];
+            if dhcp {
+                mounts.push(Mount::Tmpfs {
+                    target: "/var/lib/dhcp".into(),
+                    options: "mode=0755,size=1m".into(),
+                    dirs: vec![],
+                });
+                mounts.push(Mount::Bind {
+                    source: "/run/resolv.conf".into(),
+                    target: "/etc/resolv.conf".into(),
+                });
+            }
+            let mut files = vec![FileSpec {
+                path: avahi::CONF_PATH.into(),
+                mode: 0o644,
+                contents: avahi::vlan_conf(&hostname, &v.name, v.address6.is_some()),
+            }];
+            if dhcp {
+                files.push(FileSpec {
+                    path: "/run/resolv.conf".into(),
+                    mode: 0o644,
+                    contents: String::new(),
+                });
+            }
+            self.plan.namespaces.push(Namespace {
+                pin: names::netns_pin(&netns).into(),
+                mount_pin: self.plan.state_dir.join("mnt").join(&netns),
+                name: netns.clone(),
+                kind: NamespaceKind::Vlan,
+                owner: v.name.clone(),
+                hostname,
+                mounts,
+                files,
+            });
+            let mut addresses = Vec::new();
+            if let Some(Address4::Static(a)) = v.address {
+                addresses.push(a);
+            }
+            addresses.extend(v.address6);
+            self.plan.veths.push(VethPair {
+                host: names::vlan_veth_host(&s, &v.name),
+                host_mac: Mac::stable(&s, &v.name, "vlan-host"),
+                bridge: v.bridge.clone(),
+                netns: netns.clone(),
+                peer: v.name.clone(),
+                peer_mac: match v.mac {
+                    MacPolicy::Stable => MacSpec::Fixed(Mac::stable(&s, &v.name, "vlan")),
+                    MacPolicy::Netns => MacSpec::NetnsInode,
+                    MacPolicy::Literal(m) => MacSpec::Fixed(m),
+                },
+                addresses,
+                dhcp,
+            });
+            let dbus = format!("dbus@{}", v.name);
+            self.plan.children.push(dbus_child(&dbus, &netns));
+            self.plan.children.push(Child {
+                name: format!("avahi@{}", v.name),
+                program: Program::External,
+                argv: avahi::argv(),
+                netns: Some(netns.clone()),
+                caps: vec![],
+                after: vec![dbus],
+                restart: RestartPolicy::default(),
+                health: Health::AvahiBus {
+                    bus: DBUS_SOCKET.into(),
+                },
+            });
+            if dhcp {
+                self.plan.children.push(Child {
+                    name: format!("dhcp@{}", v.name),
+                    program: Program::External,
+                    argv: [
+                        "dhclient",
+                        "-d",
+                        "-4",
+                        "-pf",
+                        "/run/dhclient.pid",
+                        "-lf",
+                        "/var/lib/dhcp/dhclient.leases",
+                        &v.name,
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    netns: Some(netns),
+                    caps: caps(&["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]),
+                    after: vec![],
+                    restart: RestartPolicy::default(),
+                    health: Health::Running,
+                });
+            }
+        }
+    }
+
+    fn reflectors(&mut self) {
+        let site = self.site;
+        let s = self.site_name().to_string();
+        for r in &site.reflector {
+            let netns = names::reflector_netns(&s, &r.name);
+            let hostname = dns_label(&netns);
+            let role = format!("reflector-{}", r.name);
+            for vname in &r.vlans {
+                let Some(v) = site.vlan.iter().find(|v| &v.name == vname) else {
+                    continue;
+                };
+                self.uses(&v.bridge, format!("reflector {}", r.name));
+                self.plan.veths.push(VethPair {
+                    host: names::reflector_veth_host(&s, &r.name, vname),
+                    host_mac: Mac::stable(&s, vname, &format!("{role}-host")),
+                    bridge: v.bridge.clone(),
+                    netns: netns.clone(),
+                    peer: vname.clone(),
+                    peer_mac: MacSpec::Fixed(Mac::stable(&s, vname, &role)),
+                    addresses: r.addresses.get(vname).copied().into_iter().collect(),
+                    dhcp: false,
+                });
+            }
+            let has_v6 = r.addresses.values().any(|a| a.addr().is_ipv6());
+            self.plan.namespaces.push(Namespace {
+                pin: names::netns_pin(&netns).into(),
+                mount_pin: self.plan.state_dir.join("mnt").join(&netns),
+                name: netns.clone(),
+                kind: NamespaceKind::Reflector,
+                owner: r.name.clone(),
+                mounts: vec![Mount::Tmpfs {
+                    target: "/run".into(),
+                    options: "mode=0755,size=16m".into(),
+                    dirs: vec!["/run/avahi-daemon".into()],
+                }],
+                files: vec![FileSpec {
+                    path: avahi::CONF_PATH.into(),
+                    mode: 0o644,
+                    contents: avahi::reflector_conf(
+                        &hostname,
+                        &r.vlans,
+                        r.services.as_deref(),
+                        has_v6,
+                    ),
+                }],
+                hostname,
+            });
+            self.plan.children.push(Child {
+                name: format!("reflector@{}", r.name),
+                program: Program::External,
+                argv: avahi::argv(),
+                netns: Some(netns),
+                caps: vec![],
+                after: vec![],
+                restart: RestartPolicy::default(),
+                health: Health::Running,
+            });
+        }
+    }
+
+    fn multicast(&mut self) {
+        let Some(m) = &self.site.multicast else {
+            return;
+        };
+        for (i, r) in m.route.iter().enumerate() {
+            let origin = format!("multicast.route[{i}]");
+            let kind = if r.source.is_some() && r.group.is_single() {
+                RouteKind::Static
+            } else {
+                RouteKind::Template
+            };
+            self.add_route(McRoute {
+                origin,
+                kind,
+                from: r.from.clone(),
+                source: r.source,
+                group: r.group,
+                to: r.to.clone(),
+                ttl_threshold: r.ttl_threshold,
+            });
+        }
+        for (i, j) in m.join.iter().enumerate() {
+            let origin = format!("multicast.join[{i}]");
+            self.uses(&j.on, origin.clone());
+            self.plan.multicast.joins.push(McJoin {
+                origin,
+                on: j.on.clone(),
+                group: j.group,
+                source: j.source,
+            });
+        }
+        if let Some(ssdp) = &m.ssdp {
+            let group: GroupSpec = GroupSpec(IpNet::from(IpAddr::from(firewall::SSDP_GROUP)));
+            for from in &ssdp.bridges {
+                let to: Vec<String> = ssdp
+                    .bridges
+                    .iter()
+                    .filter(|b| *b != from)
+                    .cloned()
+                    .collect();
+                self.add_route(McRoute {
+                    origin: "multicast.ssdp".into(),
+                    kind: RouteKind::Template,
+                    from: from.clone(),
+                    source: None,
+                    group,
+                    to,
+                    ttl_threshold: 1,
+                });
+            }
+            self.plan.firewall.ssdp(&ssdp.bridges, &ssdp.ports);
+        }
+        if let Some(snoop) = m.snooping {
+            let named: Vec<String> = self
+                .plan
+                .multicast
+                .routes
+                .iter()
+                .flat_map(|r| std::iter::once(r.from.clone()).chain(r.to.iter().cloned()))
+                .chain(self.plan.multicast.joins.iter().map(|j| j.on.clone()))
+                .collect();
+            for b in self.plan.bridges.iter_mut() {
+                if named.contains(&b.name) {
+                    b.snooping = Some(snoop);
+                }
+            }
+        }
+        if !self.plan.multicast.routes.is_empty() || !self.plan.multicast.joins.is_empty() {
+            let argv = vec![
+                "appliance".to_string(),
+                "mroute".into(),
+                self.plan.site_file.display().to_string(),
+            ];
+            self.plan.children.push(self_child(
+                "mroute",
+                argv,
+                &["CAP_NET_ADMIN", "CAP_NET_RAW"],
+            ));
+        }
+    }
+
+    fn add_route(&mut self, r: McRoute) {
+        self.uses(&r.from, r.origin.clone());
+        for t in &r.to {
+            self.uses(t, r.origin.clone());
+        }
+        let list = if r.group.0.addr().is_ipv4() {
+            &mut self.plan.multicast.vifs
+        } else {
+            &mut self.plan.multicast.mifs
+        };
+        for i in std::iter::once(&r.from).chain(&r.to) {
+            if !list.contains(i) {
+                list.push(i.clone());
+            }
+        }
+        self.plan.firewall.forward(&r);
+        self.plan.multicast.routes.push(r);
+    }
+
+    fn translator(&mut self) {
+        let Some(t) = &self.site.translator else {
+            return;
+        };
+        if let Some(i) = &t.interface {
+            self.uses(i, "translator".into());
+        }
+        let state_file = self.plan.state_dir.join("translator-flows.json");
+        let mut argv: Vec<String> = vec![
+            "appliance".into(),
+            "translate".into(),
+            "--unicast-nif-ip".into(),
+            t.unicast.ip().to_string(),
+            "--unicast-port".into(),
+            t.unicast.port().to_string(),
+            "--multicast-addr-space".into(),
+            t.space.trunc().to_string(),
+            "--multicast-port".into(),
+            t.port.to_string(),
+            "--ttl".into(),
+            t.ttl.to_string(),
+            "--idle".into(),
+            humantime::format_duration(t.idle).to_string(),
+            "--max-flows".into(),
+            t.max_flows.to_string(),
+            "--state-file".into(),
+            state_file.display().to_string(),
+        ];
+        if let Some(i) = &t.interface {
+            argv.extend(["--multicast-interface".into(), i.clone()]);
+        }
+        for net in t.allow.iter().flatten() {
+            argv.extend(["--allow".into(), net.to_string()]);
+        }
+        if !t.sap {
+            argv.push("--no-sap".into());
+        }
+        if let Some(url) = &t.menu {
+            argv.extend(["--menu".into(), url.clone()]);
+        }
+        let caps_kept: &[&str] = if t.unicast.port() < 1024 {
+            &["CAP_NET_BIND_SERVICE"]
+        } else {
+            &[]
+        };
+        self.plan
+            .children
+            .push(self_child("translate", argv, caps_kept));
+        self.plan.translator = Some(TranslatorPlan {
+            unicast: t.unicast,
+            space: t.space.trunc(),
+            port: t.port,
+            interface: t.interface.clone(),
+            ttl: t.ttl,
+            idle: t.idle,
+            state_file,
+        });
+    }
+
+    fn headend(&mut self) {
+        let Some(h) = &self.site.headend else {
+            return;
+        };
+        for i in &h.interfaces {
+            self.uses(i, "headend".into());
+        }
+        let services = h
+            .service
+            .iter()
+            .map(|s| ServiceGroup {
+                number: s.number,
+                name: s.name.clone(),
+                group: groups::service_group(h.prefix, s.number),
+                rtp_port: RTP_PORT,
+                rtcp_port: RTCP_PORT,
+                sap_port: SAP_PORT,
+                source: match (&s.command, &s.url) {
+                    (Some(cmd), _) => {
+                        ServiceSource::Command(shell_words::split(cmd).unwrap_or_default())
+                    }
+                    (None, Some(url)) => ServiceSource::Url(url.clone()),
+                    (None, None) => ServiceSource::Command(Vec::new()),
+                },
+            })
+            .collect();
+        self.plan.headend = Some(HeadendPlan {
+            interfaces: h.interfaces.clone(),
+            services,
+        });
+        let argv = vec![
+            "appliance".into(),
+            "headend".into(),
+            self.plan.site_file.display().to_string(),
+        ];
+        self.plan.children.push(self_child(
+            "headend",
+            argv,
+            &["CAP_NET_ADMIN", "CAP_NET_RAW"],
+        ));
+    }
+
+    fn monitors(&mut self) {
+        let site = self.site;
+        for m in &site.monitor {
+            self.uses(&m.interface, format!("monitor {}", m.name));
+            let rewrite = !(m.deliver.ip().is_unspecified() && m.deliver.port() == m.port);
+            if rewrite {
+                self.plan.firewall.deliver(m);
+                if m.deliver.ip().is_loopback() && m.deliver.is_ipv4() {
+                    let s = Sysctl {
+                        key: format!("net.ipv4.conf.{}.route_localnet", m.interface),
+                        value: "1".into(),
+                        why: format!("monitor {} delivers to {}", m.name, m.deliver),
+                    };
+                    if !self.plan.sysctls.iter().any(|x| x.key == s.key) {
+                        self.plan.sysctls.push(s);
+                    }
+                }
+            }
+            self.plan.monitors.push(MonitorPlan {
+                name: m.name.clone(),
+                interface: m.interface.clone(),
+                group: m.group,
+                port: m.port,
+                deliver: m.deliver,
+                rewrite,
+            });
+        }
+        if !site.monitor.is_empty() {
+            let argv = vec![
+                "appliance".into(),
+                "monitor".into(),
+                self.plan.site_file.display().to_string(),
+            ];
+            self.plan.children.push(self_child("monitor", argv, &[]));
+        }
+    }
+
+    fn finish_interfaces(&mut self) {
+        self.plan.sysctls.sort();
+    }
+}
+
+/// Where the private bus listens inside a VLAN namespace's mounts.
+pub const DBUS_SOCKET: &str = "/run/dbus/system_bus_socket";
+
+fn dbus_child(name: &str, netns: &str) -> Child {
+    Child {
+        name: name.to_string(),
+        program: Program::External,
+        argv: [
+            "dbus-daemon",
+            "--system",
+            &format!("--address=unix:path={DBUS_SOCKET}"),
+            "--nofork",
+            "--nopidfile",
+        ]
+        .map(String::from)
+        .to_vec(),
+        netns: Some(netns.to_string()),
+        // It switches to the messagebus user after binding its socket.
+        caps: caps(&["CAP_SETGID", "CAP_SETUID"]),
+        after: vec![],
+        restart: RestartPolicy::default(),
+        health: Health::Running,
+    }
+}
+
+fn self_child(role: &str, argv: Vec<String>, kept: &[&str]) -> Child {
+    Child {
+        name: role.to_string(),
+        program: Program::SelfExe,
+        argv,
+        netns: None,
+        caps: caps(kept),
+        after: vec![],
+        restart: RestartPolicy::default(),
+        health: Health::Running,
+    }
+}
+
+fn caps(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// A DNS label for avahi's host-name: '_' is not allowed there.
+fn dns_label(s: &str) -> String {
+    s.replace('_', "-")
+}
+
+impl Plan {
+    /// The plan as JSON for scripts.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plan serializes")
+    }
+}

@@ -1,0 +1,363 @@
+//! The serde types of `site.toml`: exactly the keys of the contract in DESIGN.md,
+//! plus a few optional ones an operator needs. Unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv6Net};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub site: SiteSection,
+    #[serde(default)]
+    pub vlan: Vec<Vlan>,
+    #[serde(default)]
+    pub reflector: Vec<Reflector>,
+    #[serde(default)]
+    pub multicast: Option<Multicast>,
+    #[serde(default)]
+    pub translator: Option<Translator>,
+    #[serde(default)]
+    pub headend: Option<Headend>,
+    #[serde(default)]
+    pub monitor: Vec<Monitor>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    /// Short: it goes into namespace and interface names.
+    pub name: String,
+    /// Defaults to `/run/appliance/<name>`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Make missing bridges (a lab); on a router they must exist already.
+    #[serde(default)]
+    pub create_bridges: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Trust {
+    Trusted,
+    /// The safe default: a VLAN nobody marked trusted gets isolated.
+    #[default]
+    Untrusted,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Vlan {
+    pub name: String,
+    pub bridge: String,
+    #[serde(default)]
+    pub trust: Trust,
+    #[serde(default)]
+    pub address: Option<Address4>,
+    #[serde(default)]
+    pub address6: Option<IpNet>,
+    #[serde(default)]
+    pub mac: MacPolicy,
+}
+
+/// The IPv4 side of a VLAN namespace: a static address or a DHCP lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Address4 {
+    Static(IpNet),
+    Dhcp,
+}
+
+impl FromStr for Address4 {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "dhcp" {
+            return Ok(Address4::Dhcp);
+        }
+        s.parse::<IpNet>().map(Address4::Static).map_err(|_| {
+            format!("{s:?} is neither \"dhcp\" nor an address with prefix like \"10.20.2.2/24\"")
+        })
+    }
+}
+
+impl fmt::Display for Address4 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address4::Static(n) => write!(f, "{n}"),
+            Address4::Dhcp => f.write_str("dhcp"),
+        }
+    }
+}
+
+/// How the MAC of a VLAN namespace's veth is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MacPolicy {
+    /// Locally administered unicast, hashed from (site, vlan, role): survives re-creation.
+    #[default]
+    Stable,
+    /// The field notes' scheme: `fe:ff:` + 4 bytes of the netns inode XOR 0xf0000000.
+    Netns,
+    /// Taken as given.
+    Literal(crate::plan::Mac),
+}
+
+impl FromStr for MacPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stable" => Ok(MacPolicy::Stable),
+            "netns" => Ok(MacPolicy::Netns),
+            _ => s.parse().map(MacPolicy::Literal).map_err(|e| {
+                format!("{e}; expected \"stable\", \"netns\" or a MAC like \"02:00:5e:10:00:01\"")
+            }),
+        }
+    }
+}
+
+impl fmt::Display for MacPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MacPolicy::Stable => f.write_str("stable"),
+            MacPolicy::Netns => f.write_str("netns"),
+            MacPolicy::Literal(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Reflector {
+    pub name: String,
+    pub vlans: Vec<String>,
+    /// Only these service types cross; absent = all.
+    #[serde(default)]
+    pub services: Option<Vec<String>>,
+    /// Address of the reflector's leg in each VLAN (optional, per VLAN).
+    #[serde(default)]
+    pub addresses: BTreeMap<String, IpNet>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Multicast {
+    /// Set `multicast_snooping` on every bridge the multicast section names.
+    #[serde(default)]
+    pub snooping: Option<bool>,
+    /// Kernel multicast routing table (MRT_TABLE); absent = the default table.
+    #[serde(default)]
+    pub table: Option<u32>,
+    /// Learned (*,G) entries idle this long are removed.
+    #[serde(default = "default_route_expiry", with = "duration")]
+    pub expire: Duration,
+    #[serde(default)]
+    pub route: Vec<Route>,
+    #[serde(default)]
+    pub join: Vec<Join>,
+    #[serde(default)]
+    pub ssdp: Option<Ssdp>,
+}
+
+fn default_route_expiry() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub from: String,
+    /// Absent: (*,G), learnt on demand.
+    #[serde(default)]
+    pub source: Option<IpAddr>,
+    /// A group or a prefix of groups.
+    pub group: GroupSpec,
+    pub to: Vec<String>,
+    /// Packets need a TTL above this to leave (smcroute's default: 1, i.e. TTL >= 2).
+    #[serde(default = "default_ttl_threshold")]
+    pub ttl_threshold: u8,
+}
+
+fn default_ttl_threshold() -> u8 {
+    1
+}
+
+/// A group address or a prefix of groups, written `"239.1.2.3"` or `"239.1.0.0/16"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupSpec(pub IpNet);
+
+impl GroupSpec {
+    pub fn is_single(&self) -> bool {
+        self.0.prefix_len() == self.0.max_prefix_len()
+    }
+}
+
+impl FromStr for GroupSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(a) = s.parse::<IpAddr>() {
+            return Ok(GroupSpec(IpNet::from(a)));
+        }
+        s.parse::<IpNet>()
+            .map(|n| GroupSpec(n.trunc()))
+            .map_err(|_| format!("{s:?} is not a group address or prefix like \"239.1.0.0/16\""))
+    }
+}
+
+impl fmt::Display for GroupSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_single() {
+            write!(f, "{}", self.0.addr())
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    pub on: String,
+    pub group: IpAddr,
+    /// Source-specific join when given.
+    #[serde(default)]
+    pub source: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ssdp {
+    pub bridges: Vec<String>,
+    #[serde(default = "default_ssdp_ports")]
+    pub ports: Vec<u16>,
+}
+
+fn default_ssdp_ports() -> Vec<u16> {
+    vec![1900]
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Translator {
+    /// Address and port unicast sources send to.
+    pub unicast: SocketAddr,
+    #[serde(default = "default_space")]
+    pub space: IpNet,
+    #[serde(default = "default_mcast_port")]
+    pub port: u16,
+    /// Where the multicast leaves.
+    #[serde(default)]
+    pub interface: Option<String>,
+    #[serde(default = "default_translator_ttl")]
+    pub ttl: u8,
+    #[serde(default = "default_idle", with = "duration")]
+    pub idle: Duration,
+    /// Source prefixes allowed to send; absent = anyone.
+    #[serde(default)]
+    pub allow: Option<Vec<IpNet>>,
+    #[serde(default = "default_max_flows")]
+    pub max_flows: u32,
+    /// Announce every flow with SAP.
+    #[serde(default = "default_true")]
+    pub sap: bool,
+    /// Base URL of a Multicast Menu to register flows with.
+    #[serde(default)]
+    pub menu: Option<String>,
+}
+
+fn default_space() -> IpNet {
+    "232.0.0.0/8".parse().expect("literal")
+}
+fn default_mcast_port() -> u16 {
+    9002
+}
+fn default_translator_ttl() -> u8 {
+    32
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_flows() -> u32 {
+    10_000
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Headend {
+    /// Where receivers' MLD/IGMP joins are heard.
+    pub interfaces: Vec<String>,
+    /// RFC 3306 groups ff3e:PL:<prefix>:<0x80000000|number>.
+    pub prefix: Ipv6Net,
+    #[serde(default)]
+    pub service: Vec<Service>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// 31-bit service number.
+    pub number: u32,
+    pub name: String,
+    /// A source command; `{rtp}` becomes the RTP URL it must send to.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// An internet-radio URL, resolved by the headend's HTTP handler.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Monitor {
+    pub name: String,
+    pub interface: String,
+    pub group: IpAddr,
+    pub port: u16,
+    /// The local daemon's address and port.
+    pub deliver: SocketAddr,
+}
+
+/// Strings parsed with `FromStr`, so the error text is ours and names what is valid.
+macro_rules! serde_via_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serde_via_str!(Address4, MacPolicy, GroupSpec);
+
+/// Durations written like `"60s"`, `"250ms"`, `"5m"`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration like \"60s\", \"250ms\" or \"5m\" ({e})"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*v))
+    }
+}

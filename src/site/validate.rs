@@ -1,0 +1,841 @@
+//! Checks a parsed site for everything serde cannot see: names, references between
+//! sections, address ranges, kernel limits. Collects every problem; touches nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use super::model::*;
+use crate::plan::names::{self, SITE_NAME_MAX, check_ifname, check_object_name};
+
+/// One problem: the field's path and what is wrong, saying what would be valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+/// The kernel has this many multicast VIFs (MAXVIFS) and MIFs (MAXMIFS).
+pub const MAX_VIFS: usize = 32;
+/// RFC 3306 group ids carry a 31-bit service number.
+pub const MAX_SERVICE_NUMBER: u32 = 0x7fff_ffff;
+/// avahi's reflector misbehaves with longer filter lists (field notes).
+pub const MAX_REFLECT_FILTERS_LEN: usize = 255;
+
+struct Check {
+    problems: Vec<Problem>,
+}
+
+impl Check {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn result(&mut self, path: impl Into<String>, r: Result<(), String>) {
+        if let Err(m) = r {
+            self.err(path, m);
+        }
+    }
+}
+
+pub fn validate(site: &Site) -> Vec<Problem> {
+    let mut c = Check {
+        problems: Vec::new(),
+    };
+    check_site(&mut c, site);
+    check_vlans(&mut c, site);
+    check_reflectors(&mut c, site);
+    if let Some(m) = &site.multicast {
+        check_multicast(&mut c, m);
+    }
+    if let Some(t) = &site.translator {
+        check_translator(&mut c, t);
+    }
+    if let Some(h) = &site.headend {
+        check_headend(&mut c, h);
+    }
+    check_monitors(&mut c, &site.monitor);
+    check_derived_names(&mut c, site);
+    c.problems
+}
+
+fn check_site(c: &mut Check, site: &Site) {
+    let name = &site.site.name;
+    c.result("site.name", check_object_name(name));
+    if name.len() > SITE_NAME_MAX {
+        c.err(
+            "site.name",
+            format!(
+                "{name:?} is {} bytes; at most {SITE_NAME_MAX}, because it prefixes derived \
+                 interface names of at most 15 bytes (like {:?})",
+                name.len(),
+                format!("{name}-iot")
+            ),
+        );
+    }
+    if let Some(dir) = &site.site.state_dir
+        && !dir.is_absolute()
+    {
+        c.err(
+            "site.state_dir",
+            format!("{:?} is relative; give an absolute path", dir.display()),
+        );
+    }
+}
+
+fn check_vlans(c: &mut Check, site: &Site) {
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut bridges: BTreeMap<&str, &str> = BTreeMap::new();
+    for (i, v) in site.vlan.iter().enumerate() {
+        let p = format!("vlan[{i}]");
+        c.result(format!("{p}.name"), check_object_name(&v.name));
+        if v.name.len() > names::IFNAME_MAX {
+            c.err(
+                format!("{p}.name"),
+                format!(
+                    "{:?} is {} bytes; at most {} since it names the VLAN's interface inside its namespace",
+                    v.name,
+                    v.name.len(),
+                    names::IFNAME_MAX
+                ),
+            );
+        }
+        if let Some(first) = names.insert(&v.name, i) {
+            c.err(
+                format!("{p}.name"),
+                format!(
+                    "{:?} is the name of vlan[{first}] too; VLAN names must differ",
+                    v.name
+                ),
+            );
+            names.insert(&v.name, first);
+        }
+        c.result(format!("{p}.bridge"), check_ifname(&v.bridge));
+        if let Some(other) = bridges.get(v.bridge.as_str()) {
+            c.err(
+                format!("{p}.bridge"),
+                format!("{:?} is used by vlan {other:?} too", v.bridge),
+            );
+        } else {
+            bridges.insert(&v.bridge, &v.name);
+        }
+        let trusted = v.trust == Trust::Trusted;
+        match &v.address {
+            Some(Address4::Static(net)) => {
+                if trusted {
+                    c.err(format!("{p}.address"), trusted_has_no_namespace("address"));
+                } else if !net.addr().is_ipv4() {
+                    c.err(
+                        format!("{p}.address"),
+                        format!("{net} is IPv6; put it in address6, and an IPv4 address here"),
+                    );
+                } else {
+                    c.result(format!("{p}.address"), check_host_address(net));
+                }
+            }
+            Some(Address4::Dhcp) if trusted => {
+                c.err(format!("{p}.address"), trusted_has_no_namespace("address"))
+            }
+            _ => {}
+        }
+        if let Some(net) = &v.address6 {
+            if trusted {
+                c.err(
+                    format!("{p}.address6"),
+                    trusted_has_no_namespace("address6"),
+                );
+            } else if !net.addr().is_ipv6() {
+                c.err(
+                    format!("{p}.address6"),
+                    format!("{net} is IPv4; put it in address, and an IPv6 address here"),
+                );
+            } else {
+                c.result(format!("{p}.address6"), check_host_address(net));
+            }
+        }
+        match v.mac {
+            MacPolicy::Literal(m) if trusted => {
+                let _ = m;
+                c.err(format!("{p}.mac"), trusted_has_no_namespace("mac"));
+            }
+            MacPolicy::Literal(m) if !m.is_unicast() => c.err(
+                format!("{p}.mac"),
+                format!(
+                    "{m} is a multicast MAC (lowest bit of the first byte set); give a unicast one"
+                ),
+            ),
+            MacPolicy::Literal(m) if m.0 == [0; 6] => {
+                c.err(format!("{p}.mac"), "00:00:00:00:00:00 is not a usable MAC")
+            }
+            _ => {}
+        }
+    }
+}
+
+fn trusted_has_no_namespace(key: &str) -> String {
+    format!(
+        "a trusted VLAN gets no namespace of its own, so {key} would be ignored; remove it, \
+         or set trust = \"untrusted\""
+    )
+}
+
+fn check_reflectors(c: &mut Check, site: &Site) {
+    let vlans: BTreeMap<&str, &Vlan> = site.vlan.iter().map(|v| (v.name.as_str(), v)).collect();
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, r) in site.reflector.iter().enumerate() {
+        let p = format!("reflector[{i}]");
+        c.result(format!("{p}.name"), check_object_name(&r.name));
+        if let Some(first) = names.insert(&r.name, i) {
+            c.err(
+                format!("{p}.name"),
+                format!(
+                    "{:?} is the name of reflector[{first}] too; reflector names must differ",
+                    r.name
+                ),
+            );
+            names.insert(&r.name, first);
+        }
+        let distinct: BTreeSet<&str> = r.vlans.iter().map(String::as_str).collect();
+        if distinct.len() < 2 {
+            c.err(
+                format!("{p}.vlans"),
+                format!(
+                    "a reflector needs at least two VLANs to reflect between; it names {}",
+                    distinct.len()
+                ),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (j, v) in r.vlans.iter().enumerate() {
+            if !vlans.contains_key(v.as_str()) {
+                c.err(
+                    format!("{p}.vlans[{j}]"),
+                    format!("no vlan is named {v:?}; known: {}", known(vlans.keys())),
+                );
+            }
+            if !seen.insert(v) {
+                c.err(format!("{p}.vlans[{j}]"), format!("{v:?} is listed twice"));
+            }
+        }
+        if let Some(services) = &r.services {
+            if services.is_empty() {
+                c.err(
+                    format!("{p}.services"),
+                    "an empty list lets nothing cross; remove the key to reflect every type",
+                );
+            }
+            for (j, s) in services.iter().enumerate() {
+                c.result(format!("{p}.services[{j}]"), check_service_type(s));
+            }
+            let filters = reflect_filters(services);
+            if filters.len() > MAX_REFLECT_FILTERS_LEN {
+                c.err(
+                    format!("{p}.services"),
+                    format!(
+                        "the filter list is {} characters; avahi's reflector breaks past about \
+                         {MAX_REFLECT_FILTERS_LEN}: split it across reflectors",
+                        filters.len()
+                    ),
+                );
+            }
+        }
+        for (vlan, addr) in &r.addresses {
+            let ap = format!("{p}.addresses.{vlan}");
+            if !r.vlans.contains(vlan) {
+                c.err(
+                    &ap,
+                    format!(
+                        "{vlan:?} is not one of this reflector's vlans ({})",
+                        r.vlans.join(", ")
+                    ),
+                );
+                continue;
+            }
+            c.result(&ap, check_host_address(addr));
+            let Some(v) = vlans.get(vlan.as_str()) else {
+                continue;
+            };
+            let same_family = match (addr, &v.address, &v.address6) {
+                (IpNet::V4(_), Some(Address4::Static(n)), _) => Some(n),
+                (IpNet::V6(_), _, Some(n)) => Some(n),
+                _ => None,
+            };
+            if let Some(vnet) = same_family {
+                if !vnet.trunc().contains(&addr.addr()) {
+                    c.err(
+                        &ap,
+                        format!("{addr} is outside vlan {vlan:?}'s subnet {}", vnet.trunc()),
+                    );
+                } else if vnet.addr() == addr.addr() {
+                    c.err(
+                        &ap,
+                        format!("{} is vlan {vlan:?}'s own address", addr.addr()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// avahi's `reflect-filters` value for a list of service types.
+pub fn reflect_filters(services: &[String]) -> String {
+    services
+        .iter()
+        .map(|s| {
+            if s.ends_with(".local") {
+                s.clone()
+            } else {
+                format!("{s}.local")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn check_service_type(s: &str) -> Result<(), String> {
+    let base = s.strip_suffix(".local").unwrap_or(s);
+    let mut parts = base.split('.');
+    let (name, proto, rest) = (parts.next(), parts.next(), parts.next());
+    let ok = match (name, proto, rest) {
+        (Some(n), Some(p), None) => {
+            n.len() > 1
+                && n.starts_with('_')
+                && n[1..]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && (p == "_tcp" || p == "_udp")
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS-SD service type like \"_raop._tcp\" or \"_ipp._tcp.local\""
+        ))
+    }
+}
+
+fn check_multicast(c: &mut Check, m: &Multicast) {
+    let mut ifaces_v4 = BTreeSet::new();
+    let mut ifaces_v6 = BTreeSet::new();
+    let mut seen = BTreeMap::new();
+    for (i, r) in m.route.iter().enumerate() {
+        let p = format!("multicast.route[{i}]");
+        c.result(format!("{p}.from"), check_ifname(&r.from));
+        c.result(format!("{p}.group"), check_routable_group(&r.group.0));
+        if let Some(src) = r.source {
+            c.result(format!("{p}.source"), check_source(src, r.group.0.addr()));
+        }
+        if r.to.is_empty() {
+            c.err(
+                format!("{p}.to"),
+                "name at least one interface to forward to",
+            );
+        }
+        let mut outs = BTreeSet::new();
+        for (j, t) in r.to.iter().enumerate() {
+            c.result(format!("{p}.to[{j}]"), check_ifname(t));
+            if *t == r.from {
+                c.err(
+                    format!("{p}.to[{j}]"),
+                    format!(
+                        "{t:?} is the route's own from; multicast is never sent back where it came from"
+                    ),
+                );
+            }
+            if !outs.insert(t) {
+                c.err(format!("{p}.to[{j}]"), format!("{t:?} is listed twice"));
+            }
+        }
+        if r.ttl_threshold == 0 {
+            c.err(
+                format!("{p}.ttl_threshold"),
+                "0 would forward TTL-1 packets off their link; use 1 (forward TTL >= 2) or more",
+            );
+        }
+        let key = (r.from.as_str(), r.source, r.group);
+        if let Some(first) = seen.insert(key, i) {
+            c.err(
+                format!("{p}.group"),
+                format!(
+                    "multicast.route[{first}] has the same from, source and group; merge their to lists"
+                ),
+            );
+        }
+        let set = if r.group.0.addr().is_ipv4() {
+            &mut ifaces_v4
+        } else {
+            &mut ifaces_v6
+        };
+        set.insert(r.from.clone());
+        set.extend(r.to.iter().cloned());
+    }
+    for (i, j) in m.join.iter().enumerate() {
+        let p = format!("multicast.join[{i}]");
+        c.result(format!("{p}.on"), check_ifname(&j.on));
+        c.result(format!("{p}.group"), check_group(j.group));
+        if let Some(src) = j.source {
+            c.result(format!("{p}.source"), check_source(src, j.group));
+        }
+    }
+    if let Some(s) = &m.ssdp {
+        let distinct: BTreeSet<&String> = s.bridges.iter().collect();
+        if distinct.len() < 2 {
+            c.err(
+                "multicast.ssdp.bridges",
+                "name at least two bridges for SSDP to cross between",
+            );
+        }
+        for (j, b) in s.bridges.iter().enumerate() {
+            c.result(format!("multicast.ssdp.bridges[{j}]"), check_ifname(b));
+        }
+        if s.ports.is_empty() {
+            c.err(
+                "multicast.ssdp.ports",
+                "name at least one UDP port, usually 1900",
+            );
+        }
+        for (j, port) in s.ports.iter().enumerate() {
+            if *port == 0 {
+                c.err(format!("multicast.ssdp.ports[{j}]"), "port 0 is not a port");
+            }
+        }
+        ifaces_v4.extend(s.bridges.iter().cloned());
+    }
+    if m.expire.as_secs() < 1 {
+        c.err(
+            "multicast.expire",
+            "learned routes need at least \"1s\" before they expire",
+        );
+    }
+    for (set, what) in [(&ifaces_v4, "IPv4 VIFs"), (&ifaces_v6, "IPv6 MIFs")] {
+        if set.len() > MAX_VIFS {
+            c.err(
+                "multicast.route",
+                format!(
+                    "the routes name {} interfaces, but the kernel has {MAX_VIFS} {what} at most",
+                    set.len()
+                ),
+            );
+        }
+    }
+}
+
+fn check_translator(c: &mut Check, t: &Translator) {
+    if t.unicast.ip().is_multicast() {
+        c.err(
+            "translator.unicast",
+            format!(
+                "{} is multicast; give the unicast address sources send to",
+                t.unicast.ip()
+            ),
+        );
+    }
+    if t.unicast.port() == 0 {
+        c.err(
+            "translator.unicast",
+            "port 0; give the port sources send to, e.g. 9001",
+        );
+    }
+    let space = t.space.trunc();
+    let (max_len, least) = if space.addr().is_ipv4() {
+        (30, "/30")
+    } else {
+        (126, "/126")
+    };
+    if !is_multicast_net(&space) {
+        c.err(
+            "translator.space",
+            format!("{space} is not multicast; use a range such as 232.0.0.0/8 or ff3e::/96"),
+        );
+    } else if space.prefix_len() > max_len {
+        c.err(
+            "translator.space",
+            format!(
+                "{space} has fewer than 4 addresses, and the first and last are never used; \
+                 give a {least} or wider"
+            ),
+        );
+    } else if overlaps_link_local_groups(&space) {
+        c.err(
+            "translator.space",
+            format!("{space} includes link-local groups, which are never routed"),
+        );
+    }
+    if t.port == 0 {
+        c.err(
+            "translator.port",
+            "port 0 is not a port; the original uses 9002",
+        );
+    }
+    if t.ttl == 0 {
+        c.err(
+            "translator.ttl",
+            "TTL 0 never leaves the host; the original uses 32",
+        );
+    }
+    if t.idle.as_secs() < 1 {
+        c.err("translator.idle", "at least \"1s\"; the default is \"60s\"");
+    }
+    if let Some(i) = &t.interface {
+        c.result("translator.interface", check_ifname(i));
+    }
+    if t.max_flows == 0 {
+        c.err("translator.max_flows", "0 would refuse every flow");
+    }
+    if let Some(url) = &t.menu {
+        c.result("translator.menu", check_http_url(url));
+    }
+}
+
+fn check_headend(c: &mut Check, h: &Headend) {
+    if h.interfaces.is_empty() {
+        c.err(
+            "headend.interfaces",
+            "name at least one interface where receivers' joins are heard",
+        );
+    }
+    for (i, name) in h.interfaces.iter().enumerate() {
+        c.result(format!("headend.interfaces[{i}]"), check_ifname(name));
+    }
+    if h.prefix.prefix_len() > 64 {
+        c.err(
+            "headend.prefix",
+            format!(
+                "{} is longer than /64; RFC 3306 groups carry at most 64 prefix bits: give a /64 or shorter",
+                h.prefix
+            ),
+        );
+    }
+    if h.prefix.addr().is_multicast() {
+        c.err(
+            "headend.prefix",
+            format!("{} is multicast; give the site's unicast prefix", h.prefix),
+        );
+    }
+    let mut numbers = BTreeMap::new();
+    let mut names = BTreeMap::new();
+    for (i, s) in h.service.iter().enumerate() {
+        let p = format!("headend.service[{i}]");
+        if s.number > MAX_SERVICE_NUMBER {
+            c.err(
+                format!("{p}.number"),
+                format!(
+                    "{} does not fit in 31 bits; service numbers go from 0 to {MAX_SERVICE_NUMBER}",
+                    s.number
+                ),
+            );
+        }
+        if let Some(first) = numbers.insert(s.number, i) {
+            c.err(
+                format!("{p}.number"),
+                format!("{} is the number of headend.service[{first}] too", s.number),
+            );
+        }
+        if s.name.trim().is_empty() {
+            c.err(
+                format!("{p}.name"),
+                "give the service a name; it goes into the SDP",
+            );
+        }
+        if let Some(first) = names.insert(s.name.as_str(), i) {
+            c.err(
+                format!("{p}.name"),
+                format!("{:?} is the name of headend.service[{first}] too", s.name),
+            );
+        }
+        match (&s.command, &s.url) {
+            (Some(_), Some(_)) => c.err(format!("{p}.url"), "give either command or url, not both"),
+            (None, None) => c.err(
+                format!("{p}.command"),
+                "missing: give a command (with {rtp}) or a url",
+            ),
+            (Some(cmd), None) => match shell_words::split(cmd) {
+                Err(e) => c.err(
+                    format!("{p}.command"),
+                    format!("cannot split into words: {e}"),
+                ),
+                Ok(words) if words.is_empty() => c.err(format!("{p}.command"), "empty command"),
+                Ok(words) if !words.iter().any(|w| w.contains("{rtp}")) => c.err(
+                    format!("{p}.command"),
+                    "the command must send RTP to {rtp} (the headend fills in the URL)",
+                ),
+                Ok(_) => {}
+            },
+            (None, Some(url)) => c.result(format!("{p}.url"), check_http_url(url)),
+        }
+    }
+}
+
+fn check_monitors(c: &mut Check, monitors: &[Monitor]) {
+    let mut names = BTreeMap::new();
+    let mut flows = BTreeMap::new();
+    for (i, m) in monitors.iter().enumerate() {
+        let p = format!("monitor[{i}]");
+        c.result(format!("{p}.name"), check_object_name(&m.name));
+        if let Some(first) = names.insert(m.name.as_str(), i) {
+            c.err(
+                format!("{p}.name"),
+                format!("{:?} is the name of monitor[{first}] too", m.name),
+            );
+        }
+        c.result(format!("{p}.interface"), check_ifname(&m.interface));
+        c.result(format!("{p}.group"), check_group(m.group));
+        if m.port == 0 {
+            c.err(format!("{p}.port"), "port 0 is not a port");
+        }
+        let d = m.deliver;
+        if d.ip().is_multicast() {
+            c.err(
+                format!("{p}.deliver"),
+                format!("{} is multicast; give the local daemon's address", d.ip()),
+            );
+        } else if d.ip().is_ipv4() != m.group.is_ipv4() {
+            c.err(
+                format!("{p}.deliver"),
+                format!(
+                    "{} and the group {} are of different IP versions; a rewrite cannot cross them",
+                    d.ip(),
+                    m.group
+                ),
+            );
+        }
+        if d.port() == 0 {
+            c.err(format!("{p}.deliver"), "port 0 is not a port");
+        }
+        if d.ip().is_ipv6() && d.ip().is_loopback() {
+            c.err(
+                format!("{p}.deliver"),
+                "::1 cannot receive packets that arrive from outside; give [::]:PORT (join only) \
+                 or a local address",
+            );
+        }
+        if let Some(first) = flows.insert((m.interface.as_str(), m.group, m.port), i) {
+            c.err(
+                format!("{p}.group"),
+                format!("monitor[{first}] takes the same interface, group and port"),
+            );
+        }
+    }
+}
+
+/// Names the plan derives (namespaces, host-side veths) must not clash with each other
+/// nor with the bridges the site names.
+fn check_derived_names(c: &mut Check, site: &Site) {
+    let s = &site.site.name;
+    let mut netns: BTreeMap<String, String> = BTreeMap::new();
+    let mut links: BTreeMap<String, String> = BTreeMap::new();
+    for v in &site.vlan {
+        links.insert(v.bridge.clone(), format!("the bridge of vlan {:?}", v.name));
+    }
+    for (i, v) in site.vlan.iter().enumerate() {
+        if v.trust == Trust::Trusted {
+            continue;
+        }
+        let owner = format!("vlan {:?}", v.name);
+        let path = format!("vlan[{i}].name");
+        claim(
+            c,
+            &mut netns,
+            names::vlan_netns(s, &v.name),
+            owner.clone(),
+            path.clone(),
+        );
+        claim(
+            c,
+            &mut links,
+            names::vlan_veth_host(s, &v.name),
+            owner,
+            path,
+        );
+    }
+    for (i, r) in site.reflector.iter().enumerate() {
+        let owner = format!("reflector {:?}", r.name);
+        let path = format!("reflector[{i}].name");
+        claim(
+            c,
+            &mut netns,
+            names::reflector_netns(s, &r.name),
+            owner.clone(),
+            path.clone(),
+        );
+        for v in &r.vlans {
+            claim(
+                c,
+                &mut links,
+                names::reflector_veth_host(s, &r.name, v),
+                owner.clone(),
+                path.clone(),
+            );
+        }
+    }
+}
+
+fn claim(
+    c: &mut Check,
+    map: &mut BTreeMap<String, String>,
+    name: String,
+    owner: String,
+    path: String,
+) {
+    if let Some(prev) = map.get(&name) {
+        c.err(
+            path,
+            format!("derives the name {name:?}, which {prev} has already; rename one of them"),
+        );
+    } else {
+        map.insert(name, owner);
+    }
+}
+
+/// An address for an interface on a VLAN: a unicast host address inside a sane prefix.
+pub fn check_host_address(net: &IpNet) -> Result<(), String> {
+    let a = net.addr();
+    match net {
+        IpNet::V4(n) => {
+            let ip = n.addr();
+            if !(8..=30).contains(&n.prefix_len()) {
+                return Err(format!(
+                    "{net}: a VLAN's prefix is /8 to /30 (so it has room for other hosts)"
+                ));
+            }
+            if let Some(why) = bad_v4_host(ip) {
+                return Err(format!("{ip} is {why}; give a unicast host address"));
+            }
+            if ip == n.network() {
+                return Err(format!("{ip} is the network address of {}", n.trunc()));
+            }
+            if ip == n.broadcast() {
+                return Err(format!("{ip} is the broadcast address of {}", n.trunc()));
+            }
+        }
+        IpNet::V6(n) => {
+            let ip = n.addr();
+            if !(16..=128).contains(&n.prefix_len()) {
+                return Err(format!("{net}: a VLAN's IPv6 prefix is /16 to /128"));
+            }
+            if let Some(why) = bad_v6_host(ip) {
+                return Err(format!("{ip} is {why}; give a ULA or global address"));
+            }
+        }
+    }
+    let _ = a;
+    Ok(())
+}
+
+fn bad_v4_host(ip: Ipv4Addr) -> Option<&'static str> {
+    let o = ip.octets();
+    if ip.is_unspecified() || o[0] == 0 {
+        Some("in 0.0.0.0/8")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if ip.is_broadcast() {
+        Some("the limited broadcast address")
+    } else if o[0] >= 240 {
+        Some("in the reserved 240.0.0.0/4")
+    } else if ip.is_link_local() {
+        Some("link-local (169.254.0.0/16), which avahi does not reflect")
+    } else {
+        None
+    }
+}
+
+fn bad_v6_host(ip: Ipv6Addr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if ip.segments()[0] & 0xffc0 == 0xfe80 {
+        Some("link-local, which the kernel adds by itself and avahi does not reflect")
+    } else if ip.to_ipv4_mapped().is_some() {
+        Some("an IPv4-mapped address")
+    } else {
+        None
+    }
+}
+
+fn is_multicast_net(net: &IpNet) -> bool {
+    let n = net.trunc();
+    n.network().is_multicast() && n.broadcast().is_multicast()
+}
+
+fn overlaps_link_local_groups(net: &IpNet) -> bool {
+    match net.trunc() {
+        IpNet::V4(n) => {
+            let ll: ipnet::Ipv4Net = "224.0.0.0/24".parse().expect("literal");
+            n.contains(&ll.network()) || ll.contains(&n.network())
+        }
+        IpNet::V6(n) => {
+            // Scope nibble 1 (interface-local) or 2 (link-local) of the first group.
+            let scope = n.network().segments()[0] & 0x000f;
+            n.prefix_len() >= 16 && scope <= 2
+        }
+    }
+}
+
+fn check_group(g: IpAddr) -> Result<(), String> {
+    if g.is_multicast() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{g} is not a multicast group (IPv4 224.0.0.0/4, IPv6 ff00::/8)"
+        ))
+    }
+}
+
+/// A group a route may forward: multicast, and not link-local scope.
+fn check_routable_group(g: &IpNet) -> Result<(), String> {
+    if !is_multicast_net(g) {
+        return Err(format!(
+            "{g} is not multicast (IPv4 224.0.0.0/4, IPv6 ff00::/8)"
+        ));
+    }
+    if overlaps_link_local_groups(g) {
+        return Err(format!(
+            "{g} is link-local scope (224.0.0.0/24 or ff02::/16), which is never forwarded"
+        ));
+    }
+    Ok(())
+}
+
+fn check_source(src: IpAddr, group: IpAddr) -> Result<(), String> {
+    if src.is_ipv4() != group.is_ipv4() {
+        return Err(format!(
+            "{src} and group {group} are of different IP versions"
+        ));
+    }
+    if src.is_multicast() || src.is_unspecified() || src.is_loopback() {
+        return Err(format!("{src} is not a unicast source address"));
+    }
+    Ok(())
+}
+
+fn check_http_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {
+            Ok(())
+        }
+        _ => Err(format!("{url:?} is not an http:// or https:// URL")),
+    }
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a &'a str>) -> String {
+    let v: Vec<&str> = names.copied().collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
