@@ -105,9 +105,9 @@ mod tests {
 
     #[test]
     fn netns_scheme_matches_the_field_notes() {
-        // printf '%08x' $(( 4026532281 ^ 0xf0000000 )) = 0effffb9
+        // printf '%08x' $(( 4026532281 ^ 0xf0000000 )) = 000001b9
         let m = Mac::from_netns_inode(4026532281);
-        assert_eq!(m.to_string(), "fe:ff:0e:ff:ff:b9");
+        assert_eq!(m.to_string(), "fe:ff:00:00:01:b9");
         assert!(m.is_unicast() && m.is_locally_administered());
     }
 

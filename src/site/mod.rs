@@ -246,9 +246,12 @@ impl Ctx<'_> {
                 let msg = one_line(e.inner().message());
                 // Point at the offending key itself when serde names it.
                 if let Some(name) = backticked(&msg, "unknown field `") {
-                    let f = format!("{field}.{name}");
-                    let at = self.spans.key_at(&f);
-                    self.push(at, &f, msg);
+                    // serde_path_to_error already ends the path with the unknown key.
+                    if !field.ends_with(&format!(".{name}")) {
+                        field = format!("{field}.{name}");
+                    }
+                    let at = self.spans.key_at(&field);
+                    self.push(at, &field, msg);
                 } else if let Some(name) = backticked(&msg, "missing field `") {
                     let at = self.spans.value_at(&field);
                     field = format!("{field}.{name}");
@@ -276,3 +279,6 @@ fn one_line(s: &str) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+mod tests;

@@ -327,7 +327,7 @@ fn check_multicast(c: &mut Check, m: &Multicast) {
     for (i, r) in m.route.iter().enumerate() {
         let p = format!("multicast.route[{i}]");
         c.result(format!("{p}.from"), check_ifname(&r.from));
-        c.result(format!("{p}.group"), check_routable_group(&r.group.0));
+        c.result(format!("{p}.group"), check_routable_group(&r.group));
         if let Some(src) = r.source {
             c.result(format!("{p}.source"), check_source(src, r.group.0.addr()));
         }
@@ -633,8 +633,10 @@ fn check_derived_names(c: &mut Check, site: &Site) {
     for v in &site.vlan {
         links.insert(v.bridge.clone(), format!("the bridge of vlan {:?}", v.name));
     }
+    let mut seen = BTreeSet::new();
     for (i, v) in site.vlan.iter().enumerate() {
-        if v.trust == Trust::Trusted {
+        // A repeated name is reported once, as a duplicate, not again as a clash.
+        if v.trust == Trust::Trusted || !seen.insert(v.name.as_str()) {
             continue;
         }
         let owner = format!("vlan {:?}", v.name);
@@ -654,7 +656,11 @@ fn check_derived_names(c: &mut Check, site: &Site) {
             path,
         );
     }
+    let mut seen = BTreeSet::new();
     for (i, r) in site.reflector.iter().enumerate() {
+        if !seen.insert(r.name.as_str()) {
+            continue;
+        }
         let owner = format!("reflector {:?}", r.name);
         let path = format!("reflector[{i}].name");
         claim(
@@ -793,13 +799,13 @@ fn check_group(g: IpAddr) -> Result<(), String> {
 }
 
 /// A group a route may forward: multicast, and not link-local scope.
-fn check_routable_group(g: &IpNet) -> Result<(), String> {
-    if !is_multicast_net(g) {
+fn check_routable_group(g: &GroupSpec) -> Result<(), String> {
+    if !is_multicast_net(&g.0) {
         return Err(format!(
             "{g} is not multicast (IPv4 224.0.0.0/4, IPv6 ff00::/8)"
         ));
     }
-    if overlaps_link_local_groups(g) {
+    if overlaps_link_local_groups(&g.0) {
         return Err(format!(
             "{g} is link-local scope (224.0.0.0/24 or ff02::/16), which is never forwarded"
         ));

@@ -1,0 +1,407 @@
+//! One test per kind of error `check` reports, each asserting the line, column and field.
+
+use super::*;
+
+/// The single diagnostic of `text`, asserting there is exactly one.
+fn one(text: &str) -> Diagnostic {
+    let errs = parse("site.toml", text).expect_err("should be invalid").0;
+    assert_eq!(
+        errs.len(),
+        1,
+        "expected one error, got:\n{}",
+        SiteErrors(errs.clone())
+    );
+    errs.into_iter().next().unwrap()
+}
+
+fn all(text: &str) -> Vec<Diagnostic> {
+    parse("site.toml", text).expect_err("should be invalid").0
+}
+
+#[track_caller]
+fn at(d: &Diagnostic, line: usize, col: usize, field: &str, says: &str) {
+    assert_eq!(
+        (d.line, d.col, d.field.as_str()),
+        (line, col, field),
+        "wrong place in: {d}"
+    );
+    assert!(d.message.contains(says), "{d:?} does not say {says:?}");
+    assert!(
+        d.to_string()
+            .starts_with(&format!("site.toml:{line}:{col}: {field}: "))
+            || field.is_empty()
+    );
+}
+
+const SITE: &str = "[site]\nname = \"lab\"\n";
+
+#[test]
+fn the_example_site_is_valid() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/site.toml")).unwrap();
+    parse("site.toml", &text).unwrap();
+}
+
+#[test]
+fn syntax_error() {
+    let d = one("[site]\nname = \"lab\n");
+    assert_eq!(d.line, 2);
+    assert!(d.message.starts_with("syntax:"), "{d}");
+}
+
+#[test]
+fn unknown_key() {
+    let d = one(
+        "[site]\nname = \"lab\"\n\n[[vlan]]\nname = \"iot\"\nbridge = \"br-iot\"\ncolour = \"red\"\n",
+    );
+    at(&d, 7, 1, "vlan[0].colour", "unknown field `colour`");
+}
+
+#[test]
+fn unknown_section() {
+    let d = one("[site]\nname = \"lab\"\n[vlans]\nx = 1\n");
+    at(&d, 3, 2, "vlans", "unknown section");
+}
+
+#[test]
+fn wrong_type() {
+    let d = one("[site]\nname = \"lab\"\ncreate_bridges = \"yes\"\n");
+    at(&d, 3, 18, "site.create_bridges", "invalid type");
+}
+
+#[test]
+fn wrong_value_in_a_typed_string() {
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"iot\"\nbridge = \"br-iot\"\naddress = \"10.0.0.300/24\"\n"
+    ));
+    at(
+        &d,
+        6,
+        11,
+        "vlan[0].address",
+        "neither \"dhcp\" nor an address",
+    );
+}
+
+#[test]
+fn missing_field() {
+    let d = one(&format!("{SITE}[[vlan]]\nname = \"iot\"\n"));
+    assert_eq!(d.field, "vlan[0].bridge");
+    assert!(d.message.contains("missing"), "{d}");
+}
+
+#[test]
+fn errors_in_several_sections_are_all_reported() {
+    let errs = all(&format!(
+        "{SITE}[[vlan]]\nname = \"a\"\nbridge = 3\n[[vlan]]\nname = \"b\"\nbridge = \"br-b\"\nx = 1\n[translator]\nunicast = \"nope\"\n"
+    ));
+    let fields: Vec<&str> = errs.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["vlan[0].bridge", "vlan[1].x", "translator.unicast"]
+    );
+}
+
+#[test]
+fn duplicate_vlan_name() {
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"iot\"\nbridge = \"br-a\"\n[[vlan]]\nname = \"iot\"\nbridge = \"br-b\"\n"
+    ));
+    at(&d, 7, 8, "vlan[1].name", "name of vlan[0] too");
+}
+
+#[test]
+fn bridge_used_twice() {
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"guest\"\nbridge = \"br-iot\"\n[[vlan]]\nname = \"iot\"\n  bridge = \"br-iot\"\n"
+    ));
+    at(
+        &d,
+        8,
+        12,
+        "vlan[1].bridge",
+        "\"br-iot\" is used by vlan \"guest\" too",
+    );
+}
+
+#[test]
+fn duplicate_reflector_name() {
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"a\"\nbridge = \"br-a\"\n[[vlan]]\nname = \"b\"\nbridge = \"br-b\"\n\
+         [[reflector]]\nname = \"r\"\nvlans = [\"a\", \"b\"]\n[[reflector]]\nname = \"r\"\nvlans = [\"a\", \"b\"]\n"
+    ));
+    at(&d, 13, 8, "reflector[1].name", "name of reflector[0] too");
+}
+
+#[test]
+fn reflector_names_unknown_vlan() {
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"a\"\nbridge = \"br-a\"\n[[reflector]]\nname = \"r\"\nvlans = [\"a\", \"nope\"]\n"
+    ));
+    at(
+        &d,
+        8,
+        15,
+        "reflector[0].vlans[1]",
+        "no vlan is named \"nope\"",
+    );
+}
+
+#[test]
+fn reflector_with_fewer_than_two_vlans() {
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"a\"\nbridge = \"br-a\"\n[[reflector]]\nname = \"r\"\nvlans = [\"a\"]\n"
+    ));
+    at(&d, 8, 9, "reflector[0].vlans", "at least two VLANs");
+}
+
+#[test]
+fn reflector_service_type_and_address_checks() {
+    let errs = all(&format!(
+        "{SITE}[[vlan]]\nname = \"a\"\nbridge = \"br-a\"\naddress = \"10.1.0.2/24\"\n[[vlan]]\nname = \"b\"\nbridge = \"br-b\"\n\
+         [[reflector]]\nname = \"r\"\nvlans = [\"a\", \"b\"]\nservices = [\"raop\"]\naddresses = {{ a = \"10.2.0.3/24\", c = \"10.3.0.3/24\" }}\n"
+    ));
+    let fields: Vec<&str> = errs.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "reflector[0].services[0]",
+            "reflector[0].addresses.a",
+            "reflector[0].addresses.c"
+        ]
+    );
+    assert!(
+        errs[1]
+            .message
+            .contains("outside vlan \"a\"'s subnet 10.1.0.0/24")
+    );
+}
+
+#[test]
+fn bridge_name_too_long() {
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"iot\"\nbridge = \"br-0123456789abc\"\n"
+    ));
+    at(&d, 5, 10, "vlan[0].bridge", "at most 15");
+}
+
+#[test]
+fn interface_name_with_bad_characters() {
+    let d = one(&format!(
+        "{SITE}[[monitor]]\nname = \"m\"\ninterface = \"br/x\"\ngroup = \"239.1.1.1\"\nport = 514\ndeliver = \"0.0.0.0:514\"\n"
+    ));
+    at(&d, 5, 13, "monitor[0].interface", "cannot hold '/'");
+}
+
+#[test]
+fn site_name_too_long_for_derived_names() {
+    let d = one("[site]\nname = \"warehouse9\"\n");
+    at(&d, 2, 8, "site.name", "at most 8");
+}
+
+#[test]
+fn vlan_name_too_long_for_an_interface() {
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"building-7-cameras\"\nbridge = \"br-c\"\n"
+    ));
+    at(&d, 4, 8, "vlan[0].name", "at most 15");
+}
+
+#[test]
+fn address_outside_a_sane_range() {
+    for (addr, says) in [
+        ("224.1.1.1/24", "multicast"),
+        ("127.0.0.2/8", "loopback"),
+        ("10.20.2.0/24", "network address"),
+        ("10.20.2.255/24", "broadcast address"),
+        ("10.20.2.2/2", "/8 to /30"),
+        ("169.254.1.1/16", "link-local"),
+    ] {
+        let d = one(&format!(
+            "{SITE}[[vlan]]\nname = \"iot\"\nbridge = \"br\"\naddress = \"{addr}\"\n"
+        ));
+        at(&d, 6, 11, "vlan[0].address", says);
+    }
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"iot\"\nbridge = \"br\"\naddress6 = \"fe80::2/64\"\n"
+    ));
+    at(&d, 6, 12, "vlan[0].address6", "link-local");
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"iot\"\nbridge = \"br\"\naddress = \"fd00::2/64\"\n"
+    ));
+    at(&d, 6, 11, "vlan[0].address", "is IPv6");
+}
+
+#[test]
+fn trusted_vlan_with_namespace_settings() {
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"t\"\nbridge = \"br\"\ntrust = \"trusted\"\naddress = \"dhcp\"\n"
+    ));
+    at(
+        &d,
+        7,
+        11,
+        "vlan[0].address",
+        "trusted VLAN gets no namespace",
+    );
+}
+
+#[test]
+fn literal_mac_must_be_unicast() {
+    let d = one(&format!(
+        "{SITE}[[vlan]]\nname = \"iot\"\nbridge = \"br\"\nmac = \"01:00:5e:00:00:01\"\n"
+    ));
+    at(&d, 6, 7, "vlan[0].mac", "multicast MAC");
+}
+
+#[test]
+fn route_group_not_multicast() {
+    let d = one(&format!(
+        "{SITE}[multicast]\n[[multicast.route]]\nfrom = \"br-a\"\ngroup = \"10.1.2.3\"\nto = [\"br-b\"]\n"
+    ));
+    at(&d, 6, 9, "multicast.route[0].group", "not multicast");
+}
+
+#[test]
+fn route_group_link_local_scope() {
+    let d = one(&format!(
+        "{SITE}[multicast]\n[[multicast.route]]\nfrom = \"br-a\"\ngroup = \"ff02::fb\"\nto = [\"br-b\"]\n"
+    ));
+    at(&d, 6, 9, "multicast.route[0].group", "never forwarded");
+}
+
+#[test]
+fn route_to_includes_from() {
+    let d = one(&format!(
+        "{SITE}[multicast]\n[[multicast.route]]\nfrom = \"br-a\"\ngroup = \"239.1.0.0/16\"\nto = [\"br-b\", \"br-a\"]\n"
+    ));
+    at(&d, 7, 15, "multicast.route[0].to[1]", "own from");
+}
+
+#[test]
+fn route_source_of_other_family() {
+    let d = one(&format!(
+        "{SITE}[multicast]\n[[multicast.route]]\nfrom = \"br-a\"\nsource = \"fd00::1\"\ngroup = \"239.1.2.3\"\nto = [\"br-b\"]\n"
+    ));
+    at(
+        &d,
+        6,
+        10,
+        "multicast.route[0].source",
+        "different IP versions",
+    );
+}
+
+#[test]
+fn too_many_vifs() {
+    let outs: Vec<String> = (0..32).map(|i| format!("\"br{i}\"")).collect();
+    let d = one(&format!(
+        "{SITE}[multicast]\n[[multicast.route]]\nfrom = \"br-a\"\ngroup = \"239.1.2.3\"\nto = [{}]\n",
+        outs.join(", ")
+    ));
+    assert_eq!(d.field, "multicast.route");
+    assert!(d.message.contains("33 interfaces"), "{d}");
+}
+
+#[test]
+fn service_number_above_31_bits() {
+    let d = one(&format!(
+        "{SITE}[headend]\ninterfaces = [\"br\"]\nprefix = \"fd20:1::/64\"\n[[headend.service]]\nnumber = 2147483648\nname = \"x\"\nurl = \"http://radio.example/s\"\n"
+    ));
+    at(&d, 7, 10, "headend.service[0].number", "31 bits");
+}
+
+#[test]
+fn service_number_used_twice() {
+    let d = one(&format!(
+        "{SITE}[headend]\ninterfaces = [\"br\"]\nprefix = \"fd20:1::/64\"\n\
+         [[headend.service]]\nnumber = 7\nname = \"a\"\nurl = \"http://radio.example/a\"\n\
+         [[headend.service]]\nnumber = 7\nname = \"b\"\nurl = \"http://radio.example/b\"\n"
+    ));
+    at(
+        &d,
+        11,
+        10,
+        "headend.service[1].number",
+        "headend.service[0] too",
+    );
+}
+
+#[test]
+fn service_command_without_rtp() {
+    let d = one(&format!(
+        "{SITE}[headend]\ninterfaces = [\"br\"]\nprefix = \"fd20:1::/64\"\n[[headend.service]]\nnumber = 1\nname = \"a\"\ncommand = \"ffmpeg -i x\"\n"
+    ));
+    at(&d, 9, 11, "headend.service[0].command", "{rtp}");
+}
+
+#[test]
+fn headend_prefix_longer_than_64() {
+    let d = one(&format!(
+        "{SITE}[headend]\ninterfaces = [\"br\"]\nprefix = \"fd20:1::/80\"\n"
+    ));
+    at(&d, 5, 10, "headend.prefix", "/64 or shorter");
+}
+
+#[test]
+fn translator_space_not_multicast() {
+    let d = one(&format!(
+        "{SITE}[translator]\nunicast = \"127.0.0.1:9001\"\nspace = \"10.0.0.0/8\"\n"
+    ));
+    at(&d, 5, 9, "translator.space", "not multicast");
+}
+
+#[test]
+fn translator_space_smaller_than_30() {
+    let d = one(&format!(
+        "{SITE}[translator]\nunicast = \"127.0.0.1:9001\"\nspace = \"232.1.1.0/31\"\n"
+    ));
+    at(&d, 5, 9, "translator.space", "/30 or wider");
+    let d = one(&format!(
+        "{SITE}[translator]\nunicast = \"[::1]:9001\"\nspace = \"ff3e::/127\"\n"
+    ));
+    at(&d, 5, 9, "translator.space", "/126 or wider");
+}
+
+#[test]
+fn translator_bad_duration() {
+    let d = one(&format!(
+        "{SITE}[translator]\nunicast = \"127.0.0.1:9001\"\nidle = \"soon\"\n"
+    ));
+    at(&d, 5, 8, "translator.idle", "not a duration");
+}
+
+#[test]
+fn monitor_group_not_multicast() {
+    let d = one(&format!(
+        "{SITE}[[monitor]]\nname = \"syslog\"\ninterface = \"br\"\ngroup = \"192.168.1.1\"\nport = 514\ndeliver = \"127.0.0.1:514\"\n"
+    ));
+    at(&d, 6, 9, "monitor[0].group", "not a multicast group");
+}
+
+#[test]
+fn derived_names_must_not_collide() {
+    // vlan "refl-r" would get the namespace a reflector named "r" gets.
+    let errs = all(&format!(
+        "{SITE}[[vlan]]\nname = \"a\"\nbridge = \"br-a\"\n[[vlan]]\nname = \"refl-r\"\nbridge = \"br-b\"\n\
+         [[reflector]]\nname = \"r\"\nvlans = [\"a\", \"refl-r\"]\n"
+    ));
+    assert!(
+        errs.iter()
+            .any(|d| d.field == "reflector[0].name" && d.message.contains("lab-refl-r")),
+        "{}",
+        SiteErrors(errs.clone())
+    );
+}
+
+#[test]
+fn every_error_of_the_validation_pass_at_once() {
+    let errs = all(&format!(
+        "{SITE}[[vlan]]\nname = \"a\"\nbridge = \"br-a\"\n[[vlan]]\nname = \"a\"\nbridge = \"br-a\"\n\
+         [translator]\nunicast = \"127.0.0.1:9001\"\nspace = \"10.0.0.0/8\"\n"
+    ));
+    let fields: Vec<&str> = errs.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["vlan[1].name", "vlan[1].bridge", "translator.space"]
+    );
+}

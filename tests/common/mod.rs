@@ -1,0 +1,255 @@
+//! Test harness shared by the integration tests.
+//!
+//! Each [`Sandbox`] is a fresh network, mount and UTS namespace (made by `unshare`) with a
+//! private tmpfs over `/run`, so tests run in parallel and never touch the machine's own
+//! network. Commands run inside it through `nsenter`. Waiting is always on a condition with
+//! a deadline ([`wait_until`]), never a bare sleep.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `appliance` binary under test.
+pub fn appliance_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_appliance"))
+}
+
+/// Root of the repository (for `site.toml` and test data).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Integration tests that build namespaces need root. Without it they fail, saying why:
+/// a skipped test must never look like a passed one.
+pub fn require_root() {
+    let uid = unsafe { libc_geteuid() };
+    assert_eq!(
+        uid, 0,
+        "this test builds network namespaces and must run as root (euid is {uid}); \
+         run the suite as in the README: sudo scripts/test-all"
+    );
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Fails the test, naming the program, when a tool the test drives is missing.
+pub fn require_program(name: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is not installed; scripts/test-all installs every tool the tests use"
+    );
+}
+
+/// Polls `cond` until it is true or `within` has passed; panics naming `what` on timeout.
+pub fn wait_until<T>(what: &str, within: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A fresh network + mount + UTS namespace, alive while this value is.
+pub struct Sandbox {
+    holder: Child,
+    pub pid: u32,
+    pub dir: PathBuf,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        require_root();
+        require_program("unshare");
+        require_program("nsenter");
+        let dir = std::env::temp_dir().join(format!(
+            "appliance-test-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        // Private tmpfs over /run: the sandbox's /run/netns, /run/appliance and any
+        // daemon sockets never reach the host's.
+        let script = "mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/netns \
+                      && ip link set lo up && echo ready && exec sleep infinity";
+        let mut holder = Command::new("unshare")
+            .args([
+                "--net",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "--",
+            ])
+            .args(["sh", "-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn unshare");
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read from sandbox");
+        assert_eq!(line.trim(), "ready", "sandbox did not start");
+        let pid = holder.id();
+        Sandbox { holder, pid, dir }
+    }
+
+    /// A command that runs inside the sandbox.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(self.pid.to_string())
+            .args(["-n", "-m", "-u", "--"])
+            .arg(program);
+        c
+    }
+
+    /// The appliance binary, inside the sandbox.
+    pub fn appliance(&self) -> Command {
+        self.cmd(appliance_bin())
+    }
+
+    /// Runs a shell script inside the sandbox; panics with its output if it fails.
+    pub fn sh(&self, script: &str) -> String {
+        let out = self
+            .cmd("sh")
+            .args(["-ec", script])
+            .output()
+            .expect("run sh");
+        check(&out, script);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a shell script inside the sandbox and returns its output, whatever its status.
+    pub fn try_sh(&self, script: &str) -> Output {
+        self.cmd("sh")
+            .args(["-c", script])
+            .output()
+            .expect("run sh")
+    }
+
+    /// A bridge, up, inside the sandbox.
+    pub fn bridge(&self, name: &str) {
+        self.sh(&format!(
+            "ip link add {name} type bridge && ip link set {name} up"
+        ));
+    }
+
+    /// A client "host": a network namespace of the sandbox's own (pinned at
+    /// /run/netns/NAME inside the sandbox) joined to `bridge` by a veth, with `addrs`.
+    pub fn host(&self, name: &str, bridge: &str, addrs: &[&str]) {
+        let mut s = format!(
+            "ip netns add {name}\n\
+             ip link add h-{name} type veth peer name eth0 netns {name}\n\
+             ip link set h-{name} master {bridge} up\n\
+             ip -n {name} link set lo up\n\
+             ip -n {name} link set eth0 up\n"
+        );
+        for a in addrs {
+            s.push_str(&format!("ip -n {name} addr add {a} dev eth0 nodad\n"));
+        }
+        self.sh(&s);
+    }
+
+    /// A command run inside one of the sandbox's hosts.
+    pub fn in_host(&self, host: &str, program: &str) -> Command {
+        let mut c = self.cmd("ip");
+        c.args(["netns", "exec", host, program]);
+        c
+    }
+
+    /// A file path in this test's own directory (on the host filesystem).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes a file in the test's directory and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, contents).expect("write test file");
+        p
+    }
+
+    /// Network namespace inode of the sandbox (to find processes still inside it).
+    fn netns_inode(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{}/ns/net", self.pid))
+            .ok()
+            .map(|m| m.ino())
+    }
+
+    /// Every process whose network namespace is the sandbox's (the holder aside).
+    pub fn processes(&self) -> Vec<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(ino) = self.netns_inode() else {
+            return vec![];
+        };
+        let mut pids = vec![];
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if pid == self.pid {
+                continue;
+            }
+            if std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == ino) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Processes left in the sandbox's namespace (a failed test's daemons) die with it.
+        for pid in self.processes() {
+            unsafe { kill(pid as i32, 9) };
+        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Panics with the command's output if it failed.
+pub fn check(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reads a file, or an empty string when it is not there yet.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

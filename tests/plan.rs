@@ -1,0 +1,147 @@
+//! The plan of the example site: golden output, determinism, MACs and names.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use appliance::plan::{self, MacSpec, Plan};
+use appliance::site;
+
+fn example() -> Plan {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("site.toml"))
+        .expect("site.toml");
+    let site = site::parse("site.toml", &text).expect("example is valid");
+    plan::plan(&site, Path::new("site.toml"))
+}
+
+/// Compares with a golden file; `UPDATE_GOLDEN=1 cargo test` rewrites it after a deliberate change.
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).expect("golden file (UPDATE_GOLDEN=1 makes it)");
+    assert!(
+        expected == actual,
+        "plan differs from {}; if the change is meant, run UPDATE_GOLDEN=1 cargo test\n--- expected\n{expected}\n--- actual\n{actual}",
+        path.display()
+    );
+}
+
+#[test]
+fn golden_text_plan() {
+    golden("plan.txt", &example().to_string());
+}
+
+#[test]
+fn golden_json_plan() {
+    golden("plan.json", &example().to_json());
+}
+
+#[test]
+fn golden_nft_ruleset() {
+    golden("ruleset.nft", &example().firewall.ruleset());
+}
+
+#[test]
+fn same_input_same_plan_byte_for_byte() {
+    let a = example();
+    let b = example();
+    assert_eq!(a, b);
+    assert_eq!(a.to_string(), b.to_string());
+    assert_eq!(a.to_json(), b.to_json());
+}
+
+#[test]
+fn macs_are_local_unicast_and_distinct() {
+    let p = example();
+    let mut seen = BTreeSet::new();
+    for v in &p.veths {
+        let peer = match v.peer_mac {
+            MacSpec::Fixed(m) => m,
+            MacSpec::NetnsInode => panic!("example uses stable MACs"),
+        };
+        for m in [v.host_mac, peer] {
+            assert!(m.is_unicast() && m.is_locally_administered(), "{m}");
+            assert!(seen.insert(m), "{m} used twice");
+        }
+    }
+    assert_eq!(seen.len(), 2 * p.veths.len());
+}
+
+#[test]
+fn interface_names_fit_and_never_collide() {
+    let p = example();
+    let mut host_side = BTreeSet::new();
+    for v in &p.veths {
+        assert!(v.host.len() <= 15 && v.peer.len() <= 15, "{v:?}");
+        assert!(host_side.insert(v.host.clone()), "{} twice", v.host);
+    }
+    for b in &p.bridges {
+        assert!(
+            !host_side.contains(&b.name),
+            "veth {} clashes with a bridge",
+            b.name
+        );
+    }
+}
+
+#[test]
+fn every_part_of_the_example_is_planned() {
+    let p = example();
+    let ns: Vec<&str> = p.namespaces.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(ns, ["lab-iot", "lab-guest", "lab-refl-media"]);
+    assert!(p.namespaces.iter().all(|n| n.pin.starts_with("/run/netns")));
+    let children: Vec<&str> = p.children.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        children,
+        [
+            "dbus@iot",
+            "avahi@iot",
+            "dbus@guest",
+            "avahi@guest",
+            "reflector@media",
+            "mroute",
+            "translate",
+            "headend",
+            "monitor"
+        ]
+    );
+    let h = p.headend.as_ref().expect("headend");
+    assert_eq!(h.services[0].group.to_string(), "ff3e:40:fd20:1::8000:1");
+    assert!(p.translator.is_some());
+    assert_eq!(p.monitors.len(), 1);
+    assert!(!p.multicast.routes.is_empty());
+    let reflector_conf = &p.namespaces[2].files[0].contents;
+    assert!(reflector_conf.contains("enable-reflector=yes"));
+    assert!(reflector_conf.contains("reflect-filters=_raop._tcp.local,_airplay._tcp.local"));
+    assert!(reflector_conf.contains("allow-interfaces=trusted,iot"));
+}
+
+#[test]
+fn stable_macs_survive_a_changed_file() {
+    // Adding a VLAN in front must not change the MACs of the others.
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("site.toml")).unwrap();
+    let extra = text.replacen(
+        "[[vlan]]",
+        "[[vlan]]\nname = \"cams\"\nbridge = \"br-cams\"\n\n[[vlan]]",
+        1,
+    );
+    let a = example();
+    let b = plan::plan(
+        &site::parse("site.toml", &extra).unwrap(),
+        Path::new("site.toml"),
+    );
+    let iot = |p: &Plan| {
+        p.veths
+            .iter()
+            .find(|v| v.host == "lab-iot")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(iot(&a).host_mac, iot(&b).host_mac);
+    assert_eq!(iot(&a).peer_mac, iot(&b).peer_mac);
+}
