@@ -3,5 +3,6 @@
 //! `site.toml` → [`site::Site`] (validated) → [`plan::Plan`] (pure data) → apply or render.
 
 pub mod cli;
+pub mod firewall;
 pub mod plan;
 pub mod site;

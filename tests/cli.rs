@@ -128,7 +128,7 @@ fn nft_accepts_the_planned_ruleset() {
     sb.sh(&format!("nft -c -f {}", rules.display()));
     // Applying twice is the same as once: the file replaces the whole table.
     sb.sh(&format!("nft -f {0} && nft -f {0}", rules.display()));
-    let listed = sb.sh("nft list table inet appliance-lab");
+    let listed = sb.sh("nft list table inet appliance-lab-mroute");
     assert_eq!(
         listed
             .matches("notrack ip daddr set 239.255.255.250")

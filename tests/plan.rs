@@ -42,7 +42,8 @@ fn golden_json_plan() {
 
 #[test]
 fn golden_nft_ruleset() {
-    golden("ruleset.nft", &example().firewall.ruleset());
+    let rules: String = example().firewall.iter().map(|t| t.ruleset()).collect();
+    golden("ruleset.nft", &rules);
 }
 
 #[test]

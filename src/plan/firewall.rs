@@ -1,5 +1,7 @@
-//! nftables rules of the site, all in one table of the appliance's own so that `down`
-//! removes them as one unit and the operator's own rules are never touched.
+//! nftables rules of the site. Each component that needs rules (the multicast forwarder,
+//! the monitor relay) has a table of its own, `inet appliance-<site>-<component>`: it
+//! applies it when it starts, standalone or under `up`, and removes it when it stops;
+//! `down` removes every `appliance-<site>-*` table. The operator's own rules are never touched.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -13,7 +15,9 @@ pub const SSDP_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 255, 250);
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Firewall {
-    /// `inet appliance-<site>`.
+    /// The component that applies this table.
+    pub owner: String,
+    /// `inet appliance-<site>-<owner>`.
     pub family: String,
     pub table: String,
     pub chains: Vec<Chain>,
@@ -37,10 +41,11 @@ const PREROUTING: &str = "prerouting";
 const FORWARD: &str = "forward";
 
 impl Firewall {
-    pub fn new(site: &str) -> Firewall {
+    pub fn new(site: &str, owner: &str) -> Firewall {
         Firewall {
+            owner: owner.into(),
             family: "inet".into(),
-            table: format!("appliance-{site}"),
+            table: table_name(site, owner),
             chains: vec![
                 Chain {
                     name: PREROUTING.into(),
@@ -134,7 +139,7 @@ impl Firewall {
         let mut s = format!(
             "# Written by appliance. Replaces the whole table atomically.\ntable {t}\ndelete table {t}\ntable {t} {{\n"
         );
-        for c in &self.chains {
+        for c in self.chains.iter().filter(|c| !c.rules.is_empty()) {
             s.push_str(&format!("\tchain {} {{\n\t\t{}\n", c.name, c.spec));
             for r in &c.rules {
                 s.push_str(&format!("\t\t# {}\n\t\t{}\n", r.why, r.rule));
@@ -144,6 +149,16 @@ impl Firewall {
         s.push_str("}\n");
         s
     }
+}
+
+/// Name of a component's table.
+pub fn table_name(site: &str, owner: &str) -> String {
+    format!("{}{owner}", table_prefix(site))
+}
+
+/// Every table of a site starts with this (for `down`).
+pub fn table_prefix(site: &str) -> String {
+    format!("appliance-{site}-")
 }
 
 fn family(a: IpAddr) -> &'static str {

@@ -36,7 +36,8 @@ pub struct Plan {
     pub children: Vec<Child>,
     pub sysctls: Vec<Sysctl>,
     pub multicast: MulticastPlan,
-    pub firewall: firewall::Firewall,
+    /// nftables tables, one per component that needs rules (it applies and removes its own).
+    pub firewall: Vec<firewall::Firewall>,
     pub headend: Option<HeadendPlan>,
     pub translator: Option<TranslatorPlan>,
     pub monitors: Vec<MonitorPlan>,
@@ -198,6 +199,8 @@ impl Default for RestartPolicy {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Sysctl {
+    /// The component that sets it (and puts back the old value when it stops).
+    pub owner: String,
     pub key: String,
     pub value: String,
     pub why: String,
@@ -302,6 +305,8 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
         .unwrap_or_else(|| PathBuf::from(format!("/run/appliance/{name}")));
     let mut b = Builder {
         site,
+        mroute_fw: firewall::Firewall::new(&name, "mroute"),
+        monitor_fw: firewall::Firewall::new(&name, "monitor"),
         plan: Plan {
             site: name.clone(),
             site_file: site_file.to_path_buf(),
@@ -323,7 +328,7 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
                 routes: Vec::new(),
                 joins: Vec::new(),
             },
-            firewall: firewall::Firewall::new(&name),
+            firewall: Vec::new(),
             headend: None,
             translator: None,
             monitors: Vec::new(),
@@ -341,6 +346,8 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
 
 struct Builder<'a> {
     site: &'a Site,
+    mroute_fw: firewall::Firewall,
+    monitor_fw: firewall::Firewall,
     plan: Plan,
 }
 
@@ -585,7 +592,7 @@ impl Builder<'_> {
                     ttl_threshold: 1,
                 });
             }
-            self.plan.firewall.ssdp(&ssdp.bridges, &ssdp.ports);
+            self.mroute_fw.ssdp(&ssdp.bridges, &ssdp.ports);
         }
         if let Some(snoop) = m.snooping {
             let named: Vec<String> = self
@@ -631,7 +638,7 @@ impl Builder<'_> {
                 list.push(i.clone());
             }
         }
-        self.plan.firewall.forward(&r);
+        self.mroute_fw.forward(&r);
         self.plan.multicast.routes.push(r);
     }
 
@@ -742,9 +749,10 @@ impl Builder<'_> {
             self.uses(&m.interface, format!("monitor {}", m.name));
             let rewrite = !(m.deliver.ip().is_unspecified() && m.deliver.port() == m.port);
             if rewrite {
-                self.plan.firewall.deliver(m);
+                self.monitor_fw.deliver(m);
                 if m.deliver.ip().is_loopback() && m.deliver.is_ipv4() {
                     let s = Sysctl {
+                        owner: "monitor".into(),
                         key: format!("net.ipv4.conf.{}.route_localnet", m.interface),
                         value: "1".into(),
                         why: format!("monitor {} delivers to {}", m.name, m.deliver),
@@ -775,6 +783,11 @@ impl Builder<'_> {
 
     fn finish_interfaces(&mut self) {
         self.plan.sysctls.sort();
+        for fw in [&self.mroute_fw, &self.monitor_fw] {
+            if !fw.is_empty() {
+                self.plan.firewall.push(fw.clone());
+            }
+        }
     }
 }
 

@@ -156,13 +156,13 @@ impl Display for Plan {
             }
         }
 
-        if !self.firewall.is_empty() {
+        for fw in &self.firewall {
             writeln!(
                 f,
-                "\nfirewall: table {} {}",
-                self.firewall.family, self.firewall.table
+                "\nfirewall of {}: table {} {}",
+                fw.owner, fw.family, fw.table
             )?;
-            for c in self.firewall.chains.iter().filter(|c| !c.rules.is_empty()) {
+            for c in fw.chains.iter().filter(|c| !c.rules.is_empty()) {
                 writeln!(f, "  chain {} ({})", c.name, c.spec)?;
                 for r in &c.rules {
                     writeln!(f, "    {}\n      # {}", r.rule, r.why)?;
