@@ -7,32 +7,23 @@ use crate::site::reflect_filters;
 pub const CONF_PATH: &str = "/run/avahi-daemon/appliance.conf";
 
 pub fn argv() -> Vec<String> {
-    [
-        "avahi-daemon",
-        "--no-drop-root",
-        "--no-chroot",
-        "-f",
-        CONF_PATH,
-    ]
-    .map(String::from)
-    .to_vec()
+    ["avahi-daemon", "--no-drop-root", "--no-chroot", "-f", CONF_PATH]
+        .map(String::from)
+        .to_vec()
 }
 
 /// The avahi of one untrusted VLAN: serves only that VLAN's interface, over its private bus.
 pub fn vlan_conf(hostname: &str, interface: &str, ipv6: bool) -> String {
-    format!(
-        "# Written by appliance for {hostname}: the VLAN's own avahi, on its private bus.\n\
-         [server]\n\
-         host-name={hostname}\n\
-         use-ipv4=yes\n\
-         use-ipv6={}\n\
-         allow-interfaces={interface}\n\
-         enable-dbus=yes\n\
-         ratelimit-interval-usec=1000000\n\
+    let mut s = header(
+        hostname,
+        "the VLAN's own avahi, on its private bus",
+        &[interface],
+        ipv6,
+        true,
+    );
+    s.push_str(
+        "ratelimit-interval-usec=1000000\n\
          ratelimit-burst=1000\n\
-         \n\
-         [wide-area]\n\
-         enable-wide-area=no\n\
          \n\
          [publish]\n\
          publish-hinfo=no\n\
@@ -40,8 +31,8 @@ pub fn vlan_conf(hostname: &str, interface: &str, ipv6: bool) -> String {
          \n\
          [reflector]\n\
          enable-reflector=no\n",
-        yes_no(ipv6)
-    )
+    );
+    s
 }
 
 /// A reflector: one leg per VLAN, no bus, only the listed service types cross.
@@ -51,32 +42,41 @@ pub fn reflector_conf(
     services: Option<&[String]>,
     ipv6: bool,
 ) -> String {
-    let mut s = format!(
-        "# Written by appliance for {hostname}: reflects mDNS between {}.\n\
-         [server]\n\
-         host-name={hostname}\n\
-         use-ipv4=yes\n\
-         use-ipv6={}\n\
-         allow-interfaces={}\n\
-         enable-dbus=no\n\
-         \n\
-         [wide-area]\n\
-         enable-wide-area=no\n\
-         \n\
+    let what = format!("reflects mDNS between {}", interfaces.join(", "));
+    let names: Vec<&str> = interfaces.iter().map(String::as_str).collect();
+    let mut s = header(hostname, &what, &names, ipv6, false);
+    s.push_str(
+        "\n\
          [publish]\n\
          disable-publishing=yes\n\
          \n\
          [reflector]\n\
          enable-reflector=yes\n\
          reflect-ipv=no\n",
-        interfaces.join(", "),
-        yes_no(ipv6),
-        interfaces.join(","),
     );
     if let Some(list) = services {
         s.push_str(&format!("reflect-filters={}\n", reflect_filters(list)));
     }
     s
+}
+
+/// The comment line and the `[server]` section every instance has.
+fn header(hostname: &str, what: &str, interfaces: &[&str], ipv6: bool, dbus: bool) -> String {
+    format!(
+        "# Written by appliance for {hostname}: {what}.\n\
+         [wide-area]\n\
+         enable-wide-area=no\n\
+         \n\
+         [server]\n\
+         host-name={hostname}\n\
+         use-ipv4=yes\n\
+         use-ipv6={}\n\
+         allow-interfaces={}\n\
+         enable-dbus={}\n",
+        yes_no(ipv6),
+        interfaces.join(","),
+        yes_no(dbus),
+    )
 }
 
 fn yes_no(b: bool) -> &'static str {
