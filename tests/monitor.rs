@@ -116,16 +116,17 @@ fn rsyslogd_and_snmptrapd_record_the_switch_address() {
         "1"
     );
     // Datagrams may be sent before a daemon is fully ready: send again until seen.
-    wait_until("rsyslogd to log the switch's line", T, || {
+    let line = wait_until("rsyslogd to log the switch's line", T, || {
         sb.sh("ip netns exec sw logger -d -n 234.192.168.1 -P 514 'link up on port 7'");
         read(&syslog_out)
             .lines()
             .find(|l| l.contains("link up on port 7"))
             .map(str::to_string)
-    })
-    .starts_with("10.9.0.2 ")
-    .then_some(())
-    .unwrap_or_else(|| panic!("rsyslog did not name the switch:\n{}", read(&syslog_out)));
+    });
+    assert!(
+        line.starts_with("10.9.0.2 "),
+        "rsyslog did not name the switch: {line}"
+    );
     let trap = wait_until("snmptrapd to log the trap", T, || {
         sb.sh(
             "ip netns exec sw env MIBS= snmptrap -v 2c -c public 234.192.168.2:162 '' \
