@@ -4,6 +4,7 @@
 //! source's group.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -41,6 +42,8 @@ pub struct Control {
     refresh_every: Duration,
     refusals: RateLimit,
     session_ids: u64,
+    /// Where the original's lines go: stdout (a sink in the benchmark).
+    out: Box<dyn Write + Send>,
 }
 
 /// At most one refusal line a second; the rest are counted and summed up in the next one.
@@ -93,7 +96,18 @@ impl Control {
             session_ids: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| d.as_secs()),
+            out: Box::new(std::io::stdout()),
         })
+    }
+
+    /// Sends the per-flow lines elsewhere (the benchmark opens 100,000 flows).
+    pub fn with_output(mut self, out: Box<dyn Write + Send>) -> Control {
+        self.out = out;
+        self
+    }
+
+    pub fn flows(&self) -> usize {
+        self.sessions.len()
     }
 
     pub fn run(mut self, rx: mpsc::Receiver<Event>) {
@@ -116,7 +130,7 @@ impl Control {
         self.shutdown();
     }
 
-    fn handle(&mut self, ev: Event) {
+    pub fn handle(&mut self, ev: Event) {
         match ev {
             Event::Added {
                 src,
@@ -124,7 +138,8 @@ impl Control {
                 restored,
             } => self.added(src, group, restored),
             Event::Removed { src, group, idle } => {
-                println!(
+                let _ = writeln!(
+                    self.out,
                     "Multicast address ({group}, {}) freed: {} silent for {}.",
                     self.port,
                     py_addr(src),
@@ -158,20 +173,22 @@ impl Control {
     fn added(&mut self, src: SocketAddr, group: IpAddr, restored: bool) {
         let url = self.amt_url(group);
         if restored {
-            println!(
+            let _ = writeln!(
+                self.out,
                 "Multicast address ({group}, {}) restored for {}.",
                 self.port,
                 py_addr(src)
             );
         } else {
             // The original's line, exactly.
-            println!(
+            let _ = writeln!(
+                self.out,
                 "Multicast address ({group}, {}) allocated for {}.",
                 self.port,
                 py_addr(src)
             );
         }
-        println!("Stream {url} translated from {}.", py_addr(src));
+        let _ = writeln!(self.out, "Stream {url} translated from {}.", py_addr(src));
         self.session_ids += 1;
         let id = self.session_ids;
         let sdp = self.sdp(src, group, id);
