@@ -607,10 +607,98 @@ fn ipv6_sources_and_an_ipv6_space() {
 }
 
 #[test]
-fn sigterm_stops_it_cleanly() {
+fn it_runs_without_capabilities_and_stops_cleanly_on_sigterm() {
     let sb = lab();
     let mut bg = translator(&sb, "translate", &[]);
+    let status = common::read(std::path::Path::new(&format!(
+        "/proc/{}/status",
+        bg.child.id()
+    )));
+    for want in [
+        "CapEff:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "NoNewPrivs:\t1",
+    ] {
+        assert!(status.contains(want), "{want} not in\n{status}");
+    }
     let st = bg.signal(15);
     assert!(st.success(), "exit {st}\n{}", bg.logs());
     assert!(bg.err().contains("translator stopped"), "{}", bg.logs());
+}
+
+/// `up` starts the translator with the argv of the plan: those flags must all work.
+#[test]
+fn the_plans_argv_runs() {
+    let sb = lab();
+    let site = sb.write(
+        "site.toml",
+        &format!(
+            r#"
+[site]
+name = "tr"
+state_dir = "{}"
+
+[translator]
+unicast = "10.1.0.1:9001"
+space = "232.9.0.0/16"
+interface = "br0"
+idle = "30s"
+allow = ["10.1.0.0/24"]
+menu = "http://10.1.0.1:9/"
+"#,
+            sb.path("state").display()
+        ),
+    );
+    let out = sb
+        .appliance()
+        .arg("plan")
+        .arg("--json")
+        .arg(&site)
+        .output()
+        .unwrap();
+    common::check(&out, "appliance plan --json");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let child = plan["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "translate")
+        .expect("a translate child");
+    let argv: Vec<String> = child["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(argv.contains(&"--allow".to_string()), "{argv:?}");
+    let mut cmd = sb.appliance();
+    cmd.args(&argv[1..]).env("APPLIANCE_LOG", "info");
+    let mut bg = Background::spawn(&sb, "translate", cmd);
+    bg.wait_for("translating unicast to multicast", T);
+    let s = source(&sb);
+    s.send(b"hello").unwrap();
+    let g = wait_allocations(&bg, 1)[&s.local_addr().unwrap().port()];
+    assert!(g.to_string().starts_with("232.9."), "{g}");
+    wait_until("the state file of the plan", T, || {
+        common::read(&sb.path("state").join("translator-flows.json"))
+            .contains(&g.to_string())
+            .then_some(())
+    });
+}
+
+/// Without --unicast-nif-ip it binds the address of the interface holding the default
+/// route, as the original does.
+#[test]
+fn default_address_is_that_of_the_default_route() {
+    let sb = lab();
+    sb.sh("ip route add default via 10.1.0.254 dev br0");
+    let mut cmd = sb.appliance();
+    cmd.args(["translate", "--multicast-interface", "br0"])
+        .env("APPLIANCE_LOG", "info");
+    let mut bg = Background::spawn(&sb, "translate", cmd);
+    bg.wait_for("translating unicast to multicast", T);
+    assert!(bg.err().contains("10.1.0.1:9001"), "{}", bg.logs());
+    let s = source(&sb);
+    s.send(b"hello").unwrap();
+    bg.wait_for("allocated for ('10.1.0.11'", T);
 }
