@@ -585,7 +585,8 @@ mod tests {
                 b
             };
             if let Ok(p) = SapPacket::parse(&buf) {
-                let _ = p.encode();
+                let again = SapPacket::parse(&p.encode()).expect("an encoded packet parses");
+                assert_eq!(again, p);
                 if Sdp::parse(&String::from_utf8_lossy(&p.payload)).is_ok() {
                     parsed_ok += 1;
                 }
