@@ -164,4 +164,11 @@ fn memberships_come_back_when_the_interface_is_recreated() {
         joined(&sb).then_some(())
     });
     assert!(sb.sh("ip maddr show dev br-mgmt").contains("234.192.168.2"));
+    // A new interface starts from the defaults: the monitor sets route_localnet again.
+    wait_until("route_localnet on the new br-mgmt", T, || {
+        (sb.sh("cat /proc/sys/net/ipv4/conf/br-mgmt/route_localnet")
+            .trim()
+            == "1")
+            .then_some(())
+    });
 }

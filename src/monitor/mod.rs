@@ -52,12 +52,12 @@ impl Membership {
         self.joined.as_ref().map(|(i, _)| *i)
     }
 
-    /// Joins again if the interface appeared or was re-created (a new index).
-    pub fn refresh(&mut self) {
+    /// Joins again if the interface appeared or was re-created (a new index); true then.
+    pub fn refresh(&mut self) -> bool {
         let m = &self.monitor;
         let now = net::ifindex(&m.interface);
         if now == self.joined_on() {
-            return;
+            return false;
         }
         self.joined = None;
         let Some(index) = now else {
@@ -67,7 +67,7 @@ impl Membership {
                 m.interface,
                 m.group
             );
-            return;
+            return false;
         };
         match join(m.group, index) {
             Ok(s) => {
@@ -80,13 +80,17 @@ impl Membership {
                     m.deliver
                 );
                 self.joined = Some((index, s));
+                true
             }
-            Err(e) => tracing::warn!(
-                "monitor {}: joining {} on {}: {e}; will retry",
-                m.name,
-                m.group,
-                m.interface
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    "monitor {}: joining {} on {}: {e}; will retry",
+                    m.name,
+                    m.group,
+                    m.interface
+                );
+                false
+            }
         }
     }
 }
@@ -153,24 +157,34 @@ fn sysctl_path(key: &str) -> String {
     format!("/proc/sys/{}", key.replace('.', "/"))
 }
 
-/// Sets the monitor's sysctls; returns what to put back.
-fn set_sysctls(list: &[&Sysctl]) -> Result<Vec<(String, String)>, MonitorError> {
-    let mut old = vec![];
+/// Sets the monitor's sysctls and records the first value seen of each, to put back on
+/// exit. A per-interface key of an interface not there yet is set when it appears (and
+/// again when it is re-created: the kernel starts a new interface from the defaults).
+fn set_sysctls(list: &[&Sysctl], old: &mut Vec<(String, String)>) -> Result<(), MonitorError> {
     for s in list {
         let path = sysctl_path(&s.key);
-        let before = std::fs::read_to_string(&path).map_err(|source| MonitorError::Sysctl {
+        let err = |source| MonitorError::Sysctl {
             key: s.key.clone(),
             value: s.value.clone(),
             source,
-        })?;
-        std::fs::write(&path, &s.value).map_err(|source| MonitorError::Sysctl {
-            key: s.key.clone(),
-            value: s.value.clone(),
-            source,
-        })?;
-        old.push((path, before.trim().to_string()));
+        };
+        let before = match std::fs::read_to_string(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!("sysctl {} does not exist yet; set when it does", s.key);
+                continue;
+            }
+            Err(e) => return Err(err(e)),
+        };
+        if before.trim() == s.value {
+            continue;
+        }
+        std::fs::write(&path, &s.value).map_err(err)?;
+        if !old.iter().any(|(p, _)| *p == path) {
+            old.push((path, before.trim().to_string()));
+        }
     }
-    Ok(old)
+    Ok(())
 }
 
 /// `appliance monitor SITE`: apply, hold the joins until SIGTERM/SIGINT, undo.
@@ -196,9 +210,12 @@ pub fn main(plan: &Plan) -> Result<(), MonitorError> {
         .iter()
         .filter(|s| s.owner == "monitor")
         .collect();
-    let restore = set_sysctls(&sysctls)?;
-    let mut result = Ok(());
+    let mut restore = vec![];
+    let mut result = set_sysctls(&sysctls, &mut restore);
     for t in &tables {
+        if result.is_err() {
+            break;
+        }
         if let Err(e) = firewall::apply(t) {
             result = Err(e.into());
             break;
@@ -234,8 +251,12 @@ pub fn main(plan: &Plan) -> Result<(), MonitorError> {
             if fds[0].revents != 0 {
                 drain(links.as_raw_fd());
             }
+            let mut rejoined = false;
             for m in &mut members {
-                m.refresh();
+                rejoined |= m.refresh();
+            }
+            if rejoined && let Err(e) = set_sysctls(&sysctls, &mut restore) {
+                tracing::warn!("{e}");
             }
         }
     }
