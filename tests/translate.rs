@@ -523,22 +523,23 @@ fn menu_server(sb: &Sandbox) -> (u16, std::sync::mpsc::Receiver<(String, serde_j
 }
 
 #[test]
-fn the_menu_receives_add_and_remove() {
+fn the_menu_receives_add_and_remove_also_across_a_restart() {
     let sb = lab();
     let (port, calls) = menu_server(&sb);
     let url = format!("http://10.1.0.1:{port}/");
-    let bg = translator(
-        &sb,
-        "translate",
-        &[
-            "--multicast-addr-space",
-            "232.8.0.0/16",
-            "--idle",
-            "1s",
-            "--menu",
-            &url,
-        ],
-    );
+    let state = sb.path("flows.json");
+    let state_s = state.display().to_string();
+    let args = [
+        "--multicast-addr-space",
+        "232.8.0.0/16",
+        "--idle",
+        "2s",
+        "--menu",
+        &url,
+        "--state-file",
+        &state_s,
+    ];
+    let mut bg = translator(&sb, "first", &args);
     let s = source(&sb);
     s.send(b"hello").unwrap();
     let g = wait_allocations(&bg, 1)[&s.local_addr().unwrap().port()];
@@ -550,12 +551,56 @@ fn the_menu_receives_add_and_remove() {
     assert_eq!(add["group"], g.to_string());
     let id = add["unique_identifier"].as_str().unwrap().to_string();
     assert_eq!(id, format!("amt://{TRANSLATOR}@{g}:9002"));
+    // The access code survives a crash: the restarted translator does not add the stream
+    // again, and removes it with the code it got.
+    wait_until("the access code on disk", T, || {
+        common::read(&sb.path("flows.menu.json"))
+            .contains("code-42")
+            .then_some(())
+    });
+    wait_until("the flow on disk", T, || {
+        common::read(&state).contains(&id).then_some(())
+    });
+    bg.signal(9);
+    let mut bg2 = translator(&sb, "second", &args);
+    bg2.wait_for("restored for", T);
+    s.send(b"still here").unwrap();
     let (path, rm) = calls
         .recv_timeout(T)
-        .unwrap_or_else(|_| panic!("no remove call\n{}", bg.logs()));
-    assert_eq!(path, "/api/remove/");
+        .unwrap_or_else(|_| panic!("no remove call\n{}", bg2.logs()));
+    assert_eq!(path, "/api/remove/", "{rm}");
     assert_eq!(rm["unique_identifier"], id.as_str());
     assert_eq!(rm["access_code"], "code-42");
+}
+
+/// A Menu that cannot be reached costs one log line, however many flows and retries.
+#[test]
+fn menu_failures_are_logged_once() {
+    let sb = lab();
+    // Nothing listens on port 9: every call fails at once.
+    let bg = translator(
+        &sb,
+        "translate",
+        &[
+            "--multicast-addr-space",
+            "232.10.0.0/16",
+            "--idle",
+            "2s",
+            "--menu",
+            "http://10.1.0.1:9/",
+        ],
+    );
+    let sources: Vec<UdpSocket> = (0..3).map(|_| source(&sb)).collect();
+    for s in &sources {
+        s.send(b"hello").unwrap();
+    }
+    wait_allocations(&bg, 3);
+    // By the time all three flows have expired, the adds were retried (1 s, 2 s backoff).
+    wait_until("three flows to expire", T, || {
+        (bg.out().matches(" freed: ").count() == 3).then_some(())
+    });
+    let n = bg.err().matches("Multicast Menu call failed").count();
+    assert_eq!(n, 1, "{}", bg.logs());
 }
 
 #[test]

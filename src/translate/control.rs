@@ -74,7 +74,11 @@ impl Control {
                 sap_v4 = Some(s.into());
             }
         }
-        let menu = cfg.menu.as_ref().map(|url| Menu::start(url));
+        let codes_file = cfg
+            .state_file
+            .as_ref()
+            .map(|p| p.with_extension("menu.json"));
+        let menu = cfg.menu.as_ref().map(|url| Menu::start(url, codes_file));
         Ok(Control {
             source: bound.source,
             port: cfg.port,
@@ -108,6 +112,14 @@ impl Control {
 
     pub fn flows(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// After a restart: streams on the Menu that are not among `live` groups come off it.
+    pub fn prune_menu(&self, live: &[IpAddr]) {
+        if let Some(m) = &self.menu {
+            let keep = live.iter().map(|g| self.amt_url(*g)).collect();
+            let _ = m.send(MenuJob::Prune { keep });
+        }
     }
 
     pub fn run(mut self, rx: mpsc::Receiver<Event>) {
@@ -289,6 +301,7 @@ impl Control {
                 .map(|(src, s)| SavedFlow {
                     source: *src,
                     group: s.group,
+                    url: self.amt_url(s.group),
                 })
                 .collect(),
         };
@@ -333,6 +346,9 @@ struct State {
 struct SavedFlow {
     source: SocketAddr,
     group: IpAddr,
+    /// The stream's amt:// URL, for `status` and for people reading the file.
+    #[serde(default)]
+    url: String,
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -393,6 +409,7 @@ mod tests {
             flows: vec![SavedFlow {
                 source: "192.0.2.7:31380".parse().unwrap(),
                 group: "232.1.2.3".parse().unwrap(),
+                url: String::new(),
             }],
         };
         write_atomically(&path, &serde_json::to_vec(&state).unwrap()).unwrap();

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,10 @@ pub enum MenuJob {
     },
     Remove {
         id: String,
+    },
+    /// After a restart: streams registered before that are not among these are removed.
+    Prune {
+        keep: Vec<String>,
     },
 }
 
@@ -89,8 +94,10 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 const GIVE_UP_AFTER: u32 = 10;
 
 impl Menu {
-    /// Starts the Menu thread; the URL was checked by `Config`.
-    pub fn start(url: &str) -> mpsc::Sender<MenuJob> {
+    /// Starts the Menu thread; the URL was checked by `Config`. Access codes are kept in
+    /// `codes_file` so a restarted translator neither registers a stream twice nor loses
+    /// the code it needs to remove it.
+    pub fn start(url: &str, codes_file: Option<PathBuf>) -> mpsc::Sender<MenuJob> {
         let (tx, rx) = mpsc::channel();
         let url = MenuUrl::parse(url).unwrap_or(MenuUrl {
             host: "localhost".into(),
@@ -99,13 +106,31 @@ impl Menu {
         });
         let _ = std::thread::Builder::new()
             .name("translate-menu".into())
-            .spawn(move || run(url, rx));
+            .spawn(move || run(url, rx, codes_file));
         tx
     }
 }
 
-fn run(url: MenuUrl, rx: mpsc::Receiver<MenuJob>) {
-    let mut codes: HashMap<String, String> = HashMap::new();
+fn load_codes(path: Option<&Path>) -> HashMap<String, String> {
+    path.and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_codes(path: Option<&Path>, codes: &HashMap<String, String>) {
+    if let Some(p) = path {
+        let tmp = p.with_extension("tmp");
+        let r = std::fs::write(&tmp, serde_json::to_vec(codes).unwrap_or_default())
+            .and_then(|_| std::fs::rename(&tmp, p));
+        if let Err(e) = r {
+            tracing::warn!("saving Multicast Menu access codes to {}: {e}", p.display());
+        }
+    }
+}
+
+fn run(url: MenuUrl, rx: mpsc::Receiver<MenuJob>, codes_file: Option<PathBuf>) {
+    let file = codes_file.as_deref();
+    let mut codes = load_codes(file);
     let mut queue: Vec<Pending> = Vec::new();
     let mut failing = false;
     loop {
@@ -115,6 +140,18 @@ fn run(url: MenuUrl, rx: mpsc::Receiver<MenuJob>) {
             .min()
             .unwrap_or(Duration::from_secs(3600));
         match rx.recv_timeout(wait) {
+            Ok(MenuJob::Prune { keep }) => {
+                for id in codes.keys().filter(|id| !keep.contains(id)) {
+                    queue.push(Pending {
+                        job: MenuJob::Remove { id: id.clone() },
+                        attempts: 0,
+                        due: Instant::now(),
+                    });
+                }
+            }
+            Ok(MenuJob::Add { id, .. }) if codes.contains_key(&id) => {
+                tracing::info!("{id} is on the Multicast Menu already");
+            }
             Ok(job) => {
                 // A removal of a stream whose add never went through cancels the add.
                 if let MenuJob::Remove { id } = &job
@@ -146,14 +183,17 @@ fn run(url: MenuUrl, rx: mpsc::Receiver<MenuJob>) {
                 MenuJob::Add { id, source, group } => add(&url, id, source, group).map(|code| {
                     tracing::info!("Added {id} to the Multicast Menu (access code {code})");
                     codes.insert(id.clone(), code);
+                    save_codes(file, &codes);
                 }),
                 MenuJob::Remove { id } => match codes.get(id) {
                     Some(code) => remove(&url, id, code).map(|_| {
                         tracing::info!("Removed {id} from the Multicast Menu");
                         codes.remove(id);
+                        save_codes(file, &codes);
                     }),
                     None => Ok(()),
                 },
+                MenuJob::Prune { .. } => Ok(()),
             };
             match result {
                 Ok(()) => {

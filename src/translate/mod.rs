@@ -480,6 +480,7 @@ pub fn main(args: &crate::cli::TranslateArgs) -> Result<(), TranslateError> {
     let (tx, rx) = mpsc::channel();
     let mut engine = Engine::new(&cfg, tx)?;
     let ctl = control::Control::new(&cfg, &bound)?;
+    ctl.prune_menu(&saved.iter().map(|(_, g)| *g).collect::<Vec<_>>());
     let control_thread = std::thread::Builder::new()
         .name("translate-control".into())
         .spawn(move || ctl.run(rx))
