@@ -386,6 +386,7 @@ fn memory_per_flow() -> (f64, f64) {
     let mut space_cfg = cfg.clone();
     space_cfg.space = "232.0.0.0/8".parse().unwrap();
     let space = translate::flows::Space::new(space_cfg.space).unwrap();
+    let mut added = Vec::with_capacity(N as usize); // not counted: made before `before`
     let before = LIVE.load(Ordering::Relaxed);
     let mut table = translate::flows::FlowTable::new(
         space,
@@ -395,7 +396,6 @@ fn memory_per_flow() -> (f64, f64) {
             new_per_sec: u32::MAX,
         },
     );
-    let mut added = vec![];
     for i in 0..N {
         let src = SocketAddr::new(
             IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i / 100)),
