@@ -23,8 +23,10 @@ use crate::sap::{self, SapPacket, Sdp};
 struct Session {
     group: IpAddr,
     hash: u16,
-    id: u64,
-    next_announce: Instant,
+    /// The SDP's session id (o= line).
+    id: u32,
+    /// Due time of the next announcement, in 100 ms ticks of [`Control::tick`].
+    next_announce: u32,
 }
 
 pub struct Control {
@@ -41,7 +43,8 @@ pub struct Control {
     last_saved: Instant,
     refresh_every: Duration,
     refusals: RateLimit,
-    session_ids: u64,
+    session_ids: u32,
+    started: Instant,
     /// Where the original's lines go: stdout (a sink in the benchmark).
     out: Box<dyn Write + Send>,
 }
@@ -97,9 +100,11 @@ impl Control {
                 last: None,
                 suppressed: 0,
             },
+            // Ids differ from a previous run's: SDP clients tell sessions apart by them.
             session_ids: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs()),
+                .map_or(1, |d| d.as_secs() as u32),
+            started: Instant::now(),
             out: Box::new(std::io::stdout()),
         })
     }
@@ -201,14 +206,14 @@ impl Control {
             );
         }
         let _ = writeln!(self.out, "Stream {url} translated from {}.", py_addr(src));
-        self.session_ids += 1;
+        self.session_ids = self.session_ids.wrapping_add(1);
         let id = self.session_ids;
         let sdp = self.sdp(src, group, id);
         let s = Session {
             group,
             hash: sap::msg_id_hash(&sdp),
             id,
-            next_announce: Instant::now(),
+            next_announce: self.tick(),
         };
         self.sessions.insert(src, s);
         if let Some(m) = &self.menu {
@@ -247,11 +252,13 @@ impl Control {
                 sap::interval(self.sessions.len(), 330)
             });
             let mut due = vec![];
+            let tick = self.tick();
             for (src, s) in self.sessions.iter_mut() {
-                if s.next_announce <= now {
+                if s.next_announce <= tick {
                     // ±1/3 jitter (RFC 2974 §3.1) so announcers never synchronise.
                     let jitter = 2.0 / 3.0 + rand::random::<f64>() * 2.0 / 3.0;
-                    s.next_announce = now + interval.mul_f64(jitter);
+                    let wait = (interval.as_secs_f64() * jitter * 10.0).max(1.0) as u32;
+                    s.next_announce = tick.saturating_add(wait);
                     due.push(*src);
                 }
             }
@@ -267,8 +274,13 @@ impl Control {
         }
     }
 
-    fn sdp(&self, src: SocketAddr, group: IpAddr, id: u64) -> String {
-        Sdp::translated(self.source, src, group, self.port, self.ttl, id).render()
+    /// 100 ms ticks since the control thread started (u32: 13 years).
+    fn tick(&self) -> u32 {
+        (self.started.elapsed().as_millis() / 100) as u32
+    }
+
+    fn sdp(&self, src: SocketAddr, group: IpAddr, id: u32) -> String {
+        Sdp::translated(self.source, src, group, self.port, self.ttl, id as u64).render()
     }
 
     fn send_sap(&self, src: SocketAddr, s: &Session, deletion: bool) {
