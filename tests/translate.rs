@@ -743,3 +743,94 @@ fn default_address_is_that_of_the_default_route() {
     s.send(b"hello").unwrap();
     bg.wait_for("allocated for ('10.1.0.11'", T);
 }
+
+/// An https Menu (the real one is): the calls go through curl, which checks the server's
+/// certificate against the CA given in CURL_CA_BUNDLE.
+#[test]
+fn the_menu_over_https() {
+    require_program("curl");
+    require_program("openssl");
+    require_program("python3");
+    let sb = lab();
+    let (cert, key) = (sb.path("menu.crt"), sb.path("menu.key"));
+    sb.sh(&format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=10.1.0.1 \
+         -addext subjectAltName=IP:10.1.0.1 -keyout {} -out {} 2>/dev/null",
+        key.display(),
+        cert.display()
+    ));
+    let calls = sb.path("calls.jsonl");
+    let server = sb.write(
+        "menu.py",
+        &format!(
+            r#"
+import http.server, json, ssl
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with open("{calls}", "a") as f:
+            f.write(json.dumps({{"path": self.path, "body": body}}) + "\n")
+        if self.path.endswith("/api/add/"):
+            answer, code = b'{{"access_code": "code-7"}}', 201
+        else:
+            answer, code = b"", 200
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+s = http.server.HTTPServer(("10.1.0.1", 8443), H)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+c.load_cert_chain("{cert}", "{key}")
+s.socket = c.wrap_socket(s.socket, server_side=True)
+print("ready", flush=True)
+s.serve_forever()
+"#,
+            calls = calls.display(),
+            cert = cert.display(),
+            key = key.display()
+        ),
+    );
+    let mut py = Background::spawn(&sb, "menu", {
+        let mut c = sb.cmd("python3");
+        c.arg(&server);
+        c
+    });
+    py.wait_for("ready", T);
+    let mut cmd = sb.appliance();
+    cmd.args([
+        "translate",
+        "--unicast-nif-ip",
+        TRANSLATOR,
+        "--multicast-interface",
+        "br0",
+        "--multicast-addr-space",
+        "232.11.0.0/16",
+        "--idle",
+        "1s",
+        "--menu",
+        "https://10.1.0.1:8443/",
+    ])
+    .env("APPLIANCE_LOG", "info")
+    .env("CURL_CA_BUNDLE", &cert);
+    let mut bg = Background::spawn(&sb, "translate", cmd);
+    bg.wait_for("translating unicast to multicast", T);
+    let s = source(&sb);
+    s.send(b"hello").unwrap();
+    let g = wait_allocations(&bg, 1)[&s.local_addr().unwrap().port()];
+    let log = wait_until(
+        &format!("the add and remove calls\n{}", bg.logs()),
+        T,
+        || {
+            let t = common::read(&calls);
+            t.contains("/api/remove/").then_some(t)
+        },
+    );
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["path"], "/api/add/");
+    assert_eq!(lines[0]["body"]["group"], g.to_string());
+    assert_eq!(lines[1]["path"], "/api/remove/");
+    assert_eq!(lines[1]["body"]["access_code"], "code-7");
+}

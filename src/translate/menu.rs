@@ -3,7 +3,8 @@
 //! group}` answers 201 and an access code; `POST {url}/api/remove/` with
 //! `{unique_identifier, access_code}` takes the stream off. Failed calls are retried with
 //! exponential backoff; the first failure is logged, then nothing until a call succeeds.
-//! Plain HTTP/1.1 over a TcpStream: the Menu is reached over http:// only.
+//! http:// is plain HTTP/1.1 over a TcpStream; https:// goes through the system's `curl`
+//! (Debian keeps its TLS up to date; these calls are rare and off the data path).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -29,9 +30,10 @@ pub enum MenuJob {
     },
 }
 
-/// `http://HOST[:PORT][/PATH]`.
+/// `http[s]://HOST[:PORT][/PATH]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MenuUrl {
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub path: String,
@@ -39,7 +41,10 @@ pub struct MenuUrl {
 
 impl MenuUrl {
     pub fn parse(url: &str) -> Option<MenuUrl> {
-        let rest = url.strip_prefix("http://")?;
+        let (tls, rest) = match url.strip_prefix("https://") {
+            Some(r) => (true, r),
+            None => (false, url.strip_prefix("http://")?),
+        };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -60,8 +65,9 @@ impl MenuUrl {
             return None;
         }
         Some(MenuUrl {
+            tls,
             host,
-            port: port.unwrap_or(80),
+            port: port.unwrap_or(if tls { 443 } else { 80 }),
             path: path.trim_end_matches('/').to_string(),
         })
     }
@@ -100,6 +106,7 @@ impl Menu {
     pub fn start(url: &str, codes_file: Option<PathBuf>) -> mpsc::Sender<MenuJob> {
         let (tx, rx) = mpsc::channel();
         let url = MenuUrl::parse(url).unwrap_or(MenuUrl {
+            tls: false,
             host: "localhost".into(),
             port: 80,
             path: String::new(),
@@ -259,10 +266,19 @@ fn remove(url: &MenuUrl, id: &str, code: &str) -> Result<(), MenuError> {
     Ok(())
 }
 
-/// One HTTP/1.1 POST with a JSON body; returns (status, body, URL for messages).
+/// One POST with a JSON body; returns (status, body, URL for messages).
 fn post(url: &MenuUrl, api: &str, body: &str) -> Result<(u16, String, String), MenuError> {
     let path = format!("{}{api}", url.path);
-    let full = format!("http://{}:{}{path}", url.host, url.port);
+    let host = if url.host.contains(':') {
+        format!("[{}]", url.host)
+    } else {
+        url.host.clone()
+    };
+    let scheme = if url.tls { "https" } else { "http" };
+    let full = format!("{scheme}://{host}:{}{path}", url.port);
+    if url.tls {
+        return curl(&full, body).map(|(status, text)| (status, text, full));
+    }
     let io = |source| MenuError::Io {
         url: full.clone(),
         source,
@@ -277,11 +293,6 @@ fn post(url: &MenuUrl, api: &str, body: &str) -> Result<(u16, String, String), M
         .map_err(io)?;
     s.set_write_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
-    let host = if url.host.contains(':') {
-        format!("[{}]", url.host)
-    } else {
-        url.host.clone()
-    };
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: appliance-translate\r\n\r\n{body}",
         url.port,
@@ -306,6 +317,55 @@ fn post(url: &MenuUrl, api: &str, body: &str) -> Result<(u16, String, String), M
         body.to_string()
     };
     Ok((status, body, full))
+}
+
+/// An https POST through curl: the body on stdin, the status code on the last line.
+fn curl(full: &str, body: &str) -> Result<(u16, String), MenuError> {
+    use std::process::{Command, Stdio};
+    let io = |source| MenuError::Io {
+        url: full.to_string(),
+        source,
+    };
+    let mut child = Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "10",
+            "--request",
+            "POST",
+            "--header",
+            "Content-Type: application/json",
+            "--header",
+            "Accept: application/json",
+            "--user-agent",
+            "appliance-translate",
+            "--data-binary",
+            "@-",
+            "--write-out",
+            "\n%{http_code}",
+            "--",
+            full,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(body.as_bytes()).map_err(io)?;
+    }
+    let out = child.wait_with_output().map_err(io)?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(io(std::io::Error::other(format!("curl: {why}"))));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let status = code.trim().parse().map_err(|_| MenuError::Garbled {
+        url: full.to_string(),
+    })?;
+    Ok((status, body.to_string()))
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -336,7 +396,9 @@ mod tests {
         assert_eq!((u.port, u.path.as_str()), (80, ""));
         let u = MenuUrl::parse("http://[::1]:81").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 81));
-        assert!(MenuUrl::parse("https://menu.example").is_none());
+        let u = MenuUrl::parse("https://menu.example/x").unwrap();
+        assert_eq!((u.tls, u.port, u.path.as_str()), (true, 443, "/x"));
+        assert!(MenuUrl::parse("ftp://menu.example").is_none());
         assert!(MenuUrl::parse("http://:80").is_none());
     }
 

@@ -42,7 +42,7 @@ pub enum TranslateError {
     NoInterface(String),
     #[error("dropping capabilities: {0}")]
     Caps(String),
-    #[error("menu URL {0:?}: only http://HOST[:PORT][/PATH] is supported")]
+    #[error("menu URL {0:?}: give http[s]://HOST[:PORT][/PATH]")]
     MenuUrl(String),
     #[error("receiving on {object}: {source}")]
     Recv {
