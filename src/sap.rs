@@ -184,6 +184,15 @@ pub fn msg_id_hash(sdp: &str) -> u16 {
     if v == 0 { 1 } else { v }
 }
 
+/// The stream's AMT URL, `amt://SOURCE@GROUP:PORT` (IPv6 addresses in brackets).
+pub fn amt_url(source: IpAddr, group: IpAddr, port: u16) -> String {
+    let b = |a: IpAddr| match a {
+        IpAddr::V6(v) => format!("[{v}]"),
+        IpAddr::V4(v) => v.to_string(),
+    };
+    format!("amt://{}@{}:{port}", b(source), b(group))
+}
+
 /// The parts of an SDP session the appliance writes and reads.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Sdp {
@@ -236,7 +245,7 @@ impl Sdp {
             version: 1,
             origin_addr: Some(source),
             name: format!("Translated stream from {sender}"),
-            info: Some(format!("amt://{source}@{group}:{port}")),
+            info: Some(amt_url(source, group, port)),
             uri: None,
             connection: Some(group),
             ttl: Some(ttl),
@@ -447,6 +456,10 @@ mod tests {
         let back = Sdp::parse(&text).unwrap();
         assert_eq!(back.connection, sdp.connection);
         assert_eq!(back.ttl, None);
+        assert_eq!(
+            back.info.as_deref(),
+            Some("amt://[fd00::1]@[ff3e::8000:1]:9002")
+        );
     }
 
     #[test]

@@ -616,6 +616,16 @@ fn ipv6_sources_and_an_ipv6_space() {
         "--multicast-addr-space",
         "ff3e::/96",
     ]);
+    // SAP for an ff3e:: (global scope) group goes to ff0e::2:7ffe.
+    let sap = in_netns(&sb, Some("rx"), || {
+        let a: std::net::Ipv6Addr = "ff0e::2:7ffe".parse().unwrap();
+        let s = UdpSocket::bind(SocketAddr::new(a.into(), 9875)).unwrap();
+        let idx = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        s.join_multicast_v6(&a, idx).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        s
+    });
     let mut bg = Background::spawn(&sb, "translate", cmd);
     bg.wait_for("translating unicast to multicast", T);
     let s = udp_in(&sb, Some("src"), "[fd01::11]:0");
@@ -645,6 +655,19 @@ fn ipv6_sources_and_an_ipv6_space() {
     });
     s.send(b"over v6").unwrap();
     assert!(recv_until(&r, T, |d| d == b"over v6"), "{}", bg.logs());
+    let mut sdp = None;
+    recv_until(&sap, T, |d| {
+        let p = SapPacket::parse(d).unwrap();
+        assert_eq!(p.origin.to_string(), "fd01::1");
+        sdp = Some(Sdp::parse(std::str::from_utf8(&p.payload).unwrap()).unwrap());
+        true
+    });
+    let sdp = sdp.unwrap_or_else(|| panic!("no SAP on ff0e::2:7ffe\n{}", bg.logs()));
+    assert_eq!(sdp.connection, Some(g.into()));
+    assert_eq!(
+        sdp.info.as_deref(),
+        Some(format!("amt://[fd01::1]@[{g}]:9002").as_str())
+    );
 }
 
 #[test]

@@ -181,10 +181,7 @@ impl Control {
     }
 
     fn amt_url(&self, group: IpAddr) -> String {
-        match group {
-            IpAddr::V6(g) => format!("amt://{}@[{g}]:{}", bracket(self.source), self.port),
-            IpAddr::V4(g) => format!("amt://{}@{g}:{}", bracket(self.source), self.port),
-        }
+        sap::amt_url(self.source, group, self.port)
     }
 
     fn added(&mut self, src: SocketAddr, group: IpAddr, restored: bool) {
@@ -327,13 +324,6 @@ impl Control {
             self.send_sap(*src, s, true);
         }
         self.save();
-    }
-}
-
-fn bracket(a: IpAddr) -> String {
-    match a {
-        IpAddr::V6(v) => format!("[{v}]"),
-        IpAddr::V4(v) => v.to_string(),
     }
 }
 
