@@ -266,7 +266,11 @@ impl Control {
             }
         }
         let refresh = !self.sessions.is_empty() && now - self.last_saved >= self.refresh_every;
-        if (self.dirty || refresh) && now - self.last_saved >= Duration::from_millis(100) {
+        // The whole map is rewritten each time: with many flows, less often (100,000
+        // flows: every 10 s), so churn never turns into a disk-writing loop.
+        let gap =
+            Duration::from_millis(100) + Duration::from_micros(100) * self.sessions.len() as u32;
+        if (self.dirty || refresh) && now - self.last_saved >= gap {
             self.save();
         }
     }
