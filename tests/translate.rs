@@ -857,3 +857,34 @@ s.serve_forever()
     assert_eq!(lines[1]["path"], "/api/remove/");
     assert_eq!(lines[1]["body"]["access_code"], "code-7");
 }
+
+/// The multicast interface is re-created (a new index): the translator sends by the new one.
+#[test]
+fn a_recreated_multicast_interface_is_used_again() {
+    let sb = lab();
+    let mut bg = translator(
+        &sb,
+        "translate",
+        &["--multicast-addr-space", "232.12.0.0/16"],
+    );
+    let s = source(&sb);
+    s.send(b"hello").unwrap();
+    let g = wait_allocations(&bg, 1)[&s.local_addr().unwrap().port()];
+    sb.sh(&format!(
+        "ip link del br0\n\
+         ip link add br0 type bridge mcast_snooping 0\n\
+         ip addr add {TRANSLATOR}/24 dev br0\n\
+         ip link set h-src master br0\n\
+         ip link set h-rx master br0\n\
+         ip link set br0 up"
+    ));
+    let r = receiver(&sb, &[g], 9002);
+    // Datagrams sent before the kernel has the new index in place may be lost: resend.
+    let got = wait_until("a datagram by the new br0", T, || {
+        s.send(b"again").unwrap();
+        let mut buf = [0u8; 64];
+        r.recv(&mut buf).ok().filter(|n| &buf[..*n] == b"again")
+    });
+    assert_eq!(got, 5);
+    bg.wait_for("multicast interface br0 is back", T);
+}

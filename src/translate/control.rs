@@ -33,6 +33,7 @@ pub struct Control {
     source: IpAddr,
     port: u16,
     ttl: u8,
+    interface: Option<String>,
     sap_v4: Option<UdpSocket>,
     sap_v6: Option<UdpSocket>,
     sap_interval: Option<Duration>,
@@ -86,6 +87,7 @@ impl Control {
             source: bound.source,
             port: cfg.port,
             ttl: cfg.ttl,
+            interface: cfg.interface.clone(),
             sap_v4,
             sap_v6,
             sap_interval: cfg.sap_interval,
@@ -297,6 +299,17 @@ impl Control {
             && let Err(e) = sock.send_to(&packet, to)
         {
             tracing::debug!("sending SAP to {to}: {e}");
+            // The interface may have been re-created with a new index.
+            if let Some(name) = &self.interface
+                && let Some(index) = net::ifindex(name)
+            {
+                let _ = net::set_multicast(
+                    &socket2::SockRef::from(sock),
+                    to.is_ipv6(),
+                    self.ttl,
+                    index,
+                );
+            }
         }
     }
 

@@ -246,6 +246,9 @@ pub struct Engine {
     started: Instant,
     idle: Tick,
     port: u16,
+    /// The multicast interface by name, and the index the socket sends by.
+    interface: Option<(String, u32)>,
+    ttl: u8,
     events: mpsc::Sender<Event>,
     /// Senders already told they were refused (bounded), so a refused flow logs once.
     refused: HashMap<SocketAddr, Tick>,
@@ -273,6 +276,11 @@ impl Engine {
             started: Instant::now(),
             idle,
             port: cfg.port,
+            interface: cfg
+                .interface
+                .as_ref()
+                .map(|n| (n.clone(), net::ifindex(n).unwrap_or(0))),
+            ttl: cfg.ttl,
             events,
             refused: HashMap::new(),
             stats: Stats::default(),
@@ -305,7 +313,6 @@ impl Engine {
     /// Runs until `stop` is readable (a signalfd or eventfd).
     pub fn run(&mut self, bound: &Bound, stop: RawFd) -> Result<Stats, TranslateError> {
         let ufd = bound.unicast.as_raw_fd();
-        let mfd = bound.multicast.as_raw_fd();
         let object = bound
             .unicast
             .local_addr()
@@ -338,7 +345,7 @@ impl Engine {
                 break;
             }
             if fds[0].revents != 0 {
-                self.drain(ufd, mfd, &object)?;
+                self.drain(ufd, &bound.multicast, &object)?;
             }
             let now = self.now();
             if now >= next_sweep {
@@ -351,7 +358,8 @@ impl Engine {
     }
 
     /// Receives and forwards until the socket is empty.
-    fn drain(&mut self, ufd: RawFd, mfd: RawFd, object: &str) -> Result<(), TranslateError> {
+    fn drain(&mut self, ufd: RawFd, msock: &Socket, object: &str) -> Result<(), TranslateError> {
+        let mfd = msock.as_raw_fd();
         loop {
             let n = self
                 .batch
@@ -385,15 +393,32 @@ impl Engine {
             let (sent, failed, err) = self.batch.flush(mfd);
             self.stats.sent += sent as u64;
             self.stats.send_errors += failed as u64;
-            if let Some(e) = err
-                && !self.send_error_reported
-            {
-                self.send_error_reported = true;
-                let _ = self.events.send(Event::SendFailed(e.to_string()));
+            if let Some(e) = err {
+                if !self.send_error_reported {
+                    self.send_error_reported = true;
+                    let _ = self.events.send(Event::SendFailed(e.to_string()));
+                }
+                self.reattach(msock);
             }
             if n < self.batch.slots() {
                 return Ok(());
             }
+        }
+    }
+
+    /// The multicast interface was re-created (a new index): send by the new one.
+    fn reattach(&mut self, msock: &Socket) {
+        let Some((name, index)) = &mut self.interface else {
+            return;
+        };
+        if let Some(now) = net::ifindex(name)
+            && now != *index
+            && net::set_multicast(msock, self.table.space.net.addr().is_ipv6(), self.ttl, now)
+                .is_ok()
+        {
+            tracing::info!("multicast interface {name} is back as index {now}; sending by it");
+            *index = now;
+            self.send_error_reported = false;
         }
     }
 
