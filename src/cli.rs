@@ -127,9 +127,15 @@ pub struct TranslateArgs {
     pub allow: Vec<IpNet>,
     #[arg(long, default_value_t = 10_000)]
     pub max_flows: u32,
+    /// New flows one source address may open per second.
+    #[arg(long, default_value_t = 10)]
+    pub new_flows_per_second: u32,
     /// Do not announce flows with SAP.
     #[arg(long)]
     pub no_sap: bool,
+    /// Re-announce every flow this often; default: RFC 2974's (at least 300 s).
+    #[arg(long, value_parser = site::duration::parse)]
+    pub sap_interval: Option<std::time::Duration>,
     /// Base URL of a Multicast Menu to register flows with.
     #[arg(long)]
     pub menu: Option<String>,
@@ -148,9 +154,34 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Services { .. } => not_built("services", 3),
         Command::Render { .. } => not_built("render", 3),
         Command::Mroute(_) => not_built("mroute", 4),
-        Command::Translate(_) => not_built("translate", 5),
-        Command::Monitor { .. } => not_built("monitor", 5),
+        Command::Translate(args) => translate(&args),
+        Command::Monitor { site } => monitor(&site),
         Command::Headend { .. } => not_built("headend", 0),
+    }
+}
+
+fn translate(args: &TranslateArgs) -> ExitCode {
+    match crate::translate::main(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("appliance translate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn monitor(path: &std::path::Path) -> ExitCode {
+    let loaded = match site::load(path) {
+        Ok(l) => l,
+        Err(errors) => return invalid(&errors),
+    };
+    let p = plan::plan(&loaded.site, &loaded.path);
+    match crate::monitor::main(&p) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("appliance monitor: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

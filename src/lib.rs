@@ -4,5 +4,8 @@
 
 pub mod cli;
 pub mod firewall;
+pub mod monitor;
 pub mod plan;
+pub mod sap;
 pub mod site;
+pub mod translate;

@@ -777,7 +777,13 @@ impl Builder<'_> {
                 "monitor".into(),
                 self.plan.site_file.display().to_string(),
             ];
-            self.plan.children.push(self_child("monitor", argv, &[]));
+            // nft and the sysctls need CAP_NET_ADMIN; joining alone needs nothing.
+            let kept: &[&str] = if self.monitor_fw.is_empty() {
+                &[]
+            } else {
+                &["CAP_NET_ADMIN"]
+            };
+            self.plan.children.push(self_child("monitor", argv, kept));
         }
     }
 

@@ -253,3 +253,116 @@ pub fn check(out: &Output, what: &str) {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// Runs `f` on a fresh thread inside the network namespace of the sandbox (`host: None`)
+/// or of one of its hosts, and returns what it made: a socket made there stays there.
+/// (setns only on a throwaway thread, so no test thread changes namespace.)
+pub fn in_netns<T: Send + 'static>(
+    sb: &Sandbox,
+    host: Option<&str>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let path = match host {
+        None => PathBuf::from(format!("/proc/{}/ns/net", sb.pid)),
+        Some(h) => PathBuf::from(format!("/proc/{}/root/run/netns/{h}", sb.pid)),
+    };
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::File::open(&path)
+            .unwrap_or_else(|e| panic!("opening namespace {}: {e}", path.display()));
+        let r = unsafe { setns(ns.as_raw_fd(), 0x4000_0000) };
+        assert_eq!(
+            r,
+            0,
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+unsafe extern "C" {
+    fn setns(fd: i32, nstype: i32) -> i32;
+}
+
+/// A UDP socket bound to `addr` inside the sandbox (`host: None`) or one of its hosts.
+pub fn udp_in(sb: &Sandbox, host: Option<&str>, addr: &str) -> std::net::UdpSocket {
+    let addr: std::net::SocketAddr = addr.parse().expect("socket address");
+    in_netns(sb, host, move || {
+        std::net::UdpSocket::bind(addr).unwrap_or_else(|e| panic!("binding {addr}: {e}"))
+    })
+}
+
+/// A background process of the sandbox whose stdout and stderr go to files of the test.
+pub struct Background {
+    pub child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Background {
+    pub fn spawn(sb: &Sandbox, name: &str, mut cmd: Command) -> Background {
+        let stdout = sb.path(&format!("{name}.out"));
+        let stderr = sb.path(&format!("{name}.err"));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Background {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn out(&self) -> String {
+        read(&self.stdout)
+    }
+
+    pub fn err(&self) -> String {
+        read(&self.stderr)
+    }
+
+    /// Both outputs, for failure messages.
+    pub fn logs(&self) -> String {
+        format!("stdout:\n{}\nstderr:\n{}", self.out(), self.err())
+    }
+
+    /// Waits until stdout or stderr contains `text`; panics with the logs on timeout or exit.
+    pub fn wait_for(&mut self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.out().contains(text) || self.err().contains(text) {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("exited ({st}) before printing {text:?}\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {text:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (by pid) and waits for the exit status.
+    pub fn signal(&mut self, sig: i32) -> std::process::ExitStatus {
+        // nsenter passes signals on to the program it runs.
+        unsafe { kill(self.child.id() as i32, sig) };
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

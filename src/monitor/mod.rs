@@ -1,0 +1,296 @@
+//! Multicast telemetry to local daemons (`[[monitor]]`, `appliance monitor SITE`).
+//!
+//! Switches send syslog, SNMP traps and NTP to groups. Joining the group on the interface
+//! is the whole job when the daemon listens on the wildcard address and the same port: the
+//! kernel delivers the datagram to it with the switch's own source address. For another
+//! address or port the plan's `monitor` nft table rewrites the destination statelessly
+//! (`notrack ... ip daddr set`), which also keeps the source. Memberships are held as
+//! long as this runs and re-made when an interface is re-created (netlink link events).
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::firewall::{self, FirewallError};
+use crate::plan::{MonitorPlan, Plan, Sysctl};
+use crate::translate::net;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("site {0} has no [[monitor]]: nothing to relay")]
+    Nothing(String),
+    #[error("{0}")]
+    Firewall(#[from] FirewallError),
+    #[error("setting sysctl {key} = {value}: {source}")]
+    Sysctl {
+        key: String,
+        value: String,
+        source: io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+/// One group held joined on one interface.
+pub struct Membership {
+    pub monitor: MonitorPlan,
+    /// The interface index it is joined on, and the socket holding it.
+    joined: Option<(u32, Socket)>,
+}
+
+impl Membership {
+    pub fn new(monitor: MonitorPlan) -> Membership {
+        Membership {
+            monitor,
+            joined: None,
+        }
+    }
+
+    pub fn joined_on(&self) -> Option<u32> {
+        self.joined.as_ref().map(|(i, _)| *i)
+    }
+
+    /// Joins again if the interface appeared or was re-created (a new index); true then.
+    pub fn refresh(&mut self) -> bool {
+        let m = &self.monitor;
+        let now = net::ifindex(&m.interface);
+        if now == self.joined_on() {
+            return false;
+        }
+        self.joined = None;
+        let Some(index) = now else {
+            tracing::warn!(
+                "monitor {}: interface {} is gone; will join {} again when it is back",
+                m.name,
+                m.interface,
+                m.group
+            );
+            return false;
+        };
+        match join(m.group, index) {
+            Ok(s) => {
+                tracing::info!(
+                    "monitor {}: joined {} on {} (index {index}); datagrams to port {} go to {}",
+                    m.name,
+                    m.group,
+                    m.interface,
+                    m.port,
+                    m.deliver
+                );
+                self.joined = Some((index, s));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "monitor {}: joining {} on {}: {e}; will retry",
+                    m.name,
+                    m.group,
+                    m.interface
+                );
+                false
+            }
+        }
+    }
+}
+
+/// A socket that only holds a membership: unbound, it never takes a datagram from the
+/// daemon's own socket.
+fn join(group: IpAddr, ifindex: u32) -> io::Result<Socket> {
+    let s = Socket::new(
+        if group.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        },
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    net::join(&s, group, ifindex)?;
+    Ok(s)
+}
+
+/// A netlink socket that hears links come and go.
+fn link_events() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket/bind calls on a fresh fd we own.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let owned = OwnedFd::from_raw_fd(fd);
+        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+        sa.nl_family = libc::AF_NETLINK as u16;
+        sa.nl_groups = libc::RTMGRP_LINK as u32;
+        if libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(owned)
+    }
+}
+
+fn drain(fd: RawFd) {
+    let mut buf = [0u8; 16384];
+    // SAFETY: reading into a local buffer.
+    while unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) } > 0 {}
+}
+
+/// `/proc/sys` path of a sysctl key; the interface part of `net.ipv4.conf.IF.x` may hold dots.
+fn sysctl_path(key: &str) -> String {
+    for fam in ["net.ipv4.conf.", "net.ipv6.conf."] {
+        if let Some(rest) = key.strip_prefix(fam)
+            && let Some((iface, leaf)) = rest.rsplit_once('.')
+        {
+            return format!("/proc/sys/{}{iface}/{leaf}", fam.replace('.', "/"));
+        }
+    }
+    format!("/proc/sys/{}", key.replace('.', "/"))
+}
+
+/// Sets the monitor's sysctls and records the first value seen of each, to put back on
+/// exit. A per-interface key of an interface not there yet is set when it appears (and
+/// again when it is re-created: the kernel starts a new interface from the defaults).
+fn set_sysctls(list: &[&Sysctl], old: &mut Vec<(String, String)>) -> Result<(), MonitorError> {
+    for s in list {
+        let path = sysctl_path(&s.key);
+        let err = |source| MonitorError::Sysctl {
+            key: s.key.clone(),
+            value: s.value.clone(),
+            source,
+        };
+        let before = match std::fs::read_to_string(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!("sysctl {} does not exist yet; set when it does", s.key);
+                continue;
+            }
+            Err(e) => return Err(err(e)),
+        };
+        if before.trim() == s.value {
+            continue;
+        }
+        std::fs::write(&path, &s.value).map_err(err)?;
+        if !old.iter().any(|(p, _)| *p == path) {
+            old.push((path, before.trim().to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// `appliance monitor SITE`: apply, hold the joins until SIGTERM/SIGINT, undo.
+pub fn main(plan: &Plan) -> Result<(), MonitorError> {
+    if plan.monitors.is_empty() {
+        return Err(MonitorError::Nothing(plan.site.clone()));
+    }
+    let stop = net::block_termination_signals().map_err(|source| MonitorError::Io {
+        what: "creating a signalfd for SIGTERM/SIGINT".into(),
+        source,
+    })?;
+    let links = link_events().map_err(|source| MonitorError::Io {
+        what: "opening a netlink socket for link events".into(),
+        source,
+    })?;
+    let tables: Vec<_> = plan
+        .firewall
+        .iter()
+        .filter(|f| f.owner == "monitor")
+        .collect();
+    let sysctls: Vec<&Sysctl> = plan
+        .sysctls
+        .iter()
+        .filter(|s| s.owner == "monitor")
+        .collect();
+    let mut restore = vec![];
+    let mut result = set_sysctls(&sysctls, &mut restore);
+    for t in &tables {
+        if result.is_err() {
+            break;
+        }
+        if let Err(e) = firewall::apply(t) {
+            result = Err(e.into());
+            break;
+        }
+        tracing::info!("applied nft table {} {}", t.family, t.table);
+    }
+    if result.is_ok() {
+        let mut members: Vec<Membership> =
+            plan.monitors.iter().cloned().map(Membership::new).collect();
+        for m in &mut members {
+            m.refresh();
+        }
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: links.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds. The timeout is a safety net for missed events.
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, 5000) };
+            if fds[1].revents != 0 {
+                let sig = net::read_signal(&stop).unwrap_or(0);
+                tracing::info!("signal {sig}: leaving the groups and undoing the rules");
+                break;
+            }
+            if fds[0].revents != 0 {
+                drain(links.as_raw_fd());
+            }
+            let mut rejoined = false;
+            for m in &mut members {
+                rejoined |= m.refresh();
+            }
+            if rejoined && let Err(e) = set_sysctls(&sysctls, &mut restore) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+    // Undo everything, keep going after an error, report the first.
+    for t in &tables {
+        if let Err(e) = firewall::remove(&t.family, &t.table) {
+            tracing::warn!("{e}");
+            if result.is_ok() {
+                result = Err(e.into());
+            }
+        }
+    }
+    for (path, value) in restore {
+        if let Err(e) = std::fs::write(&path, &value) {
+            // The interface may be gone, and its sysctl with it.
+            tracing::debug!("restoring {path} = {value}: {e}");
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_paths_keep_dots_in_interface_names() {
+        assert_eq!(
+            sysctl_path("net.ipv4.conf.eth0.10.route_localnet"),
+            "/proc/sys/net/ipv4/conf/eth0.10/route_localnet"
+        );
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward"),
+            "/proc/sys/net/ipv4/ip_forward"
+        );
+    }
+}
