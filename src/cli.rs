@@ -100,6 +100,18 @@ pub struct MrouteArgs {
     /// An smcroute.conf (phyint, mroute, mgroup, include).
     #[arg(long)]
     pub smcroute_conf: Option<PathBuf>,
+    /// Where the control socket lives with --smcroute-conf (default /run/appliance/smcroute).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Ask the running forwarder for its VIFs and entries instead of starting one.
+    #[arg(long)]
+    pub status: bool,
+    /// With --status: print the answer as JSON.
+    #[arg(long, requires = "status")]
+    pub json: bool,
+    /// Ask the running forwarder to re-read its configuration (like SIGHUP).
+    #[arg(long, conflicts_with = "status")]
+    pub reload: bool,
 }
 
 #[derive(Debug, Args)]
@@ -147,7 +159,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status { .. } => not_built("status", 3),
         Command::Services { .. } => not_built("services", 3),
         Command::Render { .. } => not_built("render", 3),
-        Command::Mroute(_) => not_built("mroute", 4),
+        Command::Mroute(args) => crate::mroute::cli(args),
         Command::Translate(_) => not_built("translate", 5),
         Command::Monitor { .. } => not_built("monitor", 5),
         Command::Headend { .. } => not_built("headend", 0),

@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod firewall;
+pub mod mroute;
 pub mod plan;
 pub mod site;

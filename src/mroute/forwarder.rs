@@ -1,0 +1,589 @@
+//! The forwarder's kernel state: one routing socket per family, its VIFs/MIFs, every (S,G)
+//! entry it installed and why, and the group memberships. Applying a new [`Config`] changes
+//! only what differs, so unchanged entries keep forwarding through a reload.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::MrouteError;
+use super::config::{Config, Iface, Resolution};
+use super::kernel::{self, MAXVIFS, TTL_NOT_OUTPUT};
+use super::sys::{self, Counters, Family, JoinSocket, RouteSocket, Upcall};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A static (S,G) of the configuration.
+    Configured,
+    /// Resolved from a template on an upcall.
+    Learned,
+    /// No route matched: an entry with no outputs so the kernel drops the group quietly.
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    iif: u16,
+    ttls: [u8; MAXVIFS],
+    origin: Origin,
+    /// The route (its origin string) or the reason of a stop entry.
+    why: String,
+    last_packets: u64,
+    last_active: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Vif {
+    name: String,
+    ifindex: u32,
+    threshold: u8,
+}
+
+/// One family's routing socket and what the forwarder put into it.
+struct Table {
+    sock: RouteSocket,
+    vifs: Vec<Option<Vif>>,
+    entries: HashMap<(IpAddr, IpAddr), Entry>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Changes {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub kept: usize,
+    pub vifs_added: usize,
+    pub vifs_removed: usize,
+    pub joined: usize,
+    pub left: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VifStatus {
+    pub family: Family,
+    pub vif: u16,
+    pub name: String,
+    pub ifindex: u32,
+    pub threshold: u8,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryStatus {
+    pub family: Family,
+    pub source: IpAddr,
+    pub group: IpAddr,
+    pub iif: String,
+    pub oifs: Vec<String>,
+    pub origin: Origin,
+    /// The route that made it, or why it is a stop entry.
+    pub why: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub wrong_if: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub table: Option<u32>,
+    #[serde(with = "crate::site::duration")]
+    pub expire: Duration,
+    pub vifs: Vec<VifStatus>,
+    pub entries: Vec<EntryStatus>,
+    pub joins: Vec<JoinStatus>,
+    pub templates: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JoinStatus {
+    pub on: String,
+    pub group: IpAddr,
+    pub source: Option<IpAddr>,
+}
+
+type JoinKey = (String, IpAddr, Option<IpAddr>);
+
+pub struct Forwarder {
+    config: Config,
+    v4: Option<Table>,
+    v6: Option<Table>,
+    joins: BTreeMap<JoinKey, JoinSocket>,
+}
+
+impl Forwarder {
+    /// Takes the routing API of every family the configuration uses and installs it.
+    pub fn start(config: Config) -> Result<(Forwarder, Changes), MrouteError> {
+        let mut f = Forwarder {
+            config: Config {
+                routes: Vec::new(),
+                joins: Vec::new(),
+                vifs: Vec::new(),
+                mifs: Vec::new(),
+                ..config.clone()
+            },
+            v4: None,
+            v6: None,
+            joins: BTreeMap::new(),
+        };
+        let changes = f.apply(config)?;
+        Ok((f, changes))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn table(&self, fam: Family) -> Option<&Table> {
+        match fam {
+            Family::Ipv4 => self.v4.as_ref(),
+            Family::Ipv6 => self.v6.as_ref(),
+        }
+    }
+
+    /// Raw fds to poll for upcalls, with their family.
+    pub fn upcall_fds(&self) -> Vec<(Family, i32)> {
+        [(Family::Ipv4, &self.v4), (Family::Ipv6, &self.v6)]
+            .into_iter()
+            .filter_map(|(f, t)| t.as_ref().map(|t| (f, t.sock.fd())))
+            .collect()
+    }
+
+    /// Makes the kernel match `new`, touching only what differs.
+    pub fn apply(&mut self, new: Config) -> Result<Changes, MrouteError> {
+        if new.table != self.config.table && (self.v4.is_some() || self.v6.is_some()) {
+            return Err(MrouteError::TableChanged {
+                from: self.config.table,
+                to: new.table,
+            });
+        }
+        let mut ch = Changes::default();
+        for fam in [Family::Ipv4, Family::Ipv6] {
+            let slot = match fam {
+                Family::Ipv4 => &mut self.v4,
+                Family::Ipv6 => &mut self.v6,
+            };
+            if slot.is_none() && new.uses(fam) {
+                let sock = RouteSocket::open(fam, new.table).map_err(|e| {
+                    if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                        MrouteError::InUse {
+                            family: fam,
+                            table: new.table,
+                        }
+                    } else {
+                        MrouteError::Init {
+                            family: fam,
+                            source: e,
+                        }
+                    }
+                })?;
+                *slot = Some(Table {
+                    sock,
+                    vifs: Vec::new(),
+                    entries: HashMap::new(),
+                });
+            }
+            if let Some(t) = slot.as_mut() {
+                t.sync(fam, &new, &mut ch)?;
+            }
+        }
+        self.sync_joins(&new, &mut ch);
+        self.config = new;
+        Ok(ch)
+    }
+
+    fn sync_joins(&mut self, new: &Config, ch: &mut Changes) {
+        let want: Vec<JoinKey> = new
+            .joins
+            .iter()
+            .map(|j| (j.on.clone(), j.group, j.source))
+            .collect();
+        let before = self.joins.len();
+        self.joins.retain(|k, _| want.contains(k));
+        ch.left += before - self.joins.len();
+        for k in want {
+            if self.joins.contains_key(&k) {
+                continue;
+            }
+            let (on, group, source) = &k;
+            let Some(ix) = sys::ifindex(on) else {
+                tracing::warn!("joining {group} on {on}: no such interface; retried on reload");
+                continue;
+            };
+            match JoinSocket::join(ix, *group, *source) {
+                Ok(s) => {
+                    ch.joined += 1;
+                    self.joins.insert(k, s);
+                }
+                Err(e) => {
+                    let what = match source {
+                        Some(s) => format!("({s},{group})"),
+                        None => group.to_string(),
+                    };
+                    tracing::warn!("joining {what} on {on}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Handles every upcall waiting on the family's socket.
+    pub fn upcalls(&mut self, fam: Family) -> Result<usize, MrouteError> {
+        let Some(t) = (match fam {
+            Family::Ipv4 => self.v4.as_mut(),
+            Family::Ipv6 => self.v6.as_mut(),
+        }) else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        while let Some(u) = t.sock.read_upcall().map_err(|e| MrouteError::Upcall {
+            family: fam,
+            source: e,
+        })? {
+            n += 1;
+            t.upcall(&self.config, u);
+        }
+        Ok(n)
+    }
+
+    /// Removes learned and stop entries that passed no packet for `expire`.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let expire = self.config.expire;
+        let mut removed = 0;
+        for t in [self.v4.as_mut(), self.v6.as_mut()].into_iter().flatten() {
+            let sock = &t.sock;
+            t.entries.retain(|(s, g), e| {
+                if e.origin == Origin::Configured {
+                    return true;
+                }
+                let pk = sock.counters(*s, *g).map(|c| c.packets).unwrap_or(0);
+                if pk != e.last_packets {
+                    e.last_packets = pk;
+                    e.last_active = now;
+                    return true;
+                }
+                if now.duration_since(e.last_active) < expire {
+                    return true;
+                }
+                if let Err(err) = sock.del_mfc(*s, *g, e.iif) {
+                    tracing::warn!("removing idle ({s},{g}): {err}");
+                }
+                tracing::info!("({s},{g}) idle for {expire:?}: removed");
+                removed += 1;
+                false
+            });
+        }
+        removed
+    }
+
+    pub fn status(&self) -> Status {
+        let mut vifs = Vec::new();
+        let mut entries = Vec::new();
+        for fam in [Family::Ipv4, Family::Ipv6] {
+            let Some(t) = self.table(fam) else { continue };
+            for (i, v) in t.vifs.iter().enumerate() {
+                if let Some(v) = v {
+                    vifs.push(VifStatus {
+                        family: fam,
+                        vif: i as u16,
+                        name: v.name.clone(),
+                        ifindex: v.ifindex,
+                        threshold: v.threshold,
+                    });
+                }
+            }
+            let mut keys: Vec<&(IpAddr, IpAddr)> = t.entries.keys().collect();
+            keys.sort_by_key(|(s, g)| (*g, *s));
+            for k in keys {
+                let e = &t.entries[k];
+                let c: Counters = t.sock.counters(k.0, k.1).unwrap_or_default();
+                entries.push(EntryStatus {
+                    family: fam,
+                    source: k.0,
+                    group: k.1,
+                    iif: t.vif_name(e.iif),
+                    oifs: (0..MAXVIFS)
+                        .filter(|i| e.ttls[*i] != TTL_NOT_OUTPUT)
+                        .map(|i| t.vif_name(i as u16))
+                        .collect(),
+                    origin: e.origin,
+                    why: e.why.clone(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    wrong_if: c.wrong_if,
+                });
+            }
+        }
+        Status {
+            table: self.config.table,
+            expire: self.config.expire,
+            vifs,
+            entries,
+            joins: self
+                .joins
+                .keys()
+                .map(|(on, group, source)| JoinStatus {
+                    on: on.clone(),
+                    group: *group,
+                    source: *source,
+                })
+                .collect(),
+            templates: self
+                .config
+                .routes
+                .iter()
+                .filter(|r| !r.is_static())
+                .count(),
+        }
+    }
+}
+
+impl Table {
+    fn vif_of(&self, name: &str) -> Option<u16> {
+        self.vifs
+            .iter()
+            .position(|v| v.as_ref().is_some_and(|v| v.name == name))
+            .map(|i| i as u16)
+    }
+
+    fn vif_name(&self, i: u16) -> String {
+        self.vifs
+            .get(i as usize)
+            .and_then(|v| v.as_ref())
+            .map_or_else(|| format!("vif{i}"), |v| v.name.clone())
+    }
+
+    fn ttls(&self, to: &[(String, u8)]) -> [u8; MAXVIFS] {
+        let mut ttls = [TTL_NOT_OUTPUT; MAXVIFS];
+        for (name, t) in to {
+            if let Some(v) = self.vif_of(name) {
+                // 0 would mean "not an output" to the kernel: TTL > 0 is everything.
+                ttls[v as usize] = (*t).max(1);
+            }
+        }
+        ttls
+    }
+
+    /// The entry `cfg` wants for a packet of (S,G) arriving on VIF `iif`.
+    fn resolve(&self, cfg: &Config, iif: u16, s: IpAddr, g: IpAddr) -> Option<Entry> {
+        let name = self.vifs.get(iif as usize)?.as_ref()?.name.clone();
+        let (ttls, origin, why) = match cfg.resolve(&name, s, g) {
+            Resolution::Forward(r) => (self.ttls(&r.to), Origin::Learned, r.origin.clone()),
+            Resolution::Stop(why) => ([TTL_NOT_OUTPUT; MAXVIFS], Origin::Stop, why.into()),
+        };
+        Some(Entry {
+            iif,
+            ttls,
+            origin,
+            why,
+            last_packets: 0,
+            last_active: Instant::now(),
+        })
+    }
+
+    fn install(&mut self, s: IpAddr, g: IpAddr, e: Entry) -> Result<(), std::io::Error> {
+        self.sock.add_mfc(s, g, e.iif, &e.ttls)?;
+        self.entries.insert((s, g), e);
+        Ok(())
+    }
+
+    fn upcall(&mut self, cfg: &Config, u: Upcall) {
+        let key = (u.source, u.group);
+        let existing = self.entries.get(&key);
+        match u.kind {
+            kernel::MSG_NOCACHE => {
+                if existing.is_some_and(|e| e.origin == Origin::Configured) {
+                    return;
+                }
+            }
+            kernel::MSG_WRONGVIF => match existing {
+                // A configured entry stays as configured; the kernel counts wrong_if.
+                Some(e) if e.origin == Origin::Configured => return,
+                _ => {}
+            },
+            _ => return,
+        }
+        let Some(e) = self.resolve(cfg, u.vif, u.source, u.group) else {
+            return;
+        };
+        if u.kind == kernel::MSG_WRONGVIF && e.origin == Origin::Stop {
+            return;
+        }
+        let (s, g) = key;
+        tracing::debug!(
+            "upcall ({s},{g}) on {}: {:?} ({})",
+            self.vif_name(u.vif),
+            e.origin,
+            e.why
+        );
+        if let Some(old) = self.entries.get(&key)
+            && old.iif != e.iif
+        {
+            let _ = self.sock.del_mfc(s, g, old.iif);
+        }
+        if let Err(err) = self.install(s, g, e) {
+            tracing::warn!("installing ({s},{g}) from an upcall: {err}");
+        }
+    }
+
+    /// Makes this family's VIFs and entries match `cfg`.
+    fn sync(&mut self, fam: Family, cfg: &Config, ch: &mut Changes) -> Result<(), MrouteError> {
+        let want: &[Iface] = cfg.ifaces(fam);
+        // 1. New VIFs first (entries may name them), old ones after the entries moved away.
+        let mut gone = Vec::new();
+        for (i, v) in self.vifs.iter().enumerate() {
+            if let Some(v) = v {
+                let still = want.iter().find(|w| w.name == v.name);
+                let same = still.is_some_and(|w| {
+                    w.threshold == v.threshold && sys::ifindex(&w.name) == Some(v.ifindex)
+                });
+                if !same {
+                    gone.push(i as u16);
+                }
+            }
+        }
+        for &i in &gone {
+            self.remove_vif(fam, i, ch)?;
+        }
+        let missing: Vec<&Iface> = want
+            .iter()
+            .filter(|w| self.vif_of(&w.name).is_none())
+            .collect();
+        let free = self.vifs.iter().filter(|v| v.is_none()).count() + MAXVIFS - self.vifs.len();
+        if missing.len() > free {
+            return Err(MrouteError::TooManyVifs {
+                family: fam,
+                names: want.iter().map(|w| w.name.clone()).collect(),
+            });
+        }
+        for w in missing {
+            let Some(ifindex) = sys::ifindex(&w.name) else {
+                tracing::warn!(
+                    "{fam} {} for {}: no such interface; routes through it wait for a reload",
+                    fam.vif(),
+                    w.name
+                );
+                continue;
+            };
+            let i = match self.vifs.iter().position(|v| v.is_none()) {
+                Some(i) => i,
+                None => {
+                    self.vifs.push(None);
+                    self.vifs.len() - 1
+                }
+            };
+            self.sock
+                .add_vif(i as u16, ifindex, w.threshold)
+                .map_err(|e| MrouteError::Vif {
+                    op: format!(
+                        "adding {fam} {} {i} for {} (ifindex {ifindex})",
+                        fam.vif(),
+                        w.name
+                    ),
+                    source: e,
+                })?;
+            self.vifs[i] = Some(Vif {
+                name: w.name.clone(),
+                ifindex,
+                threshold: w.threshold,
+            });
+            ch.vifs_added += 1;
+        }
+
+        // 2. Static entries: install what is new or different, keep what is the same.
+        let mut want_static: HashMap<(IpAddr, IpAddr), Entry> = HashMap::new();
+        for r in cfg.routes.iter().filter(|r| r.family() == fam && r.is_static()) {
+            let Some(iif) = self.vif_of(&r.from) else {
+                continue;
+            };
+            let key = (r.source.expect("static").addr(), r.group.addr());
+            want_static.entry(key).or_insert(Entry {
+                iif,
+                ttls: self.ttls(&r.to),
+                origin: Origin::Configured,
+                why: r.origin.clone(),
+                last_packets: 0,
+                last_active: Instant::now(),
+            });
+        }
+        let keys: Vec<(IpAddr, IpAddr)> = self.entries.keys().copied().collect();
+        for key in keys {
+            let (s, g) = key;
+            let old = &self.entries[&key];
+            let new = match want_static.remove(&key) {
+                Some(e) => Some(e),
+                None if old.origin == Origin::Configured => None,
+                // Learned and stop entries: what would the new configuration say?
+                None => self.resolve(cfg, old.iif, s, g),
+            };
+            let old = &self.entries[&key];
+            match new {
+                Some(e) if e.iif == old.iif && e.ttls == old.ttls => {
+                    let o = self.entries.get_mut(&key).expect("present");
+                    o.origin = e.origin;
+                    o.why = e.why;
+                    ch.kept += 1;
+                }
+                Some(e) => {
+                    if e.iif != old.iif {
+                        let _ = self.sock.del_mfc(s, g, old.iif);
+                    }
+                    self.install(s, g, e).map_err(|err| MrouteError::Mfc {
+                        op: format!("replacing ({s},{g})"),
+                        source: err,
+                    })?;
+                    ch.changed += 1;
+                }
+                None => {
+                    let iif = old.iif;
+                    self.entries.remove(&key);
+                    if let Err(err) = self.sock.del_mfc(s, g, iif) {
+                        tracing::warn!("removing ({s},{g}): {err}");
+                    }
+                    ch.removed += 1;
+                }
+            }
+        }
+        for ((s, g), e) in want_static {
+            let from = self.vif_name(e.iif);
+            self.install(s, g, e).map_err(|err| MrouteError::Mfc {
+                op: format!("adding ({s},{g}) from {from}"),
+                source: err,
+            })?;
+            ch.added += 1;
+        }
+        Ok(())
+    }
+
+    fn remove_vif(&mut self, fam: Family, i: u16, ch: &mut Changes) -> Result<(), MrouteError> {
+        // Entries through it go first; the rest of sync re-resolves or re-installs them.
+        let keys: Vec<(IpAddr, IpAddr)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.iif == i || e.ttls[i as usize] != TTL_NOT_OUTPUT)
+            .map(|(k, _)| *k)
+            .collect();
+        for (s, g) in keys {
+            if let Some(e) = self.entries.remove(&(s, g)) {
+                let _ = self.sock.del_mfc(s, g, e.iif);
+                ch.removed += 1;
+            }
+        }
+        let name = self.vif_name(i);
+        match self.sock.del_vif(i) {
+            Ok(()) => {}
+            // The interface is gone, and its VIF with it.
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+            Err(e) => {
+                return Err(MrouteError::Vif {
+                    op: format!("removing {fam} {} {i} ({name})", fam.vif()),
+                    source: e,
+                });
+            }
+        }
+        self.vifs[i as usize] = None;
+        ch.vifs_removed += 1;
+        Ok(())
+    }
+}
