@@ -93,9 +93,12 @@ pub struct RenderTarget {
 }
 
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
 pub struct MrouteArgs {
     /// A site file whose [multicast] section is served.
+    #[arg(
+        required_unless_present = "smcroute_conf",
+        conflicts_with = "smcroute_conf"
+    )]
     pub site: Option<PathBuf>,
     /// An smcroute.conf (phyint, mroute, mgroup, include).
     #[arg(long)]

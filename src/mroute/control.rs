@@ -47,7 +47,9 @@ pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value, Mroute
 /// A human view of a status answer, for `appliance mroute --status`.
 pub fn render(v: &serde_json::Value) -> String {
     let mut out = String::new();
-    let table = v["table"].as_u64().map_or("default".into(), |t| t.to_string());
+    let table = v["table"]
+        .as_u64()
+        .map_or("default".into(), |t| t.to_string());
     out.push_str(&format!(
         "multicast routing table {table}, learned entries expire after {}\n",
         v["expire"].as_str().unwrap_or("?")
@@ -55,10 +57,14 @@ pub fn render(v: &serde_json::Value) -> String {
     for vif in v["vifs"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "  {} {:>2} {:<16} ifindex {:<4} threshold {}\n",
-            if vif["family"] == "ipv4" { "VIF" } else { "MIF" },
-            vif["vif"],
+            if vif["family"] == "ipv4" {
+                "VIF"
+            } else {
+                "MIF"
+            },
+            vif["vif"].as_u64().unwrap_or(0),
             vif["name"].as_str().unwrap_or(""),
-            vif["ifindex"],
+            vif["ifindex"].as_u64().unwrap_or(0),
             vif["threshold"]
         ));
     }

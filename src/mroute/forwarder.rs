@@ -329,12 +329,7 @@ impl Forwarder {
                     source: *source,
                 })
                 .collect(),
-            templates: self
-                .config
-                .routes
-                .iter()
-                .filter(|r| !r.is_static())
-                .count(),
+            templates: self.config.routes.iter().filter(|r| !r.is_static()).count(),
         }
     }
 }
@@ -493,7 +488,11 @@ impl Table {
 
         // 2. Static entries: install what is new or different, keep what is the same.
         let mut want_static: HashMap<(IpAddr, IpAddr), Entry> = HashMap::new();
-        for r in cfg.routes.iter().filter(|r| r.family() == fam && r.is_static()) {
+        for r in cfg
+            .routes
+            .iter()
+            .filter(|r| r.family() == fam && r.is_static())
+        {
             let Some(iif) = self.vif_of(&r.from) else {
                 continue;
             };

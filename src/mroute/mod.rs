@@ -71,7 +71,10 @@ pub enum MrouteError {
         msg: String,
     },
     #[error("{op}: {source}")]
-    Signal { op: &'static str, source: nix::Error },
+    Signal {
+        op: &'static str,
+        source: nix::Error,
+    },
 }
 
 /// `appliance mroute (SITE | --smcroute-conf FILE) [--status [--json] | --reload]`.
@@ -108,7 +111,10 @@ pub fn cli(args: crate::cli::MrouteArgs) -> std::process::ExitCode {
                 ExitCode::SUCCESS
             }
             Ok(v) => {
-                eprintln!("appliance mroute: {}", v["error"].as_str().unwrap_or("failed"));
+                eprintln!(
+                    "appliance mroute: {}",
+                    v["error"].as_str().unwrap_or("failed")
+                );
                 ExitCode::from(1)
             }
             Err(e) => {

@@ -90,7 +90,11 @@ pub fn serve(source: Source) -> Result<(), MrouteError> {
             "mroute ready in {:?}: {} static entries, {} templates, {} VIFs/MIFs, {} joins; control socket {}",
             t0.elapsed(),
             ch.added,
-            fwd.config().routes.iter().filter(|r| !r.is_static()).count(),
+            fwd.config()
+                .routes
+                .iter()
+                .filter(|r| !r.is_static())
+                .count(),
             ch.vifs_added,
             ch.joined,
             sock_path.display()
@@ -134,7 +138,15 @@ fn bind_control(path: &Path) -> Result<UnixListener, MrouteError> {
 fn set_snooping(list: &[(String, bool)]) -> Result<(), MrouteError> {
     for (bridge, value) in list {
         let out = Command::new("ip")
-            .args(["link", "set", "dev", bridge, "type", "bridge", "mcast_snooping"])
+            .args([
+                "link",
+                "set",
+                "dev",
+                bridge,
+                "type",
+                "bridge",
+                "mcast_snooping",
+            ])
             .arg(if *value { "1" } else { "0" })
             .output()
             .map_err(|e| MrouteError::Snooping {

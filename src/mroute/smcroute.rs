@@ -270,7 +270,9 @@ fn args(w: &[&str], what: &str) -> Result<Args, String> {
     if let Some(s) = a.source
         && s.addr().is_ipv4() != g.addr().is_ipv4()
     {
-        return Err(format!("{what}: source {s} and group {g} are of different families"));
+        return Err(format!(
+            "{what}: source {s} and group {g} are of different families"
+        ));
     }
     Ok(a)
 }
@@ -291,7 +293,9 @@ fn mroute(w: &[&str], origin: String) -> Result<Route, String> {
     }
     let from = a.from.unwrap_or_default();
     if a.to.contains(&from) {
-        return Err(format!("mroute: {from} is both the inbound and an outbound interface"));
+        return Err(format!(
+            "mroute: {from} is both the inbound and an outbound interface"
+        ));
     }
     Ok(Route {
         origin,
@@ -459,7 +463,10 @@ mod tests {
         let errs = load(&f, "/tmp/x".into()).unwrap_err();
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         let at = |n: usize| format!("{}:{n}: ", f.display());
-        assert!(text[0].starts_with(&at(3)) && text[0].contains("not a multicast"), "{text:?}");
+        assert!(
+            text[0].starts_with(&at(3)) && text[0].contains("not a multicast"),
+            "{text:?}"
+        );
         assert!(text[1].starts_with(&at(4)) && text[1].contains("unknown directive"));
         assert!(text[2].starts_with(&at(5)) && text[2].contains("to OIF"));
         assert!(text[3].starts_with(&at(6)) && text[3].contains("ttl-threshold"));

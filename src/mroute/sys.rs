@@ -106,8 +106,12 @@ impl RouteSocket {
     pub fn open(family: Family, table: Option<u32>) -> io::Result<RouteSocket> {
         let (sock, level) = match family {
             Family::Ipv4 => (
-                Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_IGMP)))
-                    .map_err(|e| annotate(e, "opening a raw IGMP socket"))?,
+                Socket::new(
+                    Domain::IPV4,
+                    Type::RAW,
+                    Some(Protocol::from(libc::IPPROTO_IGMP)),
+                )
+                .map_err(|e| annotate(e, "opening a raw IGMP socket"))?,
                 libc::IPPROTO_IP,
             ),
             Family::Ipv6 => {
@@ -262,9 +266,8 @@ impl RouteSocket {
                 r.src = in4(s);
                 r.grp = in4(g);
                 // SAFETY: the ioctl fills the struct we pass.
-                let rc = unsafe {
-                    libc::ioctl(self.fd(), kernel::SIOCGETSGCNT as _, &mut r as *mut _)
-                };
+                let rc =
+                    unsafe { libc::ioctl(self.fd(), kernel::SIOCGETSGCNT as _, &mut r as *mut _) };
                 if rc < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -364,11 +367,7 @@ pub struct JoinSocket {
 }
 
 impl JoinSocket {
-    pub fn join(
-        ifindex: u32,
-        group: IpAddr,
-        source: Option<IpAddr>,
-    ) -> io::Result<JoinSocket> {
+    pub fn join(ifindex: u32, group: IpAddr, source: Option<IpAddr>) -> io::Result<JoinSocket> {
         let (domain, level) = match group {
             IpAddr::V4(_) => (Domain::IPV4, libc::IPPROTO_IP),
             IpAddr::V6(_) => (Domain::IPV6, libc::IPPROTO_IPV6),

@@ -1,0 +1,461 @@
+//! `appliance mroute` against the real kernel: a sender host on bridge br-a, a receiver host
+//! on bridge br-b, the forwarder between them, each test in its own sandbox.
+
+mod common;
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use appliance::mroute::control::{Request, request};
+use common::*;
+use serde_json::Value;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+const PORT: u16 = 5000;
+const SND4: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 10);
+const SND4_LL: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 10);
+const RCV4: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 10);
+const SND6: Ipv6Addr = Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, 0x10);
+const SND6_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x10);
+
+/// br-a (10.1.0.1, fd01::1) with host snd; br-b (10.2.0.1, fd02::1) with host rcv.
+fn topology() -> Sandbox {
+    let sb = Sandbox::new();
+    sb.bridge("br-a");
+    sb.bridge("br-b");
+    sb.sh("ip addr add 10.1.0.1/24 dev br-a\n\
+         ip addr add fd01::1/64 dev br-a nodad\n\
+         ip addr add 10.2.0.1/24 dev br-b\n\
+         ip addr add fd02::1/64 dev br-b nodad");
+    sb.host(
+        "snd",
+        "br-a",
+        &[
+            "10.1.0.10/24",
+            "169.254.1.10/16",
+            "fd01::10/64",
+            "fe80::10/64",
+        ],
+    );
+    sb.host("rcv", "br-b", &["10.2.0.10/24", "fd02::10/64"]);
+    sb.sh("ip -n snd route add default via 10.1.0.1\n\
+         ip -n rcv route add default via 10.2.0.1\n\
+         ip -n snd -6 route add default via fd01::1\n\
+         ip -n rcv -6 route add default via fd02::1");
+    sb
+}
+
+/// Writes a site whose state dir is the test's own, with `body` after `[site]`.
+fn site(sb: &Sandbox, name: &str, body: &str) -> PathBuf {
+    let state = sb.path("state");
+    sb.write(
+        &format!("{name}.toml"),
+        &format!(
+            "[site]\nname = \"{name}\"\nstate_dir = \"{}\"\n{body}",
+            state.display()
+        ),
+    )
+}
+
+struct Mroute {
+    child: Child,
+    sock: PathBuf,
+    log: PathBuf,
+}
+
+impl Mroute {
+    fn start(sb: &Sandbox, args: &[&str], state_dir: &Path) -> Mroute {
+        let log = sb.path(&format!("mroute-{}.log", args.len()));
+        let child = sb
+            .appliance()
+            .arg("mroute")
+            .args(args)
+            .env("APPLIANCE_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn appliance mroute");
+        let mut m = Mroute {
+            child,
+            sock: state_dir.join("mroute.sock"),
+            log,
+        };
+        wait_until(
+            "appliance mroute to answer status",
+            Duration::from_secs(15),
+            || {
+                if let Ok(Some(st)) = m.child.try_wait() {
+                    panic!("appliance mroute exited ({st}):\n{}", read(&m.log));
+                }
+                m.try_status()
+            },
+        );
+        m
+    }
+
+    fn try_status(&self) -> Option<Value> {
+        request(&self.sock, &Request::Status)
+            .ok()
+            .filter(|v| v["ok"] == true)
+    }
+
+    fn status(&self) -> Value {
+        request(&self.sock, &Request::Status).expect("status answer")
+    }
+
+    fn entry(&self, source: &str, group: &str) -> Option<Value> {
+        self.status()["entries"]
+            .as_array()?
+            .iter()
+            .find(|e| e["source"] == source && e["group"] == group)
+            .cloned()
+    }
+
+    fn wait_entry(&self, source: &str, group: &str, origin: &str) -> Value {
+        wait_until(
+            &format!("({source},{group}) as a {origin} entry"),
+            Duration::from_secs(5),
+            || self.entry(source, group).filter(|e| e["origin"] == origin),
+        )
+    }
+
+    /// SIGTERM, and the exit code.
+    fn stop(mut self) -> i32 {
+        unsafe { kill(self.child.id() as i32, 15) };
+        let st = wait_until("appliance mroute to exit", Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        });
+        st.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Mroute {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A UDP socket in host `host` that has joined `groups` on its eth0.
+fn receiver(sb: &Sandbox, host: &str, groups: Vec<IpAddr>) -> UdpSocket {
+    sb.in_netns(Some(host), move || {
+        let v6 = groups.first().is_some_and(|g| g.is_ipv6());
+        let (domain, any) = if v6 {
+            (
+                Domain::IPV6,
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT)),
+            )
+        } else {
+            (
+                Domain::IPV4,
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)),
+            )
+        };
+        let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+        s.set_reuse_address(true).expect("reuseaddr");
+        s.bind(&any.into()).expect("bind receiver");
+        let ix = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+        for g in groups {
+            match g {
+                IpAddr::V4(g) => s.join_multicast_v4(&g, &RCV4).expect("join v4"),
+                IpAddr::V6(g) => s.join_multicast_v6(&g, ix).expect("join v6"),
+            }
+        }
+        s.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        s.into()
+    })
+}
+
+/// A UDP socket in host snd bound to `src`, sending multicast out of eth0.
+fn sender(sb: &Sandbox, src: IpAddr) -> UdpSocket {
+    sb.in_netns(Some("snd"), move || {
+        let ix = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+        let (s, bind) = match src {
+            IpAddr::V4(a) => {
+                let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+                s.set_multicast_if_v4(&a).expect("multicast if");
+                s.set_broadcast(true).expect("broadcast");
+                (s, SocketAddr::from((a, 0)))
+            }
+            IpAddr::V6(a) => {
+                let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+                s.set_multicast_if_v6(ix).expect("multicast if");
+                let scope = if (a.segments()[0] & 0xffc0) == 0xfe80 {
+                    ix
+                } else {
+                    0
+                };
+                (s, SocketAddr::V6(SocketAddrV6::new(a, 0, 0, scope)))
+            }
+        };
+        s.bind(&bind.into())
+            .unwrap_or_else(|e| panic!("bind sender to {bind}: {e}"));
+        s.into()
+    })
+}
+
+fn send(s: &UdpSocket, group: IpAddr, ttl: u32, payload: &str) {
+    match group {
+        IpAddr::V4(_) => s.set_multicast_ttl_v4(ttl).expect("ttl"),
+        IpAddr::V6(_) => SockRef::from(s).set_multicast_hops_v6(ttl).expect("hops"),
+    }
+    s.send_to(payload.as_bytes(), SocketAddr::from((group, PORT)))
+        .unwrap_or_else(|e| panic!("send to {group}: {e}"));
+}
+
+/// Receives until `done` holds for what arrived (every datagram as a string); panics
+/// with what did arrive after `within`.
+fn collect(
+    rx: &UdpSocket,
+    got: &mut Vec<String>,
+    within: Duration,
+    done: impl Fn(&[String]) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 2048];
+    while !done(got) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}; received {got:?}"
+        );
+        if let Ok(n) = rx.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+fn has(got: &[String], m: &str) -> bool {
+    got.iter().any(|g| g == m)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn ipv4_sg_star_g_and_prefix_routes_forward_ttl_and_link_local_are_not() {
+    let sb = topology();
+    let site = site(
+        &sb,
+        "t4",
+        r#"
+[multicast]
+snooping = false
+[[multicast.route]]
+from = "br-a"
+source = "10.1.0.10"
+group = "239.1.1.1"
+to = ["br-b"]
+[[multicast.route]]
+from = "br-a"
+group = "239.3.3.3"
+to = ["br-b"]
+[[multicast.route]]
+from = "br-a"
+group = "239.2.0.0/16"
+to = ["br-b"]
+[[multicast.join]]
+on = "br-a"
+group = "239.5.5.5"
+[[multicast.join]]
+on = "br-a"
+group = "232.1.1.1"
+source = "10.1.0.10"
+"#,
+    );
+    let m = Mroute::start(&sb, &[site.to_str().unwrap()], &sb.path("state"));
+    let st = m.status();
+    let vifs: Vec<&str> = st["vifs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vifs, ["br-a", "br-b"]);
+    m.wait_entry("10.1.0.10", "239.1.1.1", "configured");
+    // Snooping off, as the site says, on both bridges; joins held on br-a.
+    let links = sb.sh("ip -d link show br-a; ip -d link show br-b");
+    assert_eq!(links.matches("mcast_snooping 0").count(), 2, "{links}");
+    let igmp = sb.sh("cat /proc/net/igmp");
+    assert!(
+        igmp.contains("050505EF"),
+        "239.5.5.5 joined on br-a:\n{igmp}"
+    );
+    assert!(
+        igmp.contains("010101E8"),
+        "232.1.1.1 joined on br-a:\n{igmp}"
+    );
+    let filters = sb.sh("cat /proc/net/mcfilter");
+    assert!(
+        filters.contains("0x0a01000a"),
+        "(10.1.0.10, 232.1.1.1) SSM join:\n{filters}"
+    );
+
+    let groups = [
+        "239.1.1.1",
+        "239.3.3.3",
+        "239.2.7.7",
+        "239.2.9.9",
+        "239.2.5.5",
+        "239.9.9.9",
+    ];
+    let rx = receiver(&sb, "rcv", groups.iter().map(|g| ip(g)).collect());
+    let tx = sender(&sb, SND4.into());
+    let mut got = Vec::new();
+    // TTL 8: every packet arrives, the first of each (*,G) stream too (the kernel queues
+    // it while the forwarder answers the upcall).
+    for g in ["239.1.1.1", "239.3.3.3", "239.2.7.7"] {
+        for seq in 0..3 {
+            send(&tx, ip(g), 8, &format!("{g} {seq}"));
+        }
+    }
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        ["239.1.1.1", "239.3.3.3", "239.2.7.7"]
+            .iter()
+            .all(|g| (0..3).all(|s| has(got, &format!("{g} {s}"))))
+    });
+    m.wait_entry("10.1.0.10", "239.3.3.3", "learned");
+    let e = m.wait_entry("10.1.0.10", "239.2.7.7", "learned");
+    assert_eq!(e["oifs"], serde_json::json!(["br-b"]));
+    assert_eq!(e["why"], "multicast.route[2]");
+
+    // TTL 1 stays on its link, for a static and for a learned entry: a TTL-8 marker sent
+    // after it arrives, it does not.
+    for g in ["239.1.1.1", "239.2.9.9"] {
+        send(&tx, ip(g), 1, &format!("{g} ttl1"));
+        send(&tx, ip(g), 8, &format!("{g} marker"));
+    }
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        has(got, "239.1.1.1 marker") && has(got, "239.2.9.9 marker")
+    });
+    assert!(
+        !got.iter().any(|g| g.ends_with("ttl1")),
+        "TTL 1 forwarded: {got:?}"
+    );
+
+    // A link-local source never leaves its link, even for a group a template matches.
+    let tx_ll = sender(&sb, SND4_LL.into());
+    send(&tx_ll, ip("239.2.5.5"), 8, "239.2.5.5 link-local");
+    m.wait_entry("169.254.1.10", "239.2.5.5", "stop");
+    send(&tx, ip("239.2.5.5"), 8, "239.2.5.5 marker");
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        has(got, "239.2.5.5 marker")
+    });
+    assert!(!has(&got, "239.2.5.5 link-local"), "{got:?}");
+
+    // A group no route matches gets a stop entry: no outputs.
+    send(&tx, ip("239.9.9.9"), 8, "239.9.9.9 unmatched");
+    let stop = m.wait_entry("10.1.0.10", "239.9.9.9", "stop");
+    assert_eq!(stop["oifs"], serde_json::json!([]));
+    assert!(!has(&got, "239.9.9.9 unmatched"));
+
+    // Counters and origins, also through the CLI.
+    let e = m.entry("10.1.0.10", "239.1.1.1").unwrap();
+    assert!(e["packets"].as_u64().unwrap() >= 4, "{e}");
+    assert!(e["bytes"].as_u64().unwrap() > 0, "{e}");
+    let out = sb
+        .appliance()
+        .args(["mroute", site.to_str().unwrap(), "--status"])
+        .output()
+        .unwrap();
+    check(&out, "appliance mroute --status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for w in ["configured", "learned", "stop", "VIF  0 br-a"] {
+        assert!(text.contains(w), "{w} missing in:\n{text}");
+    }
+
+    let log = m.log.clone();
+    assert_eq!(m.stop(), 0, "clean exit:\n{}", read(&log));
+    let left = sb.sh("ip mroute show");
+    assert!(left.trim().is_empty(), "routes left after exit: {left}");
+}
+
+#[test]
+fn ipv6_routes_forward_ula_sources_and_stop_the_rest() {
+    let sb = topology();
+    let site = site(
+        &sb,
+        "t6",
+        r#"
+[multicast]
+snooping = false
+[[multicast.route]]
+from = "br-a"
+source = "fd01::10"
+group = "ff3e::1:1"
+to = ["br-b"]
+[[multicast.route]]
+from = "br-a"
+group = "ff0e::2:7ffe"
+to = ["br-b"]
+[[multicast.route]]
+from = "br-a"
+group = "ff3e::100:0/112"
+to = ["br-b"]
+[[multicast.join]]
+on = "br-a"
+group = "ff3e::5:5"
+"#,
+    );
+    let m = Mroute::start(&sb, &[site.to_str().unwrap()], &sb.path("state"));
+    m.wait_entry("fd01::10", "ff3e::1:1", "configured");
+    let igmp6 = sb.sh("cat /proc/net/igmp6");
+    assert!(
+        igmp6.contains("ff3e0000000000000000000000050005"),
+        "ff3e::5:5 joined:\n{igmp6}"
+    );
+    let groups = [
+        "ff3e::1:1",
+        "ff0e::2:7ffe",
+        "ff3e::100:7",
+        "ff3e::100:9",
+        "ff3e::9:9",
+    ];
+    let rx = receiver(&sb, "rcv", groups.iter().map(|g| ip(g)).collect());
+    let tx = sender(&sb, SND6.into());
+    let mut got = Vec::new();
+    for g in ["ff3e::1:1", "ff0e::2:7ffe", "ff3e::100:7"] {
+        for seq in 0..3 {
+            send(&tx, ip(g), 8, &format!("{g} {seq}"));
+        }
+    }
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        ["ff3e::1:1", "ff0e::2:7ffe", "ff3e::100:7"]
+            .iter()
+            .all(|g| (0..3).all(|s| has(got, &format!("{g} {s}"))))
+    });
+    m.wait_entry("fd01::10", "ff0e::2:7ffe", "learned");
+    m.wait_entry("fd01::10", "ff3e::100:7", "learned");
+
+    // Hop limit 1 stays on its link.
+    for g in ["ff3e::1:1", "ff3e::100:9"] {
+        send(&tx, ip(g), 1, &format!("{g} hop1"));
+        send(&tx, ip(g), 8, &format!("{g} marker"));
+    }
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        has(got, "ff3e::1:1 marker") && has(got, "ff3e::100:9 marker")
+    });
+    assert!(!got.iter().any(|g| g.ends_with("hop1")), "{got:?}");
+
+    // A link-local source is stopped; so is an unmatched group.
+    let tx_ll = sender(&sb, SND6_LL.into());
+    send(&tx_ll, ip("ff3e::100:7"), 8, "ff3e::100:7 link-local");
+    m.wait_entry("fe80::10", "ff3e::100:7", "stop");
+    send(&tx, ip("ff3e::9:9"), 8, "ff3e::9:9 unmatched");
+    m.wait_entry("fd01::10", "ff3e::9:9", "stop");
+    send(&tx, ip("ff3e::100:7"), 8, "ff3e::100:7 marker");
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        has(got, "ff3e::100:7 marker")
+    });
+    assert!(!has(&got, "ff3e::100:7 link-local"), "{got:?}");
+    assert!(!has(&got, "ff3e::9:9 unmatched"), "{got:?}");
+    assert_eq!(m.stop(), 0);
+}
