@@ -145,18 +145,22 @@ unsafe extern "C" {
 
 /// A UDP socket in host `host` that has joined `groups` on its eth0.
 fn receiver(sb: &Sandbox, host: &str, groups: Vec<IpAddr>) -> UdpSocket {
+    let v6 = groups.first().is_some_and(|g| g.is_ipv6());
+    let any = if v6 {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT))
+    } else {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT))
+    };
+    receiver_on(sb, host, groups, any)
+}
+
+/// A UDP socket in host `host` bound to `any`, joined to `groups` on eth0.
+fn receiver_on(sb: &Sandbox, host: &str, groups: Vec<IpAddr>, any: SocketAddr) -> UdpSocket {
     sb.in_netns(Some(host), move || {
-        let v6 = groups.first().is_some_and(|g| g.is_ipv6());
-        let (domain, any) = if v6 {
-            (
-                Domain::IPV6,
-                SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT)),
-            )
+        let domain = if any.is_ipv6() {
+            Domain::IPV6
         } else {
-            (
-                Domain::IPV4,
-                SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)),
-            )
+            Domain::IPV4
         };
         let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
         s.set_reuse_address(true).expect("reuseaddr");
@@ -203,12 +207,17 @@ fn sender(sb: &Sandbox, src: IpAddr) -> UdpSocket {
 }
 
 fn send(s: &UdpSocket, group: IpAddr, ttl: u32, payload: &str) {
+    send_to(s, SocketAddr::from((group, PORT)), ttl, payload)
+}
+
+fn send_to(s: &UdpSocket, to: SocketAddr, ttl: u32, payload: &str) {
+    let group = to.ip();
     match group {
         IpAddr::V4(_) => s.set_multicast_ttl_v4(ttl).expect("ttl"),
         IpAddr::V6(_) => SockRef::from(s).set_multicast_hops_v6(ttl).expect("hops"),
     }
-    s.send_to(payload.as_bytes(), SocketAddr::from((group, PORT)))
-        .unwrap_or_else(|e| panic!("send to {group}: {e}"));
+    s.send_to(payload.as_bytes(), to)
+        .unwrap_or_else(|e| panic!("send to {to}: {e}"));
 }
 
 /// Receives until `done` holds for what arrived (every datagram as a string); panics
@@ -458,4 +467,220 @@ group = "ff3e::5:5"
     assert!(!has(&got, "ff3e::100:7 link-local"), "{got:?}");
     assert!(!has(&got, "ff3e::9:9 unmatched"), "{got:?}");
     assert_eq!(m.stop(), 0);
+}
+
+const RELOAD_ROUTES: &str = r#"
+[multicast]
+snooping = false
+[[multicast.route]]
+from = "br-a"
+source = "10.1.0.10"
+group = "239.1.1.1"
+to = ["br-b"]
+[[multicast.route]]
+from = "br-a"
+group = "239.3.0.0/16"
+to = ["br-b"]
+"#;
+const ROUTE_X: &str = r#"
+[[multicast.route]]
+from = "br-a"
+source = "10.1.0.10"
+group = "239.1.1.2"
+to = ["br-b"]
+"#;
+const ROUTE_Y: &str = r#"
+[[multicast.route]]
+from = "br-a"
+group = "239.4.0.0/16"
+to = ["br-b"]
+"#;
+
+/// Sequence numbers of `group` among what arrived.
+fn seqs(got: &[String], group: &str) -> Vec<u64> {
+    got.iter()
+        .filter_map(|g| g.strip_prefix(&format!("{group} ")))
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+#[test]
+fn reload_removes_one_route_and_keeps_the_others_flowing_without_loss() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let sb = topology();
+    let site_v1 = format!("{RELOAD_ROUTES}{ROUTE_X}{ROUTE_Y}");
+    let path = site(&sb, "tr", &site_v1);
+    let m = Mroute::start(&sb, &[path.to_str().unwrap()], &sb.path("state"));
+    let groups = ["239.1.1.1", "239.3.3.3", "239.1.1.2", "239.4.4.4"];
+    let rx = receiver(&sb, "rcv", groups.iter().map(|g| ip(g)).collect());
+    let tx = sender(&sb, SND4.into());
+    let seq = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender_thread = {
+        let (seq, stop) = (seq.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let n = seq.load(Ordering::SeqCst);
+                for g in groups {
+                    send(&tx, ip(g), 8, &format!("{g} {n}"));
+                }
+                seq.store(n + 1, Ordering::SeqCst);
+                // Pacing of the stream (not a wait for a condition).
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let mut got = Vec::new();
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        groups.iter().all(|g| seqs(got, g).len() >= 20)
+    });
+
+    // Reload 1, through the control socket: the static route X goes.
+    let path_v2 = format!("{RELOAD_ROUTES}{ROUTE_Y}");
+    site(&sb, "tr", &path_v2);
+    let answer = request(&m.sock, &Request::Reload).expect("reload answer");
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["reload"]["removed"], 1, "{answer}");
+    assert_eq!(answer["reload"]["added"], 0, "{answer}");
+    let after_x = seq.load(Ordering::SeqCst);
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        seqs(got, "239.1.1.1").iter().any(|s| *s > after_x + 20)
+    });
+    assert!(
+        seqs(&got, "239.1.1.2").iter().all(|s| *s <= after_x),
+        "239.1.1.2 still forwarded after its route was removed"
+    );
+
+    // Reload 2, by SIGHUP: the template Y goes; its learned entry becomes a stop entry.
+    site(&sb, "tr", RELOAD_ROUTES);
+    unsafe { kill(m.child.id() as i32, 1) };
+    m.wait_entry("10.1.0.10", "239.4.4.4", "stop");
+    let after_y = seq.load(Ordering::SeqCst);
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        seqs(got, "239.3.3.3").iter().any(|s| *s > after_y + 20)
+    });
+    assert!(
+        seqs(&got, "239.4.4.4").iter().all(|s| *s <= after_y),
+        "239.4.4.4 still forwarded after its template was removed"
+    );
+    stop.store(true, Ordering::SeqCst);
+    sender_thread.join().unwrap();
+    let last = seq.load(Ordering::SeqCst) - 1;
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        ["239.1.1.1", "239.3.3.3"]
+            .iter()
+            .all(|g| seqs(got, g).contains(&last))
+    });
+    // The routes that stayed lost nothing through both reloads.
+    for g in ["239.1.1.1", "239.3.3.3"] {
+        let mut s = seqs(&got, g);
+        s.sort();
+        s.dedup();
+        assert_eq!(s, (0..=last).collect::<Vec<_>>(), "{g} lost packets");
+    }
+    assert_eq!(m.stop(), 0);
+}
+
+#[test]
+fn learned_and_stop_entries_expire_when_idle_and_busy_ones_stay() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sb = topology();
+    let path = site(
+        &sb,
+        "te",
+        r#"
+[multicast]
+expire = "1s"
+[[multicast.route]]
+from = "br-a"
+source = "10.1.0.10"
+group = "239.1.1.1"
+to = ["br-b"]
+[[multicast.route]]
+from = "br-a"
+group = "239.2.0.0/16"
+to = ["br-b"]
+"#,
+    );
+    let m = Mroute::start(&sb, &[path.to_str().unwrap()], &sb.path("state"));
+    let tx = sender(&sb, SND4.into());
+    send(&tx, ip("239.2.1.1"), 8, "once");
+    send(&tx, ip("239.9.9.9"), 8, "once");
+    m.wait_entry("10.1.0.10", "239.2.1.1", "learned");
+    m.wait_entry("10.1.0.10", "239.9.9.9", "stop");
+    // 239.2.2.2 keeps passing packets while the others idle.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                send(&tx, ip("239.2.2.2"), 8, "busy");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    m.wait_entry("10.1.0.10", "239.2.2.2", "learned");
+    wait_until("idle entries to expire", Duration::from_secs(8), || {
+        (m.entry("10.1.0.10", "239.2.1.1").is_none() && m.entry("10.1.0.10", "239.9.9.9").is_none())
+            .then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    busy.join().unwrap();
+    assert!(
+        m.entry("10.1.0.10", "239.2.2.2").is_some(),
+        "a busy entry expired"
+    );
+    assert!(
+        m.entry("10.1.0.10", "239.1.1.1").is_some(),
+        "a configured entry expired"
+    );
+    let cache = sb.sh("ip mroute show");
+    assert!(
+        !cache.contains("239.2.1.1"),
+        "expired entry left in the kernel: {cache}"
+    );
+    assert_eq!(m.stop(), 0);
+}
+
+#[test]
+fn ssdp_broadcast_arrives_as_multicast_on_the_other_bridge() {
+    let sb = topology();
+    let path = site(
+        &sb,
+        "ts",
+        r#"
+[multicast]
+snooping = false
+[multicast.ssdp]
+bridges = ["br-a", "br-b"]
+ports = [1900]
+"#,
+    );
+    let m = Mroute::start(&sb, &[path.to_str().unwrap()], &sb.path("state"));
+    let table = sb.sh("nft list table inet appliance-ts-mroute");
+    assert!(table.contains("239.255.255.250"), "{table}");
+    // Bound to the group itself: only datagrams addressed to 239.255.255.250 arrive.
+    let ssdp: IpAddr = ip("239.255.255.250");
+    let rx = receiver_on(&sb, "rcv", vec![ssdp], SocketAddr::from((ssdp, 1900)));
+    let tx = sender(&sb, SND4.into());
+    let msearch = "M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\nST: ssdp:all\r\n\r\n";
+    send_to(
+        &tx,
+        SocketAddr::from((Ipv4Addr::BROADCAST, 1900)),
+        64,
+        msearch,
+    );
+    let mut got = Vec::new();
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        has(got, msearch)
+    });
+    m.wait_entry("10.1.0.10", "239.255.255.250", "learned");
+    assert_eq!(m.stop(), 0);
+    let tables = sb.sh("nft list tables");
+    assert!(
+        !tables.contains("appliance-ts-mroute"),
+        "table left: {tables}"
+    );
 }
