@@ -684,3 +684,182 @@ ports = [1900]
         "table left: {tables}"
     );
 }
+
+const SMCROUTE_CONF: &str = "\
+# the same topology for smcroute and for appliance mroute
+phyint br-a enable
+phyint br-b enable ttl-threshold 3
+mroute from br-a source 10.1.0.10 group 239.1.1.1 to br-b
+mroute from br-a source 10.1.0.11 group 239.1.1.2 to br-b
+mroute from br-b source 10.2.0.10 group 239.7.7.7 to br-a
+mroute from br-a source fd01::10 group ff3e::1:1 to br-b
+mroute from br-a group 239.2.0.0/16 to br-b   # (*,G) range
+mgroup from br-a group 239.5.5.5
+";
+
+/// The kernel's multicast routing state, without counters, sorted.
+fn kernel_table(sb: &Sandbox) -> String {
+    let mut out = String::new();
+    for (cmd, cols) in [
+        ("ip mroute show", None),
+        ("ip -6 mroute show", None),
+        ("tail -n +2 /proc/net/ip_mr_vif", Some(vec![0, 1, 6, 7, 8])),
+        ("tail -n +2 /proc/net/ip6_mr_vif", Some(vec![0, 1, 6])),
+        (
+            "tail -n +2 /proc/net/ip_mr_cache",
+            Some(vec![0, 1, 2, 6, 7, 8]),
+        ),
+    ] {
+        let text = sb.sh(cmd);
+        let mut lines: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                match &cols {
+                    Some(c) => c
+                        .iter()
+                        .filter_map(|i| w.get(*i).copied())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    None => w.join(" "),
+                }
+            })
+            .filter(|l| !l.is_empty())
+            .collect();
+        lines.sort();
+        out.push_str(&format!("== {cmd}\n{}\n", lines.join("\n")));
+    }
+    out
+}
+
+fn wait_table(sb: &Sandbox, what: &str, want: &[&str]) -> String {
+    wait_until(what, Duration::from_secs(10), || {
+        let t = kernel_table(sb) + &sb.sh("cat /proc/net/igmp");
+        want.iter().all(|w| t.contains(w)).then_some(())
+    });
+    kernel_table(sb)
+}
+
+#[test]
+fn smcroute_conf_gives_the_same_kernel_table_as_smcroute() {
+    require_program("smcrouted");
+    let sb = topology();
+    let conf = sb.write("smcroute.conf", SMCROUTE_CONF);
+    let want = [
+        "(10.1.0.10,239.1.1.1)",
+        "(10.1.0.11,239.1.1.2)",
+        "(10.2.0.10,239.7.7.7)",
+        "(fd01::10,ff3e::1:1)",
+        "050505EF",
+    ];
+    let learned = ["(10.1.0.10,239.2.1.1)"];
+    let tx = sender(&sb, SND4.into());
+
+    // The real smcroute (Debian's), in the foreground with its own socket and pid file.
+    let smc_log = sb.path("smcrouted.log");
+    let mut smc = sb
+        .cmd("smcrouted")
+        .args(["-n", "-N", "-l", "debug", "-f"])
+        .arg(&conf)
+        .args([
+            "-u",
+            "/run/smcroute-test.sock",
+            "-P",
+            "/run/smcroute-test.pid",
+        ])
+        .stdout(Stdio::null())
+        .stderr(File::create(&smc_log).unwrap())
+        .spawn()
+        .expect("spawn smcrouted");
+    let theirs = wait_table(&sb, "smcroute's routes in the kernel", &want);
+    send(&tx, ip("239.2.1.1"), 8, "template");
+    let theirs_learned = wait_table(&sb, "smcroute to learn (*,G)", &learned);
+
+    // While smcroute holds the API, appliance mroute says so and exits.
+    let out = sb
+        .appliance()
+        .args(["mroute", "--smcroute-conf"])
+        .arg(&conf)
+        .arg("--state-dir")
+        .arg(sb.path("busy"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("EADDRINUSE") && err.contains("smcroute"),
+        "{err}"
+    );
+
+    unsafe { kill(smc.id() as i32, 15) };
+    wait_until("smcrouted to exit", Duration::from_secs(10), || {
+        smc.try_wait().ok().flatten()
+    });
+    wait_until("the kernel table to empty", Duration::from_secs(10), || {
+        sb.sh("ip mroute show; ip -6 mroute show")
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+
+    // appliance mroute with the same file.
+    let state = sb.path("state");
+    let m = Mroute::start(
+        &sb,
+        &[
+            "--smcroute-conf",
+            conf.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &state,
+    );
+    let ours = wait_table(&sb, "our routes in the kernel", &want);
+    assert_eq!(ours, theirs, "static routes differ from smcroute's");
+    send(&tx, ip("239.2.1.1"), 8, "template");
+    let ours_learned = wait_table(&sb, "us to learn (*,G)", &learned);
+    assert_eq!(
+        ours_learned, theirs_learned,
+        "learned routes differ from smcroute's"
+    );
+    assert_eq!(m.stop(), 0);
+}
+
+#[test]
+fn smcroute_conf_errors_name_the_line_and_too_many_interfaces_fail() {
+    let sb = Sandbox::new();
+    let conf = sb.write(
+        "bad.conf",
+        "phyint a enable\nmroute from a group 239.1.1.1\n",
+    );
+    let out = sb
+        .appliance()
+        .args(["mroute", "--smcroute-conf"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2: ", conf.display())), "{err}");
+
+    // 33 interfaces exist, the file enables them all: the kernel has 32 VIFs.
+    let mut text = String::new();
+    let mut script = String::new();
+    for i in 0..33 {
+        script.push_str(&format!("ip link add d{i} type bridge\n"));
+        text.push_str(&format!("phyint d{i} enable\n"));
+    }
+    sb.sh(&script);
+    let conf = sb.write("many.conf", &text);
+    let out = sb
+        .appliance()
+        .args(["mroute", "--smcroute-conf"])
+        .arg(&conf)
+        .arg("--state-dir")
+        .arg(sb.path("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("33 interfaces") && err.contains("32"), "{err}");
+}
