@@ -863,3 +863,99 @@ fn smcroute_conf_errors_name_the_line_and_too_many_interfaces_fail() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("33 interfaces") && err.contains("32"), "{err}");
 }
+
+#[test]
+fn a_source_that_moves_is_re_resolved_on_wrongvif() {
+    let sb = topology();
+    // The same source address reappears behind br-b (a host that moved), and a receiver
+    // listens on br-a.
+    sb.host("mov", "br-b", &["10.1.0.10/24"]);
+    sb.host("rcva", "br-a", &["10.1.0.20/24"]);
+    let path = site(
+        &sb,
+        "tw",
+        r#"
+[multicast]
+snooping = false
+[[multicast.route]]
+from = "br-a"
+group = "239.6.0.0/16"
+to = ["br-b"]
+[[multicast.route]]
+from = "br-b"
+group = "239.6.0.0/16"
+to = ["br-a"]
+"#,
+    );
+    let m = Mroute::start(&sb, &[path.to_str().unwrap()], &sb.path("state"));
+    let g = ip("239.6.6.6");
+    let rx_b = receiver(&sb, "rcv", vec![g]);
+    let rx_a: UdpSocket = sb.in_netns(Some("rcva"), move || {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)).into())
+            .unwrap();
+        s.join_multicast_v4(&Ipv4Addr::new(239, 6, 6, 6), &Ipv4Addr::new(10, 1, 0, 20))
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        s.into()
+    });
+    let tx = sender(&sb, SND4.into());
+    send(&tx, g, 8, "from br-a");
+    let mut got = Vec::new();
+    collect(&rx_b, &mut got, Duration::from_secs(5), |got| {
+        has(got, "from br-a")
+    });
+    let e = m.wait_entry("10.1.0.10", "239.6.6.6", "learned");
+    assert_eq!(e["iif"], "br-a");
+
+    let moved: UdpSocket = sb.in_netns(Some("mov"), || {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_multicast_if_v4(&SND4).unwrap();
+        s.into()
+    });
+    let mut got_a = Vec::new();
+    let mut n = 0;
+    wait_until(
+        "the moved source's packets on br-a",
+        Duration::from_secs(10),
+        || {
+            n += 1;
+            send(&moved, g, 8, &format!("moved {n}"));
+            let mut buf = [0u8; 256];
+            if let Ok(k) = rx_a.recv(&mut buf) {
+                got_a.push(String::from_utf8_lossy(&buf[..k]).into_owned());
+            }
+            got_a.iter().any(|p| p.starts_with("moved")).then_some(())
+        },
+    );
+    let e = m.wait_entry("10.1.0.10", "239.6.6.6", "learned");
+    assert_eq!(e["iif"], "br-b", "{e}");
+    assert_eq!(e["oifs"], serde_json::json!(["br-a"]), "{e}");
+    assert_eq!(m.stop(), 0);
+}
+
+#[test]
+fn a_configured_table_is_used() {
+    let sb = topology();
+    let path = site(
+        &sb,
+        "tt",
+        r#"
+[multicast]
+table = 10
+[[multicast.route]]
+from = "br-a"
+source = "10.1.0.10"
+group = "239.1.1.1"
+to = ["br-b"]
+"#,
+    );
+    let m = Mroute::start(&sb, &[path.to_str().unwrap()], &sb.path("state"));
+    assert_eq!(m.status()["table"], 10);
+    let t10 = sb.sh("ip mroute show table 10");
+    assert!(t10.contains("(10.1.0.10,239.1.1.1)"), "{t10}");
+    let main = sb.sh("ip mroute show");
+    assert!(!main.contains("239.1.1.1"), "{main}");
+    assert_eq!(m.stop(), 0);
+}

@@ -382,6 +382,12 @@ fn check_multicast(c: &mut Check, m: &Multicast) {
         if let Some(src) = j.source {
             c.result(format!("{p}.source"), check_source(src, j.group));
         }
+        // A joined interface becomes a VIF/MIF too.
+        if j.group.is_ipv4() {
+            ifaces_v4.insert(j.on.clone());
+        } else {
+            ifaces_v6.insert(j.on.clone());
+        }
     }
     if let Some(s) = &m.ssdp {
         let distinct: BTreeSet<&String> = s.bridges.iter().collect();
@@ -418,7 +424,7 @@ fn check_multicast(c: &mut Check, m: &Multicast) {
             c.err(
                 "multicast.route",
                 format!(
-                    "the routes name {} interfaces, but the kernel has {MAX_VIFS} {what} at most",
+                    "the routes and joins name {} interfaces, but the kernel has {MAX_VIFS} {what} at most",
                     set.len()
                 ),
             );
