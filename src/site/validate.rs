@@ -352,6 +352,13 @@ fn check_multicast(c: &mut Check, m: &Multicast) {
                 c.err(format!("{p}.to[{j}]"), format!("{t:?} is listed twice"));
             }
         }
+        if r.ttl_threshold > 1 && r.group.0.addr().is_ipv6() {
+            c.err(
+                format!("{p}.ttl_threshold"),
+                "the kernel's IPv6 multicast routes have no per-output hop-limit threshold \
+                 (they forward hop limit >= 2 everywhere); leave it at 1 for IPv6 groups",
+            );
+        }
         if r.ttl_threshold == 0 {
             c.err(
                 format!("{p}.ttl_threshold"),
