@@ -110,6 +110,10 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
+fn us(d: Duration) -> String {
+    format!("{} us", d.as_micros())
+}
+
 fn topology() -> Sandbox {
     let sb = Sandbox::new();
     sb.bridge("br-a");
@@ -270,9 +274,10 @@ fn main() {
     assert_eq!(answer["ok"], true, "{answer}");
     assert!(mfc_has(&sb, "636363EF"), "the changed route is installed");
     println!(
-        "   appliance: {} round trip over the control socket (re-read + diff + apply: {} us inside), changes {}",
+        "   appliance: {} round trip over the control socket (inside: {} us, of which re-reading the file {} us), changes {}",
         ms(t_reload),
         answer["took_us"],
+        answer["load_us"],
         answer["reload"]
     );
     stop(&sb, c);
@@ -321,10 +326,10 @@ fn main() {
     let (med, p99, steady, lost) = upcall_latency(&sb, 1);
     println!(
         "   appliance: first packet median {}, p99 {}; a packet through an existing entry {}; upcall->entry ~ {}; lost {lost}",
-        ms(med),
-        ms(p99),
-        ms(steady),
-        ms(med.saturating_sub(steady))
+        us(med),
+        us(p99),
+        us(steady),
+        us(med.saturating_sub(steady))
     );
     stop(&sb, c);
     let c = smcrouted(&sb, &tf);
@@ -336,10 +341,10 @@ fn main() {
     let (med, p99, steady, lost) = upcall_latency(&sb, 2);
     println!(
         "   smcroute:  first packet median {}, p99 {}; a packet through an existing entry {}; upcall->entry ~ {}; lost {lost}",
-        ms(med),
-        ms(p99),
-        ms(steady),
-        ms(med.saturating_sub(steady))
+        us(med),
+        us(p99),
+        us(steady),
+        us(med.saturating_sub(steady))
     );
     stop(&sb, c);
     println!(

@@ -220,6 +220,7 @@ fn event_loop(
                     Ok(Signal::SIGHUP) => {
                         let answer = reload(source, &mut fwd);
                         tracing::info!("SIGHUP: {answer}");
+                        fwd.drop_retired();
                     }
                     Ok(s) => {
                         tracing::info!("{s}: stopping");
@@ -235,6 +236,7 @@ fn event_loop(
                 if let Err(e) = answer(stream, source, &mut fwd) {
                     tracing::warn!("control socket: {e}");
                 }
+                fwd.drop_retired();
             }
         }
         let now = Instant::now();
@@ -270,12 +272,15 @@ fn answer(stream: UnixStream, source: &Source, fwd: &mut Forwarder) -> std::io::
 /// Re-reads the configuration and applies the difference; an invalid file changes nothing.
 fn reload(source: &Source, fwd: &mut Forwarder) -> serde_json::Value {
     let t0 = Instant::now();
+    let cpu0 = thread_cpu();
     let new = match source.load() {
         Ok(c) => c,
         Err(e) => {
             return serde_json::json!({"ok": false, "error": format!("reload: {e}; kept the running configuration")});
         }
     };
+    let loaded = t0.elapsed();
+    let cpu_loaded = thread_cpu().saturating_sub(cpu0);
     let old_fw = fwd.config().firewall.clone();
     if new.firewall != old_fw {
         let r = match (&new.firewall, &old_fw) {
@@ -295,8 +300,26 @@ fn reload(source: &Source, fwd: &mut Forwarder) -> serde_json::Value {
     match fwd.apply(new) {
         Ok(ch) => {
             let took = t0.elapsed();
-            serde_json::json!({"ok": true, "reload": ch, "took_us": took.as_micros() as u64})
+            serde_json::json!({
+                "ok": true,
+                "reload": ch,
+                "took_us": took.as_micros() as u64,
+                "load_us": loaded.as_micros() as u64,
+                "cpu_us": thread_cpu().saturating_sub(cpu0).as_micros() as u64,
+                "load_cpu_us": cpu_loaded.as_micros() as u64,
+            })
         }
         Err(e) => serde_json::json!({"ok": false, "error": format!("reload: {e}")}),
     }
+}
+
+/// CPU time this thread has used (user + system), to tell work from waiting for a core.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }

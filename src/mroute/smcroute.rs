@@ -33,8 +33,10 @@ pub enum SmcrouteError {
 #[derive(Default)]
 struct Parsed {
     phyints: Vec<(String, bool, u8)>,
-    routes: Vec<(PathBuf, usize, Route)>,
-    joins: Vec<(PathBuf, usize, Join)>,
+    /// Every file read, so routes point at theirs by index (no path copy per line).
+    files: Vec<PathBuf>,
+    routes: Vec<(usize, usize, Route)>,
+    joins: Vec<Join>,
 }
 
 /// Parses `file` (and what it includes) into a configuration served from `state_dir`.
@@ -73,12 +75,12 @@ pub fn load(file: &Path, state_dir: PathBuf) -> Result<Config, Vec<SmcrouteError
             add(&mut mifs, name);
         }
     }
-    let mut routes = Vec::new();
+    let mut routes = Vec::with_capacity(p.routes.len());
     for (f, line, mut r) in p.routes {
         for i in std::iter::once(&r.from).chain(r.to.iter().map(|(n, _)| n)) {
             if disabled(i) {
                 errors.push(SmcrouteError::Line {
-                    file: f.clone(),
+                    file: p.files[f].clone(),
                     line,
                     msg: format!("interface {i} is disabled by a phyint line"),
                 });
@@ -98,7 +100,7 @@ pub fn load(file: &Path, state_dir: PathBuf) -> Result<Config, Vec<SmcrouteError
         }
         routes.push(r);
     }
-    let joins = p.joins.into_iter().map(|(_, _, j)| j).collect();
+    let joins = p.joins;
     for (family, list) in [("VIFs", &vifs), ("MIFs", &mifs)] {
         if list.len() > super::kernel::MAXVIFS {
             errors.push(SmcrouteError::Line {
@@ -139,6 +141,10 @@ fn parse_file(file: &Path, p: &mut Parsed, errors: &mut Vec<SmcrouteError>, dept
             return;
         }
     };
+    p.routes.reserve(text.len() / 48);
+    let file_ix = p.files.len();
+    p.files.push(file.to_path_buf());
+    let file_name = file.display().to_string();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         let err = |msg: String| SmcrouteError::Line {
@@ -155,14 +161,11 @@ fn parse_file(file: &Path, p: &mut Parsed, errors: &mut Vec<SmcrouteError>, dept
         let Some((&kw, rest)) = words.split_first() else {
             continue;
         };
-        let origin = format!("{}:{line}", file.display());
+        let origin = format!("{file_name}:{line}");
         let r = match kw {
             "phyint" => phyint(rest).map(|x| p.phyints.push(x)),
-            "mroute" => mroute(rest, origin).map(|r| p.routes.push((file.into(), line, r))),
-            "mgroup" => mgroup(rest, &origin).map(|js| {
-                p.joins
-                    .extend(js.into_iter().map(|j| (file.to_path_buf(), line, j)))
-            }),
+            "mroute" => mroute(rest, origin).map(|r| p.routes.push((file_ix, line, r))),
+            "mgroup" => mgroup(rest, &origin).map(|js| p.joins.extend(js)),
             "include" => {
                 if depth > 8 {
                     Err("includes nest deeper than 8 files (a loop?)".to_string())
@@ -203,7 +206,7 @@ fn phyint(w: &[&str]) -> Result<(String, bool, u8), String> {
                     .parse::<u8>()
                     .ok()
                     .filter(|t| *t >= 1)
-                    .ok_or(format!("ttl-threshold {v:?} is not 1-255"))?;
+                    .ok_or_else(|| format!("ttl-threshold {v:?} is not 1-255"))?;
             }
             other => {
                 return Err(format!(
@@ -235,7 +238,7 @@ fn args(w: &[&str], what: &str) -> Result<Args, String> {
         let val = || {
             w.get(i + 1)
                 .copied()
-                .ok_or(format!("{what}: {} needs a value", w[i]))
+                .ok_or_else(|| format!("{what}: {} needs a value", w[i]))
         };
         match w[i] {
             "from" => a.from = Some(val()?.to_string()),
@@ -253,13 +256,16 @@ fn args(w: &[&str], what: &str) -> Result<Args, String> {
         }
         i += 2;
     }
-    let from = a.from.as_deref().ok_or(format!("{what} needs from IIF"))?;
+    let from = a
+        .from
+        .as_deref()
+        .ok_or_else(|| format!("{what} needs from IIF"))?;
     if from.contains('+') {
         return Err(format!(
             "{what}: interface wildcards ({from}) are not supported; name each interface"
         ));
     }
-    let g = a.group.ok_or(format!("{what} needs group GROUP"))?;
+    let g = a.group.ok_or_else(|| format!("{what} needs group GROUP"))?;
     if !g.addr().is_multicast() {
         return Err(format!("{what}: {g} is not a multicast group"));
     }
