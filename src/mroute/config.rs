@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -64,7 +65,8 @@ pub struct Config {
     pub expire: Duration,
     pub vifs: Vec<Iface>,
     pub mifs: Vec<Iface>,
-    pub routes: Vec<Route>,
+    /// Shared, so a reload that reuses a parsed line reuses its route without a copy.
+    pub routes: Vec<Arc<Route>>,
     pub joins: Vec<Join>,
     /// The forwarder's own nftables table (SSDP rewrite, forward accepts).
     pub firewall: Option<Firewall>,
@@ -83,12 +85,14 @@ impl Config {
         let routes = m
             .routes
             .iter()
-            .map(|r| Route {
-                origin: r.origin.clone(),
-                from: r.from.clone(),
-                source: r.source.map(IpNet::from),
-                group: r.group.0,
-                to: r.to.iter().map(|t| (t.clone(), r.ttl_threshold)).collect(),
+            .map(|r| {
+                Arc::new(Route {
+                    origin: r.origin.clone(),
+                    from: r.from.clone(),
+                    source: r.source.map(IpNet::from),
+                    group: r.group.0,
+                    to: r.to.iter().map(|t| (t.clone(), r.ttl_threshold)).collect(),
+                })
             })
             .collect();
         let used: Vec<&String> = m
@@ -146,7 +150,7 @@ impl Config {
             .iter()
             .find(|r| !r.is_static() && r.matches(iif, source, group))
         {
-            Some(r) => Resolution::Forward(r),
+            Some(r) => Resolution::Forward(r.as_ref()),
             None => Resolution::Stop("no route matches"),
         }
     }
@@ -189,7 +193,7 @@ mod tests {
             expire: Duration::from_secs(60),
             vifs: vec![],
             mifs: vec![],
-            routes,
+            routes: routes.into_iter().map(Arc::new).collect(),
             joins: vec![],
             firewall: None,
             snooping: vec![],

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -146,12 +147,15 @@ impl Forwarder {
             return None;
         }
         let (a, b) = (&old.routes, &new.routes);
-        let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        let same = |x: &Arc<super::config::Route>, y: &Arc<super::config::Route>| {
+            Arc::ptr_eq(x, y) || x == y
+        };
+        let prefix = a.iter().zip(b).take_while(|(x, y)| same(x, y)).count();
         let suffix = a[prefix..]
             .iter()
             .rev()
             .zip(b[prefix..].iter().rev())
-            .take_while(|(x, y)| x == y)
+            .take_while(|(x, y)| same(x, y))
             .count();
         let (ro, rn) = (prefix..a.len() - suffix, prefix..b.len() - suffix);
         // Many changes: a full pass is as cheap and simpler.
@@ -552,15 +556,17 @@ impl Table {
         &mut self,
         fam: Family,
         cfg: &Config,
-        removed: &[super::config::Route],
-        added: &[super::config::Route],
+        removed: &[Arc<super::config::Route>],
+        added: &[Arc<super::config::Route>],
         ch: &mut Changes,
     ) -> Result<(), MrouteError> {
         let before = ch.added + ch.changed;
         let key = |r: &super::config::Route| (r.source.expect("static").addr(), r.group.addr());
         let changed = || removed.iter().chain(added).filter(|r| r.family() == fam);
-        let mut keys: Vec<(IpAddr, IpAddr)> =
-            changed().filter(|r| r.is_static()).map(key).collect();
+        let mut keys: Vec<(IpAddr, IpAddr)> = changed()
+            .filter(|r| r.is_static())
+            .map(|r| key(r))
+            .collect();
         keys.sort();
         keys.dedup();
         for k in keys {

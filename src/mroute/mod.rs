@@ -87,6 +87,7 @@ pub fn cli(args: crate::cli::MrouteArgs) -> std::process::ExitCode {
             state_dir: args
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(SMCROUTE_STATE_DIR)),
+            cache: Default::default(),
         },
         (None, None) => unreachable!("clap requires one of them"),
     };

@@ -2,8 +2,10 @@
 //! into the forwarder's [`Config`], so an smcroute user can switch with the same file.
 //! Every error names FILE:LINE.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -35,15 +37,30 @@ struct Parsed {
     phyints: Vec<(String, bool, u8)>,
     /// Every file read, so routes point at theirs by index (no path copy per line).
     files: Vec<PathBuf>,
-    routes: Vec<(usize, usize, Route)>,
+    routes: Vec<(usize, usize, Arc<Route>)>,
     joins: Vec<Join>,
 }
 
 /// Parses `file` (and what it includes) into a configuration served from `state_dir`.
 pub fn load(file: &Path, state_dir: PathBuf) -> Result<Config, Vec<SmcrouteError>> {
+    load_cached(file, state_dir, &mut Cache::default())
+}
+
+/// As [`load`], re-parsing only the lines that changed since the load that filled `cache`.
+pub fn load_cached(
+    file: &Path,
+    state_dir: PathBuf,
+    cache: &mut Cache,
+) -> Result<Config, Vec<SmcrouteError>> {
     let mut p = Parsed::default();
     let mut errors = Vec::new();
-    parse_file(file, &mut p, &mut errors, 0);
+    let mut next = Cache::default();
+    std::mem::swap(cache, &mut next);
+    parse_file(file, &mut p, &mut errors, 0, &mut next);
+    // Only the files read this time stay cached.
+    let read: Vec<PathBuf> = p.files.clone();
+    next.files.retain(|f, _| read.contains(f));
+    *cache = next;
     let threshold = |name: &str| {
         p.phyints
             .iter()
@@ -86,8 +103,11 @@ pub fn load(file: &Path, state_dir: PathBuf) -> Result<Config, Vec<SmcrouteError
                 });
             }
         }
-        for (name, t) in r.to.iter_mut() {
-            *t = threshold(name);
+        // Outputs take their phyint's threshold (a copy only when one is not the default).
+        if r.to.iter().any(|(name, t)| threshold(name) != *t) {
+            for (name, t) in Arc::make_mut(&mut r).to.iter_mut() {
+                *t = threshold(name);
+            }
         }
         let list = if r.group.addr().is_ipv4() {
             &mut vifs
@@ -130,7 +150,61 @@ pub fn load(file: &Path, state_dir: PathBuf) -> Result<Config, Vec<SmcrouteError
     })
 }
 
-fn parse_file(file: &Path, p: &mut Parsed, errors: &mut Vec<SmcrouteError>, depth: usize) {
+/// What one line said, kept between loads so that a reload that changed one line among
+/// 20,000 parses one line (the origin `FILE:LINE` is part of it, so a reused line is the
+/// same line at the same place).
+#[derive(Debug, Clone)]
+enum Item {
+    Nothing,
+    Phyint(String, bool, u8),
+    Route(Arc<Route>),
+    Joins(Vec<Join>),
+    Include(String),
+    Error(String),
+}
+
+/// The lines of every file read by the last load, and what each said.
+#[derive(Debug, Default, Clone)]
+pub struct Cache {
+    files: HashMap<PathBuf, (String, Vec<Item>)>,
+}
+
+fn parse_line(raw: &str, file_name: &str, line: usize) -> Item {
+    let words: Vec<&str> = raw
+        .split('#')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let Some((&kw, rest)) = words.split_first() else {
+        return Item::Nothing;
+    };
+    let origin = || format!("{file_name}:{line}");
+    let r = match kw {
+        "phyint" => phyint(rest).map(|(n, e, t)| Item::Phyint(n, e, t)),
+        "mroute" => mroute(rest, origin()).map(|r| Item::Route(Arc::new(r))),
+        "mgroup" => mgroup(rest, &origin()).map(Item::Joins),
+        "include" => {
+            if rest.len() != 1 {
+                Err("include takes one path or pattern".to_string())
+            } else {
+                Ok(Item::Include(rest[0].to_string()))
+            }
+        }
+        other => Err(format!(
+            "unknown directive {other:?}; expected phyint, mroute, mgroup or include"
+        )),
+    };
+    r.unwrap_or_else(Item::Error)
+}
+
+fn parse_file(
+    file: &Path,
+    p: &mut Parsed,
+    errors: &mut Vec<SmcrouteError>,
+    depth: usize,
+    cache: &mut Cache,
+) {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(source) => {
@@ -141,51 +215,44 @@ fn parse_file(file: &Path, p: &mut Parsed, errors: &mut Vec<SmcrouteError>, dept
             return;
         }
     };
+    let (old_text, old_items) = cache.files.remove(file).unwrap_or_default();
+    let old_lines: Vec<&str> = old_text.lines().collect();
+    let mut items = Vec::with_capacity(old_items.len().max(16));
     p.routes.reserve(text.len() / 48);
     let file_ix = p.files.len();
     p.files.push(file.to_path_buf());
     let file_name = file.display().to_string();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
+        let item = match (old_lines.get(i), old_items.get(i)) {
+            (Some(old), Some(item)) if *old == raw => item.clone(),
+            _ => parse_line(raw, &file_name, line),
+        };
         let err = |msg: String| SmcrouteError::Line {
             file: file.to_path_buf(),
             line,
             msg,
         };
-        let words: Vec<&str> = raw
-            .split('#')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let Some((&kw, rest)) = words.split_first() else {
-            continue;
-        };
-        let origin = format!("{file_name}:{line}");
-        let r = match kw {
-            "phyint" => phyint(rest).map(|x| p.phyints.push(x)),
-            "mroute" => mroute(rest, origin).map(|r| p.routes.push((file_ix, line, r))),
-            "mgroup" => mgroup(rest, &origin).map(|js| p.joins.extend(js)),
-            "include" => {
+        match &item {
+            Item::Nothing => {}
+            Item::Phyint(n, e, t) => p.phyints.push((n.clone(), *e, *t)),
+            Item::Route(r) => p.routes.push((file_ix, line, r.clone())),
+            Item::Joins(js) => p.joins.extend(js.iter().cloned()),
+            Item::Error(msg) => errors.push(err(msg.clone())),
+            Item::Include(pattern) => {
                 if depth > 8 {
-                    Err("includes nest deeper than 8 files (a loop?)".to_string())
-                } else if rest.len() != 1 {
-                    Err("include takes one path or pattern".to_string())
+                    errors.push(err("includes nest deeper than 8 files (a loop?)".into()));
                 } else {
-                    for f in expand_include(file, rest[0]) {
-                        parse_file(&f, p, errors, depth + 1);
+                    for f in expand_include(file, pattern) {
+                        parse_file(&f, p, errors, depth + 1, cache);
                     }
-                    Ok(())
                 }
             }
-            other => Err(format!(
-                "unknown directive {other:?}; expected phyint, mroute, mgroup or include"
-            )),
-        };
-        if let Err(msg) = r {
-            errors.push(err(msg));
         }
+        items.push(item);
     }
+    drop(old_lines);
+    cache.files.insert(file.to_path_buf(), (text, items));
 }
 
 fn phyint(w: &[&str]) -> Result<(String, bool, u8), String> {
@@ -476,6 +543,26 @@ mod tests {
         assert!(text[1].starts_with(&at(4)) && text[1].contains("unknown directive"));
         assert!(text[2].starts_with(&at(5)) && text[2].contains("to OIF"));
         assert!(text[3].starts_with(&at(6)) && text[3].contains("ttl-threshold"));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_cached_reload_equals_a_fresh_load() {
+        let d = tmp("cache");
+        let text = |g: &str| {
+            format!(
+                "phyint a enable\nmroute from a source 10.0.0.1 group 239.1.1.1 to b\n\
+                 mroute from a group {g} to b\nbogus\nmgroup from a group 239.5.5.5\n"
+            )
+        };
+        let f = write(&d, "c.conf", &text("239.2.0.0/16"));
+        let mut cache = Cache::default();
+        assert!(load_cached(&f, "/x".into(), &mut cache).is_err());
+        write(&d, "c.conf", &text("239.3.0.0/16").replace("bogus\n", ""));
+        let cached = load_cached(&f, "/x".into(), &mut cache).unwrap();
+        let fresh = load(&f, "/x".into()).unwrap();
+        assert_eq!(cached, fresh);
+        assert_eq!(cached.routes[1].group.to_string(), "239.3.0.0/16");
         std::fs::remove_dir_all(d).unwrap();
     }
 
