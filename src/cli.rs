@@ -103,7 +103,8 @@ pub struct MrouteArgs {
     /// An smcroute.conf (phyint, mroute, mgroup, include).
     #[arg(long)]
     pub smcroute_conf: Option<PathBuf>,
-    /// Where the control socket lives with --smcroute-conf (default /run/appliance/smcroute).
+    /// Where the control socket (mroute.sock) lives: default the site's state dir, or
+    /// /run/appliance/smcroute with --smcroute-conf.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Ask the running forwarder for its VIFs and entries instead of starting one.

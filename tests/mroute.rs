@@ -951,7 +951,17 @@ group = "239.1.1.1"
 to = ["br-b"]
 "#,
     );
-    let m = Mroute::start(&sb, &[path.to_str().unwrap()], &sb.path("state"));
+    // --state-dir overrides the site's (as `up --state-dir` needs for its child).
+    let state = sb.path("elsewhere");
+    let m = Mroute::start(
+        &sb,
+        &[
+            path.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &state,
+    );
     assert_eq!(m.status()["table"], 10);
     let t10 = sb.sh("ip mroute show table 10");
     assert!(t10.contains("(10.1.0.10,239.1.1.1)"), "{t10}");

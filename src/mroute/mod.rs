@@ -81,7 +81,10 @@ pub enum MrouteError {
 pub fn cli(args: crate::cli::MrouteArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
     let source = match (args.site, args.smcroute_conf) {
-        (Some(site), _) => run::Source::Site(site),
+        (Some(path), _) => run::Source::Site {
+            path,
+            state_dir: args.state_dir,
+        },
         (None, Some(file)) => run::Source::Smcroute {
             file,
             state_dir: args

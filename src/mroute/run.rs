@@ -22,7 +22,12 @@ use crate::{firewall, plan, site};
 /// Where the forwarder's configuration comes from (and is re-read from on reload).
 #[derive(Debug, Clone)]
 pub enum Source {
-    Site(PathBuf),
+    /// A site file; its plan's state dir holds the control socket unless overridden
+    /// (`up --state-dir DIR` passes its own to the child).
+    Site {
+        path: PathBuf,
+        state_dir: Option<PathBuf>,
+    },
     Smcroute {
         file: PathBuf,
         state_dir: PathBuf,
@@ -34,8 +39,14 @@ pub enum Source {
 impl Source {
     pub fn load(&self) -> Result<Config, MrouteError> {
         match self {
-            Source::Site(p) => match site::load(p) {
-                Ok(l) => Ok(Config::from_plan(&plan::plan(&l.site, &l.path))),
+            Source::Site { path, state_dir } => match site::load(path) {
+                Ok(l) => {
+                    let mut c = Config::from_plan(&plan::plan(&l.site, &l.path));
+                    if let Some(d) = state_dir {
+                        c.state_dir = d.clone();
+                    }
+                    Ok(c)
+                }
                 Err(e) => Err(MrouteError::Load(e.to_string())),
             },
             Source::Smcroute {
@@ -59,7 +70,10 @@ impl Source {
     pub fn socket(&self) -> Result<PathBuf, MrouteError> {
         Ok(match self {
             Source::Smcroute { state_dir, .. } => state_dir.join(SOCKET_NAME),
-            Source::Site(_) => self.load()?.state_dir.join(SOCKET_NAME),
+            Source::Site {
+                state_dir: Some(d), ..
+            } => d.join(SOCKET_NAME),
+            Source::Site { .. } => self.load()?.state_dir.join(SOCKET_NAME),
         })
     }
 }
