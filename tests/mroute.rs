@@ -412,6 +412,10 @@ to = ["br-b"]
 [[multicast.join]]
 on = "br-a"
 group = "ff3e::5:5"
+[[multicast.join]]
+on = "br-a"
+group = "ff3e::6:6"
+source = "fd01::10"
 "#,
     );
     let m = Mroute::start(&sb, &[site.to_str().unwrap()], &sb.path("state"));
@@ -420,6 +424,12 @@ group = "ff3e::5:5"
     assert!(
         igmp6.contains("ff3e0000000000000000000000050005"),
         "ff3e::5:5 joined:\n{igmp6}"
+    );
+    let filters6 = sb.sh("cat /proc/net/mcfilter6");
+    assert!(
+        filters6.contains("ff3e0000000000000000000000060006")
+            && filters6.contains("fd010000000000000000000000000010"),
+        "(fd01::10, ff3e::6:6) SSM join:\n{filters6}"
     );
     let groups = [
         "ff3e::1:1",
@@ -466,6 +476,9 @@ group = "ff3e::5:5"
     });
     assert!(!has(&got, "ff3e::100:7 link-local"), "{got:?}");
     assert!(!has(&got, "ff3e::9:9 unmatched"), "{got:?}");
+    // Counters of IPv6 entries (SIOCGETSGCNT_IN6).
+    let e = m.entry("fd01::10", "ff3e::1:1").unwrap();
+    assert!(e["packets"].as_u64().unwrap() >= 4, "{e}");
     assert_eq!(m.stop(), 0);
 }
 
@@ -967,5 +980,64 @@ to = ["br-b"]
     assert!(t10.contains("(10.1.0.10,239.1.1.1)"), "{t10}");
     let main = sb.sh("ip mroute show");
     assert!(!main.contains("239.1.1.1"), "{main}");
+    assert_eq!(m.stop(), 0);
+}
+
+#[test]
+fn smcroute_conf_reload_by_sighup_changes_only_the_edited_route() {
+    let sb = topology();
+    let text = |g: &str| {
+        format!(
+            "phyint br-a enable\nphyint br-b enable\n\
+             mroute from br-a source 10.1.0.10 group 239.1.1.1 to br-b\n\
+             mroute from br-a source 10.1.0.10 group {g} to br-b\n\
+             mroute from br-a source 10.1.0.10 group 239.1.1.3 to br-b\n"
+        )
+    };
+    let conf = sb.write("smcroute.conf", &text("239.1.1.2"));
+    let state = sb.path("state");
+    let m = Mroute::start(
+        &sb,
+        &[
+            "--smcroute-conf",
+            conf.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &state,
+    );
+    m.wait_entry("10.1.0.10", "239.1.1.2", "configured");
+    sb.write("smcroute.conf", &text("239.1.1.9"));
+    unsafe { kill(m.child.id() as i32, 1) };
+    let e = m.wait_entry("10.1.0.10", "239.1.1.9", "configured");
+    assert!(
+        e["why"].as_str().unwrap().ends_with("smcroute.conf:4"),
+        "{e}"
+    );
+    assert!(m.entry("10.1.0.10", "239.1.1.2").is_none());
+    let table = sb.sh("ip mroute show");
+    assert!(
+        !table.contains("239.1.1.2") && table.contains("239.1.1.9"),
+        "{table}"
+    );
+    assert!(
+        table.contains("239.1.1.1") && table.contains("239.1.1.3"),
+        "{table}"
+    );
+    // An invalid file changes nothing and says where it is wrong.
+    sb.write(
+        "smcroute.conf",
+        "phyint br-a enable\nmroute from br-a group 10.0.0.1 to br-b\n",
+    );
+    let answer = request(&m.sock, &Request::Reload).unwrap();
+    assert_eq!(answer["ok"], false);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("smcroute.conf:2"),
+        "{answer}"
+    );
+    assert!(m.entry("10.1.0.10", "239.1.1.9").is_some());
     assert_eq!(m.stop(), 0);
 }
