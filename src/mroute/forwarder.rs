@@ -14,6 +14,9 @@ use super::config::{Config, Iface, Resolution};
 use super::kernel::{self, MAXVIFS, TTL_NOT_OUTPUT};
 use super::sys::{self, Counters, Family, JoinSocket, RouteSocket, Upcall};
 
+/// Most (S,G) entries per family: learned and stop entries past this are not installed.
+pub const MAX_ENTRIES: usize = 200_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
@@ -434,6 +437,15 @@ impl Table {
     fn upcall(&mut self, cfg: &Config, u: Upcall) {
         let key = (u.source, u.group);
         let existing = self.entries.get(&key);
+        if existing.is_none() && self.entries.len() >= MAX_ENTRIES {
+            // A flood of new sources: the kernel drops their queued packets after 10 s.
+            tracing::debug!(
+                "({},{}): {MAX_ENTRIES} entries already; not installed",
+                u.source,
+                u.group
+            );
+            return;
+        }
         match u.kind {
             kernel::MSG_NOCACHE => {
                 if existing.is_some_and(|e| e.origin == Origin::Configured) {

@@ -201,7 +201,7 @@ fn event_loop(
     sigfd: &SignalFd,
     listener: &UnixListener,
 ) -> Result<(), MrouteError> {
-    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::fd::AsFd;
     let mut next_sweep = Instant::now() + sweep_interval(fwd.config().expire);
     loop {
         let upcall_fds = fwd.upcall_fds();
@@ -257,7 +257,6 @@ fn event_loop(
         }
         if ready[1] {
             while let Ok((stream, _)) = listener.accept() {
-                let _ = stream.as_raw_fd();
                 if let Err(e) = answer(stream, source, &mut fwd) {
                     tracing::warn!("control socket: {e}");
                 }
@@ -274,7 +273,8 @@ fn event_loop(
 
 fn answer(stream: UnixStream, source: &Source, fwd: &mut Forwarder) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // A client that says nothing must not hold up upcalls for long.
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     let reply = match serde_json::from_str::<Request>(&line) {
