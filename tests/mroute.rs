@@ -690,6 +690,23 @@ ports = [1900]
         has(got, msearch)
     });
     m.wait_entry("10.1.0.10", "239.255.255.250", "learned");
+    // The subnet's broadcast address too, and a TTL-1 sender (given one more hop).
+    send_to(
+        &tx,
+        SocketAddr::from(([10, 1, 0, 255], 1900)),
+        64,
+        "subnet broadcast",
+    );
+    tx.set_ttl(1).unwrap();
+    send_to(
+        &tx,
+        SocketAddr::from((Ipv4Addr::BROADCAST, 1900)),
+        1,
+        "ttl 1 broadcast",
+    );
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        has(got, "subnet broadcast") && has(got, "ttl 1 broadcast")
+    });
     assert_eq!(m.stop(), 0);
     let tables = sb.sh("nft list tables");
     assert!(
