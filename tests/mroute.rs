@@ -1058,3 +1058,63 @@ fn smcroute_conf_reload_by_sighup_changes_only_the_edited_route() {
     assert!(m.entry("10.1.0.10", "239.1.1.9").is_some());
     assert_eq!(m.stop(), 0);
 }
+
+#[test]
+fn a_re_created_bridge_gets_its_vif_join_and_routes_back() {
+    let sb = topology();
+    let path = site(
+        &sb,
+        "tl",
+        r#"
+[multicast]
+snooping = false
+[[multicast.route]]
+from = "br-a"
+source = "10.1.0.10"
+group = "239.1.1.1"
+to = ["br-b"]
+[[multicast.join]]
+on = "br-b"
+group = "239.5.5.5"
+"#,
+    );
+    let m = Mroute::start(&sb, &[path.to_str().unwrap()], &sb.path("state"));
+    let vif_b = |m: &Mroute| {
+        m.status()["vifs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "br-b")
+            .map(|v| v["ifindex"].as_u64().unwrap())
+    };
+    let before = vif_b(&m).expect("br-b is a VIF");
+    sb.sh("ip link del br-b\n\
+         ip link add br-b type bridge\n\
+         ip link set br-b up\n\
+         ip addr add 10.2.0.1/24 dev br-b\n\
+         ip link set h-rcv master br-b");
+    let after = wait_until("br-b's VIF to come back", Duration::from_secs(5), || {
+        vif_b(&m).filter(|ix| *ix != before)
+    });
+    assert_ne!(after, before);
+    wait_until(
+        "239.5.5.5 joined on br-b again",
+        Duration::from_secs(5),
+        || {
+            let igmp = sb.sh("cat /proc/net/igmp");
+            let on_b = igmp.split("br-b").nth(1).unwrap_or("");
+            on_b.contains("050505EF").then_some(())
+        },
+    );
+    let links = sb.sh("ip -d link show br-b");
+    assert!(links.contains("mcast_snooping 0"), "{links}");
+    m.wait_entry("10.1.0.10", "239.1.1.1", "configured");
+    let rx = receiver(&sb, "rcv", vec![ip("239.1.1.1")]);
+    let tx = sender(&sb, SND4.into());
+    send(&tx, ip("239.1.1.1"), 8, "after re-creation");
+    let mut got = Vec::new();
+    collect(&rx, &mut got, Duration::from_secs(5), |got| {
+        has(got, "after re-creation")
+    });
+    assert_eq!(m.stop(), 0);
+}

@@ -165,6 +165,15 @@ impl Forwarder {
         (ro.len() + rn.len() <= 64).then_some((ro, rn))
     }
 
+    /// After links changed: VIFs of re-created interfaces are made again (the kernel
+    /// dropped them with their entries), missing ones added, joins renewed.
+    pub fn resync(&mut self) -> Result<Changes, MrouteError> {
+        let c = self.config.clone();
+        let ch = self.apply(c)?;
+        self.drop_retired();
+        Ok(ch)
+    }
+
     /// Frees what the last reload replaced (20,000 routes take a few ms to free).
     pub fn drop_retired(&mut self) {
         self.retired = None;
@@ -251,7 +260,10 @@ impl Forwarder {
             .map(|j| (j.on.clone(), j.group, j.source))
             .collect();
         let before = self.joins.len();
-        self.joins.retain(|k, _| want.contains(k));
+        // Memberships die with their interface: one whose interface is gone or was
+        // re-created (another index) is dropped here and joined again below.
+        self.joins
+            .retain(|k, s| want.contains(k) && sys::ifindex(&k.0) == Some(s.ifindex));
         ch.left += before - self.joins.len();
         for k in want {
             if self.joins.contains_key(&k) {
@@ -259,7 +271,9 @@ impl Forwarder {
             }
             let (on, group, source) = &k;
             let Some(ix) = sys::ifindex(on) else {
-                tracing::warn!("joining {group} on {on}: no such interface; retried on reload");
+                tracing::warn!(
+                    "joining {group} on {on}: no such interface; joined when it appears"
+                );
                 continue;
             };
             match JoinSocket::join(ix, *group, *source) {
@@ -527,7 +541,7 @@ impl Table {
         for w in missing {
             let Some(ifindex) = sys::ifindex(&w.name) else {
                 tracing::warn!(
-                    "{fam} {} for {}: no such interface; routes through it wait for a reload",
+                    "{fam} {} for {}: no such interface; routes through it wait until it appears",
                     fam.vif(),
                     w.name
                 );

@@ -203,6 +203,11 @@ fn event_loop(
 ) -> Result<(), MrouteError> {
     use std::os::fd::AsFd;
     let mut next_sweep = Instant::now() + sweep_interval(fwd.config().expire);
+    let links = super::sys::LinkWatch::open().map_err(|e| MrouteError::Control {
+        op: "watching links (netlink RTMGRP_LINK) for",
+        path: PathBuf::from("the forwarder's interfaces"),
+        source: e,
+    })?;
     loop {
         let upcall_fds = fwd.upcall_fds();
         let timeout = next_sweep.saturating_duration_since(Instant::now());
@@ -210,6 +215,11 @@ fn event_loop(
             let mut fds = vec![
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                // SAFETY: `links` outlives this poll.
+                PollFd::new(
+                    unsafe { BorrowedFd::borrow_raw(links.fd()) },
+                    PollFlags::POLLIN,
+                ),
             ];
             for (_, fd) in &upcall_fds {
                 // SAFETY: the forwarder owns these sockets and outlives this poll.
@@ -235,8 +245,27 @@ fn event_loop(
                 .collect()
         };
         for (i, (fam, _)) in upcall_fds.iter().enumerate() {
-            if ready[2 + i] {
+            if ready[3 + i] {
                 fwd.upcalls(*fam)?;
+            }
+        }
+        // An interface appeared, went or was re-created: VIFs and joins follow it.
+        if ready[2] && links.drain() {
+            match fwd.resync() {
+                Ok(ch) if ch.vifs_added + ch.vifs_removed + ch.joined + ch.left > 0 => {
+                    // A re-created bridge has the kernel's default snooping again.
+                    if let Err(e) = set_snooping(&fwd.config().snooping) {
+                        tracing::warn!("{e}");
+                    }
+                    tracing::info!(
+                        "links changed: {} VIFs/MIFs added, {} removed, {} joins renewed",
+                        ch.vifs_added,
+                        ch.vifs_removed,
+                        ch.joined
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("links changed: {e}"),
             }
         }
         if ready[0] {

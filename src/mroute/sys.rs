@@ -364,6 +364,8 @@ fn annotate(e: io::Error, what: &str) -> io::Error {
 /// A socket that holds group memberships ([[multicast.join]], smcroute's mgroup).
 pub struct JoinSocket {
     sock: Socket,
+    /// The interface it joined on: a re-created interface has a new index and lost it.
+    pub ifindex: u32,
 }
 
 impl JoinSocket {
@@ -388,7 +390,7 @@ impl JoinSocket {
                 setsockopt(sock.as_raw_fd(), level, kernel::MCAST_JOIN_SOURCE_GROUP, &r)?;
             }
         }
-        Ok(JoinSocket { sock })
+        Ok(JoinSocket { sock, ifindex })
     }
 
     pub fn fd(&self) -> RawFd {
@@ -421,4 +423,68 @@ fn storage(a: IpAddr) -> libc::sockaddr_storage {
 /// The index of a network interface in this namespace, None if there is none by that name.
 pub fn ifindex(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
+}
+
+/// A netlink socket that becomes readable when a link appears, goes or changes
+/// (RTMGRP_LINK), so VIFs and joins follow interfaces that are re-created.
+pub struct LinkWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl LinkWatch {
+    pub fn open() -> io::Result<LinkWatch> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mut addr: libc::sockaddr_nl = zeroed();
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        // SAFETY: binding to the address we built, of the size we pass.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(LinkWatch { fd })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads every waiting notification; true if there was any.
+    pub fn drain(&self) -> bool {
+        let mut buf = [0u8; 8192];
+        let mut any = false;
+        loop {
+            // SAFETY: reading into a buffer we own, of the length we pass.
+            let n = unsafe { libc::recv(self.fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                let e = io::Error::last_os_error();
+                // ENOBUFS: notifications were lost; a resync covers them all anyway.
+                if n < 0 && e.raw_os_error() == Some(libc::ENOBUFS) {
+                    any = true;
+                    continue;
+                }
+                return any;
+            }
+            any = true;
+        }
+    }
 }
