@@ -93,13 +93,29 @@ pub struct RenderTarget {
 }
 
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
 pub struct MrouteArgs {
     /// A site file whose [multicast] section is served.
+    #[arg(
+        required_unless_present = "smcroute_conf",
+        conflicts_with = "smcroute_conf"
+    )]
     pub site: Option<PathBuf>,
     /// An smcroute.conf (phyint, mroute, mgroup, include).
     #[arg(long)]
     pub smcroute_conf: Option<PathBuf>,
+    /// Where the control socket (mroute.sock) lives: default the site's state dir, or
+    /// /run/appliance/smcroute with --smcroute-conf.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Ask the running forwarder for its VIFs and entries instead of starting one.
+    #[arg(long)]
+    pub status: bool,
+    /// With --status: print the answer as JSON.
+    #[arg(long, requires = "status")]
+    pub json: bool,
+    /// Ask the running forwarder to re-read its configuration (like SIGHUP).
+    #[arg(long, conflicts_with = "status")]
+    pub reload: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,8 +168,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Down { .. } => not_built("down", 3),
         Command::Status { .. } => not_built("status", 3),
         Command::Services { .. } => not_built("services", 3),
-        Command::Render { .. } => not_built("render", 3),
-        Command::Mroute(_) => not_built("mroute", 4),
+        Command::Render { .. } => not_built("render", 0),
+        Command::Mroute(args) => crate::mroute::cli(args),
         Command::Translate(args) => translate(&args),
         Command::Monitor { site } => monitor(&site),
         Command::Headend { .. } => not_built("headend", 0),

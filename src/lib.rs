@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod firewall;
 pub mod monitor;
+pub mod mroute;
 pub mod plan;
 pub mod sap;
 pub mod site;

@@ -7,9 +7,15 @@ use crate::site::reflect_filters;
 pub const CONF_PATH: &str = "/run/avahi-daemon/appliance.conf";
 
 pub fn argv() -> Vec<String> {
-    ["avahi-daemon", "--no-drop-root", "--no-chroot", "-f", CONF_PATH]
-        .map(String::from)
-        .to_vec()
+    [
+        "avahi-daemon",
+        "--no-drop-root",
+        "--no-chroot",
+        "-f",
+        CONF_PATH,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// The avahi of one untrusted VLAN: serves only that VLAN's interface, over its private bus.

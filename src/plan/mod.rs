@@ -594,6 +594,18 @@ impl Builder<'_> {
             }
             self.mroute_fw.ssdp(&ssdp.bridges, &ssdp.ports);
         }
+        // A joined interface is a VIF/MIF too, as smcroute makes it (after the routes', so
+        // route interfaces keep the lowest numbers).
+        for j in &self.plan.multicast.joins {
+            let list = if j.group.is_ipv4() {
+                &mut self.plan.multicast.vifs
+            } else {
+                &mut self.plan.multicast.mifs
+            };
+            if !list.contains(&j.on) {
+                list.push(j.on.clone());
+            }
+        }
         if let Some(snoop) = m.snooping {
             let named: Vec<String> = self
                 .plan

@@ -292,6 +292,20 @@ fn route_source_of_other_family() {
 }
 
 #[test]
+fn ipv6_route_with_a_hop_limit_threshold() {
+    let d = one(&format!(
+        "{SITE}[multicast]\n[[multicast.route]]\nfrom = \"br-a\"\ngroup = \"ff3e::1\"\nto = [\"br-b\"]\nttl_threshold = 4\n"
+    ));
+    at(
+        &d,
+        8,
+        17,
+        "multicast.route[0].ttl_threshold",
+        "no per-output",
+    );
+}
+
+#[test]
 fn too_many_vifs() {
     let outs: Vec<String> = (0..32).map(|i| format!("\"br{i}\"")).collect();
     let d = one(&format!(

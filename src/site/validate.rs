@@ -352,6 +352,13 @@ fn check_multicast(c: &mut Check, m: &Multicast) {
                 c.err(format!("{p}.to[{j}]"), format!("{t:?} is listed twice"));
             }
         }
+        if r.ttl_threshold > 1 && r.group.0.addr().is_ipv6() {
+            c.err(
+                format!("{p}.ttl_threshold"),
+                "the kernel's IPv6 multicast routes have no per-output hop-limit threshold \
+                 (they forward hop limit >= 2 everywhere); leave it at 1 for IPv6 groups",
+            );
+        }
         if r.ttl_threshold == 0 {
             c.err(
                 format!("{p}.ttl_threshold"),
@@ -381,6 +388,12 @@ fn check_multicast(c: &mut Check, m: &Multicast) {
         c.result(format!("{p}.group"), check_group(j.group));
         if let Some(src) = j.source {
             c.result(format!("{p}.source"), check_source(src, j.group));
+        }
+        // A joined interface becomes a VIF/MIF too.
+        if j.group.is_ipv4() {
+            ifaces_v4.insert(j.on.clone());
+        } else {
+            ifaces_v6.insert(j.on.clone());
         }
     }
     if let Some(s) = &m.ssdp {
@@ -418,7 +431,7 @@ fn check_multicast(c: &mut Check, m: &Multicast) {
             c.err(
                 "multicast.route",
                 format!(
-                    "the routes name {} interfaces, but the kernel has {MAX_VIFS} {what} at most",
+                    "the routes and joins name {} interfaces, but the kernel has {MAX_VIFS} {what} at most",
                     set.len()
                 ),
             );

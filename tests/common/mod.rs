@@ -254,34 +254,44 @@ pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// Runs `f` on a fresh thread inside the network namespace of the sandbox (`host: None`)
-/// or of one of its hosts, and returns what it made: a socket made there stays there.
-/// (setns only on a throwaway thread, so no test thread changes namespace.)
+impl Sandbox {
+    /// Runs `f` on a fresh thread inside the network namespace of one of the sandbox's
+    /// hosts (`Some(name)`) or of the sandbox itself (`None`). Sockets made there stay in
+    /// that namespace, so a test can send and receive from its hosts without helpers.
+    pub fn in_netns<T: Send + 'static>(
+        &self,
+        host: Option<&str>,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        use std::os::fd::AsRawFd;
+        let path = match host {
+            Some(h) => format!("/proc/{}/root/run/netns/{h}", self.pid),
+            None => format!("/proc/{}/ns/net", self.pid),
+        };
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        std::thread::spawn(move || {
+            const CLONE_NEWNET: i32 = 0x4000_0000;
+            let r = unsafe { setns(ns.as_raw_fd(), CLONE_NEWNET) };
+            assert_eq!(
+                r,
+                0,
+                "setns into {path}: {}",
+                std::io::Error::last_os_error()
+            );
+            f()
+        })
+        .join()
+        .expect("thread in namespace")
+    }
+}
+
+/// The same as [`Sandbox::in_netns`], as a function.
 pub fn in_netns<T: Send + 'static>(
     sb: &Sandbox,
     host: Option<&str>,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> T {
-    let path = match host {
-        None => PathBuf::from(format!("/proc/{}/ns/net", sb.pid)),
-        Some(h) => PathBuf::from(format!("/proc/{}/root/run/netns/{h}", sb.pid)),
-    };
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        let ns = std::fs::File::open(&path)
-            .unwrap_or_else(|e| panic!("opening namespace {}: {e}", path.display()));
-        let r = unsafe { setns(ns.as_raw_fd(), 0x4000_0000) };
-        assert_eq!(
-            r,
-            0,
-            "setns {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-        f()
-    })
-    .join()
-    .expect("namespace thread")
+    sb.in_netns(host, f)
 }
 
 unsafe extern "C" {

@@ -1,0 +1,353 @@
+//! Figures of `appliance mroute` beside Debian's smcroute, in one run, in a sandbox:
+//! time to install N (S,G) routes from start, a reload that changes one route among
+//! 20,000, and the time from the first packet of a new (*,G) stream to its delivery
+//! through the freshly installed entry.
+//!
+//! Run as root: `cargo bench --bench mroute`. `BENCH_SMCROUTE_MAX` caps the route count
+//! given to smcroute (default 20000; it grows quadratically).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use appliance::mroute::control::{Request, request};
+use common::*;
+use socket2::{Domain, Protocol, Socket, Type};
+
+const SIZES: [usize; 3] = [1_000, 5_000, 20_000];
+const UPCALL_SAMPLES: usize = 200;
+const PORT: u16 = 5000;
+
+fn group(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(239, 10 + (i >> 16) as u8, (i >> 8) as u8, i as u8)
+}
+
+fn conf(n: usize, changed: Option<usize>) -> String {
+    let mut s = String::from("phyint br-a enable\nphyint br-b enable\n");
+    for i in 0..n {
+        let g = if changed == Some(i) {
+            Ipv4Addr::new(239, 99, 99, 99)
+        } else {
+            group(i)
+        };
+        s.push_str(&format!(
+            "mroute from br-a source 10.1.0.10 group {g} to br-b\n"
+        ));
+    }
+    s
+}
+
+/// Entries in the sandbox's IPv4 multicast cache (read through /proc/PID/net).
+fn mfc_count(sb: &Sandbox) -> usize {
+    read(Path::new(&format!("/proc/{}/net/ip_mr_cache", sb.pid)))
+        .lines()
+        .count()
+        .saturating_sub(1)
+}
+
+fn mfc_has(sb: &Sandbox, hex_group: &str) -> bool {
+    read(Path::new(&format!("/proc/{}/net/ip_mr_cache", sb.pid))).contains(hex_group)
+}
+
+fn wait_count(sb: &Sandbox, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while mfc_count(sb) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} routes not installed within {within:?}"
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+fn stop(sb: &Sandbox, mut child: Child) {
+    unsafe { kill(child.id() as i32, 15) };
+    let _ = child.wait();
+    wait_until("the kernel table to empty", Duration::from_secs(30), || {
+        (mfc_count(sb) == 0).then_some(())
+    });
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+fn smcrouted(sb: &Sandbox, conf: &Path) -> Child {
+    sb.cmd("smcrouted")
+        .args(["-n", "-N", "-l", "err", "-f"])
+        .arg(conf)
+        .args([
+            "-u",
+            "/run/smcroute-bench.sock",
+            "-P",
+            "/run/smcroute-bench.pid",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn smcrouted")
+}
+
+fn ours(sb: &Sandbox, conf: &Path) -> Child {
+    sb.appliance()
+        .args(["mroute", "--smcroute-conf"])
+        .arg(conf)
+        .arg("--state-dir")
+        .arg(sb.path("state"))
+        .env("APPLIANCE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(File::create(sb.path("mroute.log")).unwrap())
+        .spawn()
+        .expect("spawn appliance mroute")
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{} us", d.as_micros())
+}
+
+fn topology() -> Sandbox {
+    let sb = Sandbox::new();
+    sb.bridge("br-a");
+    sb.bridge("br-b");
+    sb.sh(
+        "ip addr add 10.1.0.1/24 dev br-a\nip addr add 10.2.0.1/24 dev br-b\n\
+         ip link set br-a type bridge mcast_snooping 0\n\
+         ip link set br-b type bridge mcast_snooping 0",
+    );
+    sb.host("snd", "br-a", &["10.1.0.10/24"]);
+    sb.host("rcv", "br-b", &["10.2.0.10/24"]);
+    sb.sh("ip -n snd route add default via 10.1.0.1\n\
+         ip -n rcv route add default via 10.2.0.1\n\
+         ip netns exec rcv sysctl -qw net.ipv4.igmp_max_memberships=4096");
+    sb
+}
+
+/// First-packet latency of UPCALL_SAMPLES new groups through a (*,G) template, and the
+/// latency of a second packet through the installed entry; (median, p99, lost).
+fn upcall_latency(sb: &Sandbox, base: u8) -> (Duration, Duration, Duration, usize) {
+    let groups: Vec<Ipv4Addr> = (0..UPCALL_SAMPLES)
+        .map(|i| Ipv4Addr::new(239, 200, base, i as u8))
+        .collect();
+    let gs = groups.clone();
+    let rx: UdpSocket = sb.in_netns(Some("rcv"), move || {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)).into())
+            .unwrap();
+        for g in gs {
+            s.join_multicast_v4(&g, &Ipv4Addr::new(10, 2, 0, 10))
+                .unwrap();
+        }
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s.into()
+    });
+    let tx: UdpSocket = sb.in_netns(Some("snd"), || {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_multicast_if_v4(&Ipv4Addr::new(10, 1, 0, 10)).unwrap();
+        s.set_multicast_ttl_v4(8).unwrap();
+        s.into()
+    });
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    let mut lost = 0;
+    let mut buf = [0u8; 64];
+    for g in &groups {
+        for (round, out) in [(0, &mut first), (1, &mut second)] {
+            let t0 = Instant::now();
+            let to = SocketAddr::from((IpAddr::V4(*g), PORT));
+            tx.send_to(format!("{g} {round}").as_bytes(), to).unwrap();
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(n) if buf[..n] == *format!("{g} {round}").as_bytes() => {
+                        out.push(t0.elapsed());
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(_) => {
+                        lost += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    first.sort();
+    second.sort();
+    let pick = |v: &Vec<Duration>, q: f64| {
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    (
+        pick(&first, 0.5),
+        pick(&first, 0.99),
+        pick(&second, 0.5),
+        lost,
+    )
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    require_program("smcrouted");
+    let smc_max: usize = std::env::var("BENCH_SMCROUTE_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let version = Command::new("smcrouted")
+        .arg("-v")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    println!(
+        "appliance mroute vs {version} (Debian), in one sandbox; {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "inputs: smcroute.conf with 2 phyints and N static (S,G) routes; smcroute capped at {smc_max} routes (BENCH_SMCROUTE_MAX)"
+    );
+    let sb = topology();
+
+    println!(
+        "\n1. install N (S,G) routes from process start until all are in /proc/net/ip_mr_cache"
+    );
+    println!(
+        "{:>8}  {:>14}  {:>14}  {:>8}",
+        "N", "appliance", "smcroute", "speedup"
+    );
+    for n in SIZES {
+        let f = sb.write(&format!("bench-{n}.conf"), &conf(n, None));
+        let t0 = Instant::now();
+        let c = ours(&sb, &f);
+        wait_count(&sb, n, Duration::from_secs(60));
+        let t_ours = t0.elapsed();
+        stop(&sb, c);
+        let t_smc = (n <= smc_max).then(|| {
+            let t0 = Instant::now();
+            let c = smcrouted(&sb, &f);
+            wait_count(&sb, n, Duration::from_secs(600));
+            let t = t0.elapsed();
+            stop(&sb, c);
+            t
+        });
+        println!(
+            "{n:>8}  {:>14}  {:>14}  {:>8}",
+            ms(t_ours),
+            t_smc.map_or("(skipped)".into(), ms),
+            t_smc.map_or("-".into(), |t| format!(
+                "{:.0}x",
+                t.as_secs_f64() / t_ours.as_secs_f64()
+            ))
+        );
+    }
+
+    println!("\n2. reload that changes one route among 20,000 (route 12345 moves to 239.99.99.99)");
+    let n = 20_000;
+    let f = sb.write("reload.conf", &conf(n, None));
+    let c = ours(&sb, &f);
+    wait_count(&sb, n, Duration::from_secs(60));
+    let sock = sb.path("state").join("mroute.sock");
+    wait_until("control socket", Duration::from_secs(10), || {
+        request(&sock, &Request::Status).ok()
+    });
+    std::fs::write(&f, conf(n, Some(12345))).unwrap();
+    let t0 = Instant::now();
+    let answer = request(&sock, &Request::Reload).expect("reload");
+    let t_reload = t0.elapsed();
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert!(mfc_has(&sb, "636363EF"), "the changed route is installed");
+    println!(
+        "   appliance: {} round trip over the control socket (inside: {} us, of which re-reading the file {} us), changes {}",
+        ms(t_reload),
+        answer["took_us"],
+        answer["load_us"],
+        answer["reload"]
+    );
+    stop(&sb, c);
+    if n <= smc_max {
+        std::fs::write(&f, conf(n, None)).unwrap();
+        let c = smcrouted(&sb, &f);
+        wait_count(&sb, n, Duration::from_secs(600));
+        std::fs::write(&f, conf(n, Some(12345))).unwrap();
+        let t0 = Instant::now();
+        let out = sb
+            .cmd("smcroutectl")
+            .args(["-u", "/run/smcroute-bench.sock", "reload"])
+            .output()
+            .expect("smcroutectl reload");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !(mfc_has(&sb, "636363EF") && mfc_count(&sb) == n) {
+            assert!(Instant::now() < deadline, "smcroute reload did not finish");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let t = t0.elapsed();
+        println!(
+            "   smcroute:  {} from `smcroutectl reload` until the new route is in and the table is whole again ({})",
+            ms(t),
+            if out.status.success() {
+                "ok"
+            } else {
+                "smcroutectl failed"
+            }
+        );
+        stop(&sb, c);
+    } else {
+        println!("   smcroute:  (skipped: {n} > BENCH_SMCROUTE_MAX)");
+    }
+
+    println!(
+        "\n3. first packet of a new (*,G) stream: sent -> delivered through the entry the upcall installed ({UPCALL_SAMPLES} new groups)"
+    );
+    let tf = sb.write(
+        "template.conf",
+        "phyint br-a enable\nphyint br-b enable\nmroute from br-a group 239.200.0.0/16 to br-b\n",
+    );
+    let c = ours(&sb, &tf);
+    wait_until("ours ready", Duration::from_secs(10), || {
+        request(&sock, &Request::Status).ok()
+    });
+    let (med, p99, steady, lost) = upcall_latency(&sb, 1);
+    println!(
+        "   appliance: first packet median {}, p99 {}; a packet through an existing entry {}; upcall->entry ~ {}; lost {lost}",
+        us(med),
+        us(p99),
+        us(steady),
+        us(med.saturating_sub(steady))
+    );
+    stop(&sb, c);
+    let c = smcrouted(&sb, &tf);
+    wait_until("smcroute ready", Duration::from_secs(10), || {
+        Path::new(&format!("/proc/{}/root/run/smcroute-bench.sock", sb.pid))
+            .exists()
+            .then_some(())
+    });
+    let (med, p99, steady, lost) = upcall_latency(&sb, 2);
+    println!(
+        "   smcroute:  first packet median {}, p99 {}; a packet through an existing entry {}; upcall->entry ~ {}; lost {lost}",
+        us(med),
+        us(p99),
+        us(steady),
+        us(med.saturating_sub(steady))
+    );
+    stop(&sb, c);
+    println!(
+        "\naims: 20,000 routes < 1 s and >= 20x smcroute; one-route reload < 50 ms; upcall to entry < 2 ms"
+    );
+}

@@ -1,0 +1,490 @@
+//! The routing socket of one address family: MRT_INIT, VIFs/MIFs, MFC entries, counters
+//! and upcalls. A thin layer over setsockopt/ioctl; every error names the operation.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::kernel::{self, zeroed};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn of(a: IpAddr) -> Family {
+        if a.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    }
+    /// What the kernel calls its interfaces of this family.
+    pub fn vif(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "VIF",
+            Family::Ipv6 => "MIF",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        })
+    }
+}
+
+/// A kernel upcall: a packet with no (S,G) entry (NOCACHE), or one that came in on another
+/// interface than its entry's (WRONGVIF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upcall {
+    pub kind: u8,
+    pub vif: u16,
+    pub source: IpAddr,
+    pub group: IpAddr,
+}
+
+/// Packet, byte and wrong-interface counters of one (S,G) entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub wrong_if: u64,
+}
+
+pub struct RouteSocket {
+    sock: Socket,
+    pub family: Family,
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, val: &T) -> io::Result<()> {
+    // SAFETY: `val` points to a live value of the size we pass.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (val as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn sin6(a: Ipv6Addr) -> libc::sockaddr_in6 {
+    let mut s: libc::sockaddr_in6 = zeroed();
+    s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    s.sin6_addr.s6_addr = a.octets();
+    s
+}
+
+pub fn in4(a: Ipv4Addr) -> libc::in_addr {
+    libc::in_addr {
+        s_addr: u32::from_ne_bytes(a.octets()),
+    }
+}
+
+fn from_in4(a: libc::in_addr) -> Ipv4Addr {
+    Ipv4Addr::from(a.s_addr.to_ne_bytes())
+}
+
+impl RouteSocket {
+    /// Opens the raw socket and takes the kernel's multicast routing API for `table`.
+    /// EADDRINUSE means another multicast router holds it.
+    pub fn open(family: Family, table: Option<u32>) -> io::Result<RouteSocket> {
+        let (sock, level) = match family {
+            Family::Ipv4 => (
+                Socket::new(
+                    Domain::IPV4,
+                    Type::RAW,
+                    Some(Protocol::from(libc::IPPROTO_IGMP)),
+                )
+                .map_err(|e| annotate(e, "opening a raw IGMP socket"))?,
+                libc::IPPROTO_IP,
+            ),
+            Family::Ipv6 => {
+                let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+                    .map_err(|e| annotate(e, "opening a raw ICMPv6 socket"))?;
+                // Upcalls bypass the filter; block every ICMPv6 message so only they arrive.
+                let block_all = [u32::MAX; 8];
+                setsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_ICMPV6,
+                    kernel::ICMP6_FILTER,
+                    &block_all,
+                )
+                .map_err(|e| annotate(e, "setting ICMP6_FILTER"))?;
+                (s, libc::IPPROTO_IPV6)
+            }
+        };
+        sock.set_nonblocking(true)?;
+        if let Some(t) = table {
+            setsockopt(sock.as_raw_fd(), level, kernel::MRT_TABLE, &t)
+                .map_err(|e| annotate(e, &format!("selecting table {t} (MRT_TABLE)")))?;
+        }
+        let one: libc::c_int = 1;
+        // EADDRINUSE here: another multicast router holds the API; the caller says so.
+        setsockopt(sock.as_raw_fd(), level, kernel::MRT_INIT, &one)?;
+        // Ask for WRONGVIF upcalls: a source that moved is re-resolved.
+        setsockopt(sock.as_raw_fd(), level, kernel::MRT_ASSERT, &one)
+            .map_err(|e| annotate(e, "enabling MRT_ASSERT"))?;
+        Ok(RouteSocket { sock, family })
+    }
+
+    fn level(&self) -> libc::c_int {
+        match self.family {
+            Family::Ipv4 => libc::IPPROTO_IP,
+            Family::Ipv6 => libc::IPPROTO_IPV6,
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    pub fn add_vif(&self, vifi: u16, ifindex: u32, threshold: u8) -> io::Result<()> {
+        match self.family {
+            Family::Ipv4 => {
+                let mut v: kernel::vifctl = zeroed();
+                v.vifc_vifi = vifi;
+                v.vifc_flags = kernel::VIFF_USE_IFINDEX;
+                v.vifc_threshold = threshold;
+                v.vifc_lcl_ifindex = ifindex as libc::c_int;
+                setsockopt(self.fd(), self.level(), kernel::MRT_ADD_VIF, &v)
+            }
+            Family::Ipv6 => {
+                let mut m: kernel::mif6ctl = zeroed();
+                m.mif6c_mifi = vifi;
+                m.vifc_threshold = threshold;
+                m.mif6c_pifi = ifindex as u16;
+                setsockopt(self.fd(), self.level(), kernel::MRT6_ADD_MIF, &m)
+            }
+        }
+    }
+
+    pub fn del_vif(&self, vifi: u16) -> io::Result<()> {
+        match self.family {
+            Family::Ipv4 => {
+                let mut v: kernel::vifctl = zeroed();
+                v.vifc_vifi = vifi;
+                setsockopt(self.fd(), self.level(), kernel::MRT_DEL_VIF, &v)
+            }
+            Family::Ipv6 => {
+                let mifi: u16 = vifi;
+                setsockopt(self.fd(), self.level(), kernel::MRT6_DEL_MIF, &mifi)
+            }
+        }
+    }
+
+    /// Adds or replaces the (S,G) entry. `ttls[vif]` is the TTL a packet must exceed to
+    /// leave by that VIF; TTL_NOT_OUTPUT (255) everywhere makes a stop entry.
+    pub fn add_mfc(
+        &self,
+        source: IpAddr,
+        group: IpAddr,
+        parent: u16,
+        ttls: &[u8; kernel::MAXVIFS],
+    ) -> io::Result<()> {
+        self.mfc(source, group, parent, ttls, true)
+    }
+
+    pub fn del_mfc(&self, source: IpAddr, group: IpAddr, parent: u16) -> io::Result<()> {
+        self.mfc(
+            source,
+            group,
+            parent,
+            &[kernel::TTL_NOT_OUTPUT; kernel::MAXVIFS],
+            false,
+        )
+    }
+
+    fn mfc(
+        &self,
+        source: IpAddr,
+        group: IpAddr,
+        parent: u16,
+        ttls: &[u8; kernel::MAXVIFS],
+        add: bool,
+    ) -> io::Result<()> {
+        match (self.family, source, group) {
+            (Family::Ipv4, IpAddr::V4(s), IpAddr::V4(g)) => {
+                let mut m: kernel::mfcctl = zeroed();
+                m.mfcc_origin = in4(s);
+                m.mfcc_mcastgrp = in4(g);
+                m.mfcc_parent = parent;
+                m.mfcc_ttls = *ttls;
+                let op = if add {
+                    kernel::MRT_ADD_MFC
+                } else {
+                    kernel::MRT_DEL_MFC
+                };
+                setsockopt(self.fd(), self.level(), op, &m)
+            }
+            (Family::Ipv6, IpAddr::V6(s), IpAddr::V6(g)) => {
+                let mut m: kernel::mf6cctl = zeroed();
+                m.mf6cc_origin = sin6(s);
+                m.mf6cc_mcastgrp = sin6(g);
+                m.mf6cc_parent = parent;
+                for (i, t) in ttls.iter().enumerate() {
+                    if *t != kernel::TTL_NOT_OUTPUT {
+                        m.mf6cc_ifset.ifs_bits[i / 32] |= 1 << (i % 32);
+                    }
+                }
+                let op = if add {
+                    kernel::MRT6_ADD_MFC
+                } else {
+                    kernel::MRT6_DEL_MFC
+                };
+                setsockopt(self.fd(), self.level(), op, &m)
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "address family does not match the socket",
+            )),
+        }
+    }
+
+    /// SIOCGETSGCNT / SIOCGETSGCNT_IN6.
+    // c_ulong is u64 here but u32 on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    pub fn counters(&self, source: IpAddr, group: IpAddr) -> io::Result<Counters> {
+        match (source, group) {
+            (IpAddr::V4(s), IpAddr::V4(g)) => {
+                let mut r: kernel::sioc_sg_req = zeroed();
+                r.src = in4(s);
+                r.grp = in4(g);
+                // SAFETY: the ioctl fills the struct we pass.
+                let rc =
+                    unsafe { libc::ioctl(self.fd(), kernel::SIOCGETSGCNT as _, &mut r as *mut _) };
+                if rc < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(Counters {
+                    packets: r.pktcnt as u64,
+                    bytes: r.bytecnt as u64,
+                    wrong_if: r.wrong_if as u64,
+                })
+            }
+            (IpAddr::V6(s), IpAddr::V6(g)) => {
+                let mut r: kernel::sioc_sg_req6 = zeroed();
+                r.src = sin6(s);
+                r.grp = sin6(g);
+                // SAFETY: the ioctl fills the struct we pass.
+                let rc = unsafe {
+                    libc::ioctl(self.fd(), kernel::SIOCGETSGCNT_IN6 as _, &mut r as *mut _)
+                };
+                if rc < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(Counters {
+                    packets: r.pktcnt as u64,
+                    bytes: r.bytecnt as u64,
+                    wrong_if: r.wrong_if as u64,
+                })
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "mixed address families",
+            )),
+        }
+    }
+
+    /// The next upcall, None when none is waiting. Ordinary IGMP messages are skipped.
+    pub fn read_upcall(&self) -> io::Result<Option<Upcall>> {
+        let mut buf = [0u8; 2048];
+        loop {
+            // SAFETY: reading into a buffer we own, of the length we pass.
+            let n = unsafe { libc::recv(self.fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(None),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            let n = n as usize;
+            match self.family {
+                Family::Ipv4 => {
+                    if n < std::mem::size_of::<kernel::igmpmsg>() {
+                        continue;
+                    }
+                    // SAFETY: the buffer holds at least one igmpmsg; read_unaligned copes
+                    // with any alignment.
+                    let m: kernel::igmpmsg =
+                        unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+                    if m.im_mbz != 0 {
+                        continue;
+                    }
+                    return Ok(Some(Upcall {
+                        kind: m.im_msgtype,
+                        vif: u16::from(m.im_vif) | (u16::from(m.im_vif_hi) << 8),
+                        source: IpAddr::V4(from_in4(m.im_src)),
+                        group: IpAddr::V4(from_in4(m.im_dst)),
+                    }));
+                }
+                Family::Ipv6 => {
+                    if n < std::mem::size_of::<kernel::mrt6msg>() {
+                        continue;
+                    }
+                    // SAFETY: as above, for mrt6msg.
+                    let m: kernel::mrt6msg =
+                        unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
+                    if m.im6_mbz != 0 {
+                        continue;
+                    }
+                    return Ok(Some(Upcall {
+                        kind: m.im6_msgtype,
+                        vif: m.im6_mif,
+                        source: IpAddr::V6(Ipv6Addr::from(m.im6_src.s6_addr)),
+                        group: IpAddr::V6(Ipv6Addr::from(m.im6_dst.s6_addr)),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+fn annotate(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// A socket that holds group memberships ([[multicast.join]], smcroute's mgroup).
+pub struct JoinSocket {
+    sock: Socket,
+    /// The interface it joined on: a re-created interface has a new index and lost it.
+    pub ifindex: u32,
+}
+
+impl JoinSocket {
+    pub fn join(ifindex: u32, group: IpAddr, source: Option<IpAddr>) -> io::Result<JoinSocket> {
+        let (domain, level) = match group {
+            IpAddr::V4(_) => (Domain::IPV4, libc::IPPROTO_IP),
+            IpAddr::V6(_) => (Domain::IPV6, libc::IPPROTO_IPV6),
+        };
+        let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        match source {
+            None => {
+                let mut r: kernel::group_req = zeroed();
+                r.gr_interface = ifindex;
+                r.gr_group = storage(group);
+                setsockopt(sock.as_raw_fd(), level, kernel::MCAST_JOIN_GROUP, &r)?;
+            }
+            Some(s) => {
+                let mut r: kernel::group_source_req = zeroed();
+                r.gsr_interface = ifindex;
+                r.gsr_group = storage(group);
+                r.gsr_source = storage(s);
+                setsockopt(sock.as_raw_fd(), level, kernel::MCAST_JOIN_SOURCE_GROUP, &r)?;
+            }
+        }
+        Ok(JoinSocket { sock, ifindex })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+fn storage(a: IpAddr) -> libc::sockaddr_storage {
+    let mut ss: libc::sockaddr_storage = zeroed();
+    match a {
+        IpAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: in4(v4),
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+        }
+        IpAddr::V6(v6) => {
+            let sin = sin6(v6);
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+        }
+    }
+    ss
+}
+
+/// The index of a network interface in this namespace, None if there is none by that name.
+pub fn ifindex(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+/// A netlink socket that becomes readable when a link appears, goes or changes
+/// (RTMGRP_LINK), so VIFs and joins follow interfaces that are re-created.
+pub struct LinkWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl LinkWatch {
+    pub fn open() -> io::Result<LinkWatch> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mut addr: libc::sockaddr_nl = zeroed();
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        // SAFETY: binding to the address we built, of the size we pass.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(LinkWatch { fd })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads every waiting notification; true if there was any.
+    pub fn drain(&self) -> bool {
+        let mut buf = [0u8; 8192];
+        let mut any = false;
+        loop {
+            // SAFETY: reading into a buffer we own, of the length we pass.
+            let n = unsafe { libc::recv(self.fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                let e = io::Error::last_os_error();
+                // ENOBUFS: notifications were lost; a resync covers them all anyway.
+                if n < 0 && e.raw_os_error() == Some(libc::ENOBUFS) {
+                    any = true;
+                    continue;
+                }
+                return any;
+            }
+            any = true;
+        }
+    }
+}
