@@ -2,7 +2,11 @@
 //!
 //! `site.toml` → [`site::Site`] (validated) → [`plan::Plan`] (pure data) → apply or render.
 
+pub mod apply;
 pub mod cli;
 pub mod firewall;
+pub mod net;
+pub mod ns;
 pub mod plan;
 pub mod site;
+pub mod supervisor;

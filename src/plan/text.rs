@@ -59,6 +59,9 @@ impl Display for Plan {
                     Mount::Bind { source, target } => {
                         writeln!(f, "    bind {source} over {target}")?;
                     }
+                    Mount::Overlay { target, upper } => {
+                        writeln!(f, "    overlay over {target}, writes in {upper}")?;
+                    }
                 }
             }
             for file in &n.files {

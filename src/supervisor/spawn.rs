@@ -1,0 +1,124 @@
+//! Starts one child of the plan: in its network and mount namespaces, in a process group of
+//! its own, dying with the supervisor, keeping only the plan's capabilities.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::str::FromStr;
+
+use caps::{CapSet, Capability};
+
+use crate::apply::Space;
+use crate::plan::{Child, Program};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("starting {name} ({program}): {source}")]
+    Exec {
+        name: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("starting {name}: unknown capability {cap}")]
+    Cap { name: String, cap: String },
+    #[error("starting {name}: namespace {netns} is not there")]
+    NoNamespace { name: String, netns: String },
+}
+
+/// The capabilities a child loses from its bounding set (what is not in its plan).
+fn dropped(c: &Child) -> Result<Vec<Capability>, SpawnError> {
+    let mut keep = vec![];
+    for name in &c.caps {
+        keep.push(Capability::from_str(name).map_err(|_| SpawnError::Cap {
+            name: c.name.clone(),
+            cap: name.clone(),
+        })?);
+    }
+    let mut all: Vec<Capability> = caps::all().into_iter().collect();
+    all.sort_by_key(|c| c.index());
+    Ok(all.into_iter().filter(|c| !keep.contains(c)).collect())
+}
+
+pub fn spawn(
+    c: &Child,
+    space: Option<&Space>,
+    self_exe: &PathBuf,
+) -> Result<tokio::process::Child, SpawnError> {
+    if let (Some(n), None) = (&c.netns, space) {
+        return Err(SpawnError::NoNamespace {
+            name: c.name.clone(),
+            netns: n.clone(),
+        });
+    }
+    let drop = dropped(c)?;
+    let program = match c.program {
+        Program::SelfExe => self_exe.clone(),
+        Program::External => PathBuf::from(&c.argv[0]),
+    };
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&c.argv[1..])
+        .stdin(Stdio::null())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .process_group(0);
+    if c.program == Program::External {
+        cmd.arg0(&c.argv[0]);
+    }
+    let fds: Option<(RawFd, RawFd)> = space.map(|s| (s.net.as_raw_fd(), s.mnt.as_raw_fd()));
+    let parent = std::process::id() as libc::pid_t;
+    let stale_pid_file = (c.argv[0] == "avahi-daemon")
+        .then(|| std::ffi::CString::new(crate::plan::avahi::PID_FILE).expect("no NUL"));
+    // SAFETY: only async-signal-safe calls (setns, chdir, prctl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((net, mnt)) = fds {
+                if libc::setns(net, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(mnt, libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::chdir(c"/".as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(p) = &stale_pid_file {
+                    libc::unlink(p.as_ptr());
+                }
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor died between fork and prctl: nothing would kill us later.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            let _ = caps::clear(None, CapSet::Ambient);
+            let _ = caps::clear(None, CapSet::Inheritable);
+            for cap in &drop {
+                if caps::drop(None, CapSet::Bounding, *cap).is_err() {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|source| SpawnError::Exec {
+            name: c.name.clone(),
+            program: program.display().to_string(),
+            source,
+        })
+}
+
+/// The unix socket a child listens on, if its argv says (`--address=unix:path=P`): it is
+/// ready once that socket exists.
+pub fn ready_socket(c: &Child) -> Option<String> {
+    c.argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--address=unix:path="))
+        .map(str::to_string)
+}
