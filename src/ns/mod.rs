@@ -167,48 +167,65 @@ pub fn create_mount_ns(
     }
     touch(pin)?;
     let label = pin.display().to_string();
-    let made = on_thread(&label.clone(), move || {
-        unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unsharing mount namespace for", &label))?;
+    // The thread stays in the namespace until it is pinned: a namespace no task is in
+    // any more cannot be bind-mounted (the kernel answers EINVAL).
+    let (fd_tx, fd_rx) = std::sync::mpsc::channel::<Result<OwnedFd, NsError>>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let l = label.clone();
+    let thread = std::thread::Builder::new()
+        .name("ns-mount".into())
+        .spawn(move || {
+            let r = (|| {
+                unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unsharing mount namespace for", &l))?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_SLAVE,
+                    None::<&str>,
+                )
+                .map_err(sys("making / a slave mount in", &l))?;
+                for h in &hide {
+                    let _ = umount2(h, MntFlags::MNT_DETACH);
+                }
+                for m in &mounts {
+                    apply_mount(m)?;
+                }
+                for f in &files {
+                    write_file(f)?;
+                }
+                File::open("/proc/thread-self/ns/mnt")
+                    .map(OwnedFd::from)
+                    .map_err(io("opening mount namespace of", &l))
+            })();
+            let _ = fd_tx.send(r);
+            let _ = done_rx.recv();
+        })
+        .map_err(io("spawning a thread for", &label))?;
+    let made = fd_rx
+        .recv()
+        .unwrap_or_else(|_| Err(NsError::Thread(label.clone())));
+    let result = made.and_then(|fd| {
+        let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
         mount(
+            Some(src.as_str()),
+            pin,
             None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(sys("making / a slave mount in", &label))?;
-        for h in &hide {
-            let _ = umount2(h, MntFlags::MNT_DETACH);
-        }
-        for m in &mounts {
-            apply_mount(m)?;
-        }
-        for f in &files {
-            write_file(f)?;
-        }
-        File::open("/proc/thread-self/ns/mnt")
-            .map(OwnedFd::from)
-            .map_err(io("opening mount namespace of", &label))
+        .map_err(sys("pinning mount namespace at", pin.display()))
+        .map(|()| fd)
     });
-    let fd = match made {
-        Ok(fd) => fd,
+    let _ = done_tx.send(());
+    let _ = thread.join();
+    match result {
+        Ok(fd) => Ok((fd, true)),
         Err(e) => {
             let _ = std::fs::remove_file(pin);
-            return Err(e);
+            Err(e)
         }
-    };
-    let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    if let Err(e) = mount(
-        Some(src.as_str()),
-        pin,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    ) {
-        let _ = std::fs::remove_file(pin);
-        return Err(sys("pinning mount namespace at", pin.display())(e));
     }
-    Ok((fd, true))
 }
 
 fn apply_mount(m: &Mount) -> Result<(), NsError> {
