@@ -10,7 +10,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::mount::MsFlags;
 use tracing::info;
 
 use crate::net::{self, NetError, Netlink};
@@ -59,6 +58,7 @@ pub fn with_state_dir(mut plan: Plan, dir: Option<PathBuf>) -> Plan {
     plan
 }
 
+#[allow(dead_code)]
 fn mnt_dir(plan: &Plan) -> PathBuf {
     plan.state_dir.join("mnt")
 }
@@ -97,31 +97,35 @@ pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
     }
 
     let mut spaces = HashMap::new();
-    if !plan.namespaces.is_empty() {
-        ns::ensure_mount_dir(&mnt_dir(plan), MsFlags::MS_PRIVATE)?;
-    }
     for n in &plan.namespaces {
         Record::add(&mut rec.netns, n.pin.clone());
-        Record::add(&mut rec.mount_pins, n.mount_pin.clone());
         save(rec, plan)?;
         let (net, made) = ns::create_netns(&n.name)?;
         let (mnt, mmade) = ns::create_mount_ns(
             &n.mount_pin,
             n.mounts.clone(),
             n.files.clone(),
-            vec![mnt_dir(plan)],
+            vec![],
         )?;
         let nl = Netlink::in_netns(&net, &n.name)?;
         if let Some(lo) = nl.index("lo").await? {
             nl.set_up(lo, "lo").await?;
         }
         info!(
-            "namespace {}: {} at {}, private mounts {} at {}",
+            "namespace {}: {} at {}, private mounts {} ({})",
             n.name,
             if made { "created" } else { "found" },
             n.pin.display(),
             if mmade { "made" } else { "found" },
-            n.mount_pin.display()
+            n.mounts
+                .iter()
+                .map(|m| match m {
+                    crate::plan::Mount::Tmpfs { target, .. } => format!("tmpfs {target}"),
+                    crate::plan::Mount::Bind { target, .. } => format!("bind {target}"),
+                    crate::plan::Mount::Overlay { target, .. } => format!("overlay {target}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         spaces.insert(n.name.clone(), Space { net, mnt });
     }

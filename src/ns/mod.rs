@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -152,20 +152,15 @@ pub fn remove_pin(pin: &Path) -> Result<(), NsError> {
 }
 
 /// Creates a private mount namespace (a slave of the host's: host unmounts reach it, its
-/// own mounts stay inside), sets it up with `mounts` and `files`, and pins it at `pin`
-/// (whose directory must be a private mount, see [`ensure_mount_dir`]). If `pin` is
-/// pinned already it is opened instead. `hide` is unmounted inside (the pins directory,
-/// so one namespace does not keep the others alive).
+/// own mounts stay inside), sets it up with `mounts` and `files`, and returns it as an fd
+/// (`pin` names it in messages). `hide` is unmounted inside. It lives as long as the fd
+/// or a process inside it.
 pub fn create_mount_ns(
     pin: &Path,
     mounts: Vec<Mount>,
     files: Vec<FileSpec>,
     hide: Vec<PathBuf>,
 ) -> Result<(OwnedFd, bool), NsError> {
-    if is_pinned(pin) {
-        return Ok((open(pin)?, false));
-    }
-    touch(pin)?;
     let label = pin.display().to_string();
     // The thread stays in the namespace until it is pinned: a namespace no task is in
     // any more cannot be bind-mounted (the kernel answers EINVAL).
@@ -205,26 +200,15 @@ pub fn create_mount_ns(
     let made = fd_rx
         .recv()
         .unwrap_or_else(|_| Err(NsError::Thread(label.clone())));
-    let result = made.and_then(|fd| {
-        let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        mount(
-            Some(src.as_str()),
-            pin,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(sys("pinning mount namespace at", pin.display()))
-        .map(|()| fd)
-    });
+    // Mount namespaces are held by fd, not bind-mounted: on this kernel (6.18) binding a
+    // mount namespace file fails with EINVAL now and then (its loop check compares
+    // namespace ids, which do not follow creation order across CPUs).
+    let result = made;
     let _ = done_tx.send(());
     let _ = thread.join();
     match result {
         Ok(fd) => Ok((fd, true)),
-        Err(e) => {
-            let _ = std::fs::remove_file(pin);
-            Err(e)
-        }
+        Err(e) => Err(e),
     }
 }
 
