@@ -112,6 +112,8 @@ pub async fn services(bus: &str, within: Duration) -> Result<Vec<Service>, Avahi
     let mut types_done = false;
     let mut seen_types = HashSet::new();
     let mut pending: HashSet<String> = HashSet::new();
+    // A browser may say "all for now" before its path is known here.
+    let mut finished: HashSet<String> = HashSet::new();
     let mut found = BTreeSet::new();
     let collect = async {
         while let Some(msg) = stream.next().await {
@@ -140,6 +142,7 @@ pub async fn services(bus: &str, within: Duration) -> Result<Vec<Service>, Avahi
                                 .await;
                             if let Ok(r) = r
                                 && let Ok(p) = r.body().deserialize::<OwnedObjectPath>()
+                                && !finished.contains(p.as_str())
                             {
                                 pending.insert(p.to_string());
                             }
@@ -148,7 +151,7 @@ pub async fn services(bus: &str, within: Duration) -> Result<Vec<Service>, Avahi
                     "AllForNow" | "Failure" => types_done = true,
                     _ => {}
                 }
-            } else if pending.contains(&path) || member == "ItemNew" {
+            } else {
                 match member.as_str() {
                     "ItemNew" => {
                         if let Ok((_, proto, name, kind, domain, _)) = msg
@@ -165,6 +168,7 @@ pub async fn services(bus: &str, within: Duration) -> Result<Vec<Service>, Avahi
                     }
                     "AllForNow" | "Failure" => {
                         pending.remove(&path);
+                        finished.insert(path);
                     }
                     _ => {}
                 }

@@ -213,11 +213,15 @@ pub fn next(s: &mut State, ev: Event) -> Vec<Action> {
             if let Some(i) = s.idx(&name) {
                 let c = &mut s.children[i];
                 if c.phase == Phase::Running && c.healthy != Some(ok) {
+                    // Not yet answering while it starts is not news; losing health is.
+                    let news = ok || c.healthy == Some(true);
                     c.healthy = Some(ok);
-                    out.push(Action::Log(format!(
-                        "{name}: {}",
-                        if ok { "healthy" } else { "unhealthy" }
-                    )));
+                    if news {
+                        out.push(Action::Log(format!(
+                            "{name}: {}",
+                            if ok { "healthy" } else { "unhealthy" }
+                        )));
+                    }
                 }
             }
         }
