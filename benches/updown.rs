@@ -37,7 +37,9 @@ fn one(n: usize) {
     let sb = Sandbox::new();
     let mut script = String::new();
     for i in 0..n {
-        script.push_str(&format!("ip link add br-v{i} type bridge && ip link set br-v{i} up\n"));
+        script.push_str(&format!(
+            "ip link add br-v{i} type bridge && ip link set br-v{i} up\n"
+        ));
     }
     sb.sh(&script);
     let path = sb.write("site.toml", &site(n));
@@ -78,11 +80,15 @@ fn one(n: usize) {
     let t1 = Instant::now();
     let code = up.stop();
     let t_exit = t1.elapsed();
-    wait_until("nothing of the site to be left", Duration::from_secs(10), || {
-        let ns = sb.sh("ip netns list");
-        let links = sb.sh("ip -o link show | grep -c bench- || true");
-        (ns.trim().is_empty() && links.trim() == "0").then_some(())
-    });
+    wait_until(
+        "nothing of the site to be left",
+        Duration::from_secs(10),
+        || {
+            let ns = sb.sh("ip netns list");
+            let links = sb.sh("ip -o link show | grep -c bench- || true");
+            (ns.trim().is_empty() && links.trim() == "0").then_some(())
+        },
+    );
     let t_down = t1.elapsed();
     assert_eq!(code, Some(0), "up exit code after SIGTERM:\n{}", up.log());
     per_vlan.sort();
@@ -105,14 +111,22 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() { vec![1, 8, 32] } else { sizes };
+    let sizes = if sizes.is_empty() {
+        vec![1, 8, 32]
+    } else {
+        sizes
+    };
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "inputs: untrusted VLANs {sizes:?}, one bridge each (made beforehand), static IPv4, \
          no reflector; kernel {}, {cpus} CPUs, build profile {}; each size in a fresh sandbox",
         kernel.trim(),
-        if cfg!(debug_assertions) { "debug" } else { "release" }
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     for n in sizes {
         one(n);

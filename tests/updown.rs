@@ -27,7 +27,10 @@ fn status_json(sb: &Sandbox) -> Option<(i32, serde_json::Value)> {
 fn wait_healthy(sb: &Sandbox, up: &mut Up, within: Duration) -> serde_json::Value {
     wait_until("the site to be healthy", within, || {
         if let Ok(Some(st)) = up.child.try_wait() {
-            panic!("appliance up exited ({st}) before the site was healthy:\n{}", up.log());
+            panic!(
+                "appliance up exited ({st}) before the site was healthy:\n{}",
+                up.log()
+            );
         }
         match status_json(sb) {
             Some((0, v)) => Some(v),
@@ -55,7 +58,13 @@ fn child_field(v: &serde_json::Value, name: &str, field: &str) -> serde_json::Va
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(false)
 }
 
@@ -80,9 +89,11 @@ fn assert_nothing_left(sb: &Sandbox, keep: &[&str], pids: &[u32]) {
     }
     let state = sb.try_sh("ls /run/appliance/lab");
     assert!(!state.status.success(), "state directory left");
-    wait_until("the site's processes to be gone", Duration::from_secs(5), || {
-        (!pids.iter().any(|p| alive(*p))).then_some(())
-    });
+    wait_until(
+        "the site's processes to be gone",
+        Duration::from_secs(5),
+        || (!pids.iter().any(|p| alive(*p))).then_some(()),
+    );
 }
 
 #[test]
@@ -138,9 +149,11 @@ addresses = { trusted = "10.20.1.3/24", iot = "10.20.2.3/24" }
         (text.contains("iot\t_ipp._tcp\tPrinter") && text.contains("iot\t_raop._tcp\tSpeaker"))
             .then_some(text)
     });
-    wait_until("the trusted VLAN to see the listed type (_raop._tcp)", d, || {
-        trust1.sees("_raop._tcp", "Speaker").then_some(())
-    });
+    wait_until(
+        "the trusted VLAN to see the listed type (_raop._tcp)",
+        d,
+        || trust1.sees("_raop._tcp", "Speaker").then_some(()),
+    );
     // The positive checks above bound how long mDNS needs here; by now, an unlisted type
     // or another VLAN would have seen it too.
     let seen_trusted = trust1.browse();
@@ -150,7 +163,9 @@ addresses = { trusted = "10.20.1.3/24", iot = "10.20.2.3/24" }
     );
     let seen_guest = guest1.browse();
     assert!(
-        !seen_guest.iter().any(|(_, n)| n == "Printer" || n == "Speaker"),
+        !seen_guest
+            .iter()
+            .any(|(_, n)| n == "Printer" || n == "Speaker"),
         "a service crossed into a VLAN without a reflector: {seen_guest:?}"
     );
     let out = sb.appliance().arg("services").output().expect("services");
@@ -171,10 +186,14 @@ fn killed_avahi_and_dbus_are_restarted_and_healthy_again() {
 
     let avahi = child_pid(&v, "avahi@iot").expect("avahi pid");
     unsafe { libc_kill(avahi as i32, 9) };
-    let v = wait_until("avahi to be restarted and healthy", Duration::from_secs(10), || {
-        let (code, v) = status_json(&sb)?;
-        (code == 0 && child_pid(&v, "avahi@iot").is_some_and(|p| p != avahi)).then_some(v)
-    });
+    let v = wait_until(
+        "avahi to be restarted and healthy",
+        Duration::from_secs(10),
+        || {
+            let (code, v) = status_json(&sb)?;
+            (code == 0 && child_pid(&v, "avahi@iot").is_some_and(|p| p != avahi)).then_some(v)
+        },
+    );
     assert_eq!(child_field(&v, "avahi@iot", "restarts"), 1);
     assert_eq!(child_field(&v, "avahi@iot", "health"), "healthy");
 
@@ -199,7 +218,10 @@ fn killed_avahi_and_dbus_are_restarted_and_healthy_again() {
     assert!(text.contains("healthy"), "{text}");
     let log = up.log();
     assert!(log.contains("dbus@iot: died"), "{log}");
-    assert!(log.contains("avahi@iot: stopping, restarts after dbus@iot"), "{log}");
+    assert!(
+        log.contains("avahi@iot: stopping, restarts after dbus@iot"),
+        "{log}"
+    );
 }
 
 unsafe extern "C" {
@@ -237,11 +259,15 @@ fn dhcp_lease_comes_from_the_bridge_and_the_host_is_untouched() {
         "[site]\nname = \"lab\"\n[[vlan]]\nname = \"lan\"\nbridge = \"br-lan\"\naddress = \"dhcp\"\n",
     );
     let mut up = Up::start(&sb, &site);
-    let addr = wait_until("a DHCP lease on lan in lab-lan", Duration::from_secs(20), || {
-        let out = sb.try_sh("ip -n lab-lan -4 -o addr show dev lan");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.contains("10.30.0.").then_some(text)
-    });
+    let addr = wait_until(
+        "a DHCP lease on lan in lab-lan",
+        Duration::from_secs(20),
+        || {
+            let out = sb.try_sh("ip -n lab-lan -4 -o addr show dev lan");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("10.30.0.").then_some(text)
+        },
+    );
     assert!(addr.contains("/24"), "{addr}");
     let lease = common::read(&leases);
     let mac = sb.sh("ip -n lab-lan -o link show dev lan | grep -o 'link/ether [0-9a-f:]*'");
@@ -252,12 +278,20 @@ fn dhcp_lease_comes_from_the_bridge_and_the_host_is_untouched() {
     // Its resolv.conf and leases live on the private mounts.
     let resolv = std::fs::read_to_string(format!("/proc/{dhcp}/root/etc/resolv.conf")).unwrap();
     assert!(resolv.contains("nameserver 10.30.0.1"), "{resolv}");
-    let lf = std::fs::read_to_string(format!("/proc/{dhcp}/root/var/lib/dhcp/dhclient.leases"))
-        .unwrap();
+    let lf =
+        std::fs::read_to_string(format!("/proc/{dhcp}/root/var/lib/dhcp/dhclient.leases")).unwrap();
     assert!(lf.contains("10.30.0."), "{lf}");
-    assert_eq!(before, host_files(), "the host's resolv.conf or lease files changed");
+    assert_eq!(
+        before,
+        host_files(),
+        "the host's resolv.conf or lease files changed"
+    );
     drop(up);
-    assert_eq!(before, host_files(), "the host's resolv.conf or lease files changed");
+    assert_eq!(
+        before,
+        host_files(),
+        "the host's resolv.conf or lease files changed"
+    );
 }
 
 /// The host's resolv.conf and DHCP lease directory, to prove they are untouched.
@@ -329,7 +363,12 @@ fn twenty_up_down_cycles_leave_nothing_and_keep_the_macs() {
     let sb = Sandbox::new();
     sb.bridge("br-iot");
     let site = sb.write("site.toml", ONE_VLAN);
-    let plan = sb.appliance().args(["plan", "--json"]).arg(&site).output().unwrap();
+    let plan = sb
+        .appliance()
+        .args(["plan", "--json"])
+        .arg(&site)
+        .output()
+        .unwrap();
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     let want_peer = plan["veths"][0]["peer_mac"].as_str().unwrap().to_string();
     let want_host = plan["veths"][0]["host_mac"].as_str().unwrap().to_string();
@@ -348,11 +387,21 @@ fn twenty_up_down_cycles_leave_nothing_and_keep_the_macs() {
         assert!(peer.contains(&want_peer), "cycle {i}: peer MAC {peer}");
         assert!(host.contains(&want_host), "cycle {i}: host MAC {host}");
         if i % 2 == 0 {
-            assert_eq!(up.stop(), Some(0), "cycle {i}: up after SIGTERM:\n{}", up.log());
+            assert_eq!(
+                up.stop(),
+                Some(0),
+                "cycle {i}: up after SIGTERM:\n{}",
+                up.log()
+            );
         } else {
             let down = sb.appliance().arg("down").arg(&site).output().unwrap();
             check(&down, "appliance down");
-            assert_eq!(up.stop(), Some(0), "cycle {i}: up after down:\n{}", up.log());
+            assert_eq!(
+                up.stop(),
+                Some(0),
+                "cycle {i}: up after down:\n{}",
+                up.log()
+            );
         }
         assert_nothing_left(&sb, &["br-iot"], &pids);
     }

@@ -64,10 +64,11 @@ fn mnt_dir(plan: &Plan) -> PathBuf {
 }
 
 fn save(rec: &Record, plan: &Plan) -> Result<(), ApplyError> {
-    rec.save(&plan.state_dir).map_err(|source| ApplyError::Record {
-        path: Record::path(&plan.state_dir),
-        source,
-    })
+    rec.save(&plan.state_dir)
+        .map_err(|source| ApplyError::Record {
+            path: Record::path(&plan.state_dir),
+            source,
+        })
 }
 
 /// Makes the plan's bridges, namespaces and veths, recording each in `rec` first.
@@ -101,12 +102,8 @@ pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
         Record::add(&mut rec.netns, n.pin.clone());
         save(rec, plan)?;
         let (net, made) = ns::create_netns(&n.name)?;
-        let (mnt, mmade) = ns::create_mount_ns(
-            &n.mount_pin,
-            n.mounts.clone(),
-            n.files.clone(),
-            vec![],
-        )?;
+        let (mnt, mmade) =
+            ns::create_mount_ns(&n.mount_pin, n.mounts.clone(), n.files.clone(), vec![])?;
         let nl = Netlink::in_netns(&net, &n.name)?;
         if let Some(lo) = nl.index("lo").await? {
             nl.set_up(lo, "lo").await?;
@@ -138,31 +135,47 @@ pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
         save(rec, plan)?;
         let peer_mac = match v.peer_mac {
             MacSpec::Fixed(m) => m,
-            MacSpec::NetnsInode => Mac::from_netns_inode(ns::inode(&ns::netns_path(&v.netns)).unwrap_or(0)),
+            MacSpec::NetnsInode => {
+                Mac::from_netns_inode(ns::inode(&ns::netns_path(&v.netns)).unwrap_or(0))
+            }
         };
         let inside = Netlink::in_netns(&space.net, &v.netns)?;
         if host.index(&v.host).await?.is_none() {
-            host.add_veth(&v.host, v.host_mac, &v.peer, Some(peer_mac), space.net.as_raw_fd())
-                .await?;
+            host.add_veth(
+                &v.host,
+                v.host_mac,
+                &v.peer,
+                Some(peer_mac),
+                space.net.as_raw_fd(),
+            )
+            .await?;
         }
         let hi = host.index(&v.host).await?.ok_or_else(|| NetError::Kernel {
             op: "finding veth",
             object: v.host.clone(),
             errno: nix::Error::ENODEV,
         })?;
-        let bi = host.index(&v.bridge).await?.ok_or_else(|| NetError::Kernel {
-            op: "finding bridge",
-            object: v.bridge.clone(),
-            errno: nix::Error::ENODEV,
-        })?;
+        let bi = host
+            .index(&v.bridge)
+            .await?
+            .ok_or_else(|| NetError::Kernel {
+                op: "finding bridge",
+                object: v.bridge.clone(),
+                errno: nix::Error::ENODEV,
+            })?;
         host.attach_up(hi, &v.host, bi, &v.bridge).await?;
-        let pi = inside.index(&v.peer).await?.ok_or_else(|| NetError::Kernel {
-            op: "finding veth peer",
-            object: format!("{} in {}", v.peer, v.netns),
-            errno: nix::Error::ENODEV,
-        })?;
+        let pi = inside
+            .index(&v.peer)
+            .await?
+            .ok_or_else(|| NetError::Kernel {
+                op: "finding veth peer",
+                object: format!("{} in {}", v.peer, v.netns),
+                errno: nix::Error::ENODEV,
+            })?;
         for a in &v.addresses {
-            inside.add_address(pi, &v.peer, a.addr(), a.prefix_len()).await?;
+            inside
+                .add_address(pi, &v.peer, a.addr(), a.prefix_len())
+                .await?;
         }
         inside.set_up(pi, &v.peer).await?;
         info!(
@@ -191,7 +204,10 @@ pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
 }
 
 /// What teardown removes: the plan's objects and the record's.
-fn targets(plan: Option<&Plan>, rec: Option<&Record>) -> (Vec<String>, Vec<PathBuf>, Vec<PathBuf>, Vec<String>) {
+fn targets(
+    plan: Option<&Plan>,
+    rec: Option<&Record>,
+) -> (Vec<String>, Vec<PathBuf>, Vec<PathBuf>, Vec<String>) {
     let mut veths = BTreeSet::new();
     let mut netns = BTreeSet::new();
     let mut mpins = BTreeSet::new();

@@ -36,7 +36,10 @@ impl Record {
     /// Writes the record atomically (a crash leaves the old or the new one).
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
         let tmp = state_dir.join(format!("{FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("record serializes"))?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).expect("record serializes"),
+        )?;
         std::fs::rename(&tmp, Self::path(state_dir))
     }
 

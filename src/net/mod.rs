@@ -173,10 +173,21 @@ impl Netlink {
     }
 
     /// Joins `link` to `bridge` and brings it up.
-    pub async fn attach_up(&self, link: u32, name: &str, bridge: u32, bname: &str) -> Result<(), NetError> {
+    pub async fn attach_up(
+        &self,
+        link: u32,
+        name: &str,
+        bridge: u32,
+        bname: &str,
+    ) -> Result<(), NetError> {
         self.handle
             .link()
-            .change(LinkUnspec::new_with_index(link).controller(bridge).up().build())
+            .change(
+                LinkUnspec::new_with_index(link)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(nl("adding veth to bridge", &format!("{name} -> {bname}")))
@@ -186,7 +197,11 @@ impl Netlink {
     pub async fn set_mac(&self, link: u32, name: &str, mac: Mac) -> Result<(), NetError> {
         self.handle
             .link()
-            .change(LinkUnspec::new_with_index(link).address(mac.0.to_vec()).build())
+            .change(
+                LinkUnspec::new_with_index(link)
+                    .address(mac.0.to_vec())
+                    .build(),
+            )
             .execute()
             .await
             .map_err(nl("setting MAC of", &format!("{name} in {}", self.place)))
@@ -246,15 +261,19 @@ impl Netlink {
 }
 
 fn open_socket() -> Result<OwnedFd, NsError> {
-    let s = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE as isize)
-        .map_err(|source| NsError::Io {
-            op: "opening",
-            object: "a netlink socket".into(),
-            source,
-        })?;
-    // SAFETY: we take the fd out of the Socket, which must not close it afterwards.
-    let fd = unsafe { OwnedFd::from_raw_fd(libc::dup(s.as_raw_fd())) };
-    Ok(fd)
+    let io = |source| NsError::Io {
+        op: "opening",
+        object: "a netlink socket".into(),
+        source,
+    };
+    let s = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE).map_err(io)?;
+    // netlink-sys's Socket closes its fd when dropped: keep a duplicate of our own.
+    // SAFETY: dup returns a new fd that nothing else owns (checked below).
+    let fd = unsafe { libc::dup(s.as_raw_fd()) };
+    if fd < 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The name of a link message.

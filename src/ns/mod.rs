@@ -110,7 +110,8 @@ pub fn create_netns(name: &str) -> Result<(OwnedFd, bool), NsError> {
     touch(&pin)?;
     let p = pin.clone();
     let made = on_thread(name, move || {
-        unshare(CloneFlags::CLONE_NEWNET).map_err(sys("unsharing network namespace for", p.display()))?;
+        unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(sys("unsharing network namespace for", p.display()))?;
         mount(
             Some("/proc/thread-self/ns/net"),
             &p,
@@ -171,7 +172,8 @@ pub fn create_mount_ns(
         .name("ns-mount".into())
         .spawn(move || {
             let r = (|| {
-                unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unsharing mount namespace for", &l))?;
+                unshare(CloneFlags::CLONE_NEWNS)
+                    .map_err(sys("unsharing mount namespace for", &l))?;
                 mount(
                     None::<&str>,
                     "/",
@@ -284,7 +286,8 @@ pub fn in_netns<T: Send + 'static>(
         .map_err(io("duplicating namespace fd of", what))?;
     let label = what.to_string();
     on_thread(what, move || {
-        setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(sys("entering network namespace", &label))?;
+        setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(sys("entering network namespace", &label))?;
         f()
     })
 }

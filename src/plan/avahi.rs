@@ -16,14 +16,9 @@ pub const CAPS: [&str; 3] = ["CAP_CHOWN", "CAP_SETGID", "CAP_SETUID"];
 pub const PID_FILE: &str = "/run/avahi-daemon/pid";
 
 pub fn argv() -> Vec<String> {
-    [
-        "avahi-daemon",
-        "--no-chroot",
-        "-f",
-        CONF_PATH,
-    ]
-    .map(String::from)
-    .to_vec()
+    ["avahi-daemon", "--no-chroot", "-f", CONF_PATH]
+        .map(String::from)
+        .to_vec()
 }
 
 /// The avahi of one untrusted VLAN: serves only that VLAN's interface, over its private bus.

@@ -154,9 +154,9 @@ pub async fn services(bus: &str, within: Duration) -> Result<Vec<Service>, Avahi
             } else {
                 match member.as_str() {
                     "ItemNew" => {
-                        if let Ok((_, proto, name, kind, domain, _)) = msg
-                            .body()
-                            .deserialize::<(i32, i32, String, String, String, u32)>()
+                        if let Ok((_, proto, name, kind, domain, _)) =
+                            msg.body()
+                                .deserialize::<(i32, i32, String, String, String, u32)>()
                         {
                             found.insert(Service {
                                 name,

@@ -85,7 +85,10 @@ pub fn down(path: &Path, state_dir: Option<PathBuf>) -> ExitCode {
     let _ = std::fs::remove_file(dir.join("lock"));
     let _ = std::fs::remove_dir(&dir);
     if errors.is_empty() {
-        eprintln!("appliance down: site {} is down; nothing of it is left", plan.site);
+        eprintln!(
+            "appliance down: site {} is down; nothing of it is left",
+            plan.site
+        );
         ExitCode::SUCCESS
     } else {
         for e in &errors {

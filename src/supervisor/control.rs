@@ -105,7 +105,9 @@ async fn answer(cmd: &str, tx: &mpsc::UnboundedSender<Msg>, dir: &Path) -> Value
             let _ = tx.send(Msg::Control(Request::Down(o)));
             r.await.unwrap_or_else(|_| gone())
         }
-        other => json!({"error": format!("unknown command {other:?}: use status, services or down")}),
+        other => {
+            json!({"error": format!("unknown command {other:?}: use status, services or down")})
+        }
     }
 }
 
@@ -146,9 +148,11 @@ pub fn request(sock: &Path, cmd: &str, within: Duration) -> Result<Value, Contro
         object: sock.display().to_string(),
         source,
     };
-    s.set_read_timeout(Some(within)).map_err(|e| io("setting timeout on", e))?;
+    s.set_read_timeout(Some(within))
+        .map_err(|e| io("setting timeout on", e))?;
     let line = serde_json::to_string(&Command { cmd: cmd.into() }).expect("serializes") + "\n";
-    s.write_all(line.as_bytes()).map_err(|e| io("writing to", e))?;
+    s.write_all(line.as_bytes())
+        .map_err(|e| io("writing to", e))?;
     let mut answer = String::new();
     BufReader::new(s)
         .read_line(&mut answer)

@@ -55,9 +55,16 @@ pub enum Event {
     /// Start every child whose dependencies allow it.
     Begin,
     /// The child is running and ready (its socket is there).
-    Ready { name: String, pid: u32, at: Instant },
+    Ready {
+        name: String,
+        pid: u32,
+        at: Instant,
+    },
     /// Spawned (not yet ready).
-    Spawned { name: String, pid: u32 },
+    Spawned {
+        name: String,
+        pid: u32,
+    },
     SpawnFailed {
         name: String,
         error: String,
@@ -70,8 +77,13 @@ pub enum Event {
         at: Instant,
     },
     /// A backoff timer fired.
-    Timer { name: String },
-    Health { name: String, ok: bool },
+    Timer {
+        name: String,
+    },
+    Health {
+        name: String,
+        ok: bool,
+    },
     Shutdown,
 }
 
@@ -337,13 +349,21 @@ mod tests {
     #[test]
     fn a_checked_child_is_healthy_only_once_its_check_says_so() {
         let mut c = child("avahi@iot", &[]);
-        c.health = Health::AvahiBus { bus: "/run/dbus/system_bus_socket".into() };
+        c.health = Health::AvahiBus {
+            bus: "/run/dbus/system_bus_socket".into(),
+        };
         let mut s = State::new(&[c]);
         let t = Instant::now();
         next(&mut s, Event::Begin);
         ready(&mut s, "avahi@iot", 3, t);
         assert!(!s.healthy());
-        next(&mut s, Event::Health { name: "avahi@iot".into(), ok: true });
+        next(
+            &mut s,
+            Event::Health {
+                name: "avahi@iot".into(),
+                ok: true,
+            },
+        );
         assert!(s.healthy());
     }
 
@@ -411,7 +431,15 @@ mod tests {
             })
             .unwrap();
         assert!(first <= Duration::from_secs(1));
-        assert_eq!(spawns(&next(&mut s, Event::Timer { name: "avahi@iot".into() })), ["avahi@iot"]);
+        assert_eq!(
+            spawns(&next(
+                &mut s,
+                Event::Timer {
+                    name: "avahi@iot".into()
+                }
+            )),
+            ["avahi@iot"]
+        );
         ready(&mut s, "avahi@iot", 12, t);
         let a = exit(&mut s, "avahi@iot", None, t + Duration::from_millis(10));
         assert!(a.contains(&Action::Schedule("avahi@iot".into(), first * 2)));
@@ -437,7 +465,12 @@ mod tests {
                     last = *d;
                 }
             }
-            next(&mut s, Event::Timer { name: "avahi@iot".into() });
+            next(
+                &mut s,
+                Event::Timer {
+                    name: "avahi@iot".into(),
+                },
+            );
             ready(&mut s, "avahi@iot", 100 + i, t);
         }
         assert_eq!(last, RestartPolicy::default().max_delay);
@@ -452,7 +485,12 @@ mod tests {
         up(&mut s, t);
         for _ in 0..4 {
             exit(&mut s, "avahi@iot", None, t);
-            next(&mut s, Event::Timer { name: "avahi@iot".into() });
+            next(
+                &mut s,
+                Event::Timer {
+                    name: "avahi@iot".into(),
+                },
+            );
             ready(&mut s, "avahi@iot", 20, t);
         }
         let later = t + Duration::from_secs(120);
@@ -475,8 +513,20 @@ mod tests {
         let a = exit(&mut s, "avahi@iot", None, t);
         assert!(spawns(&a).is_empty());
         assert_eq!(s.get("avahi@iot").unwrap().phase, Phase::Waiting);
-        assert_eq!(s.get("avahi@iot").unwrap().restarts, 0, "a stop is not a crash");
-        assert_eq!(spawns(&next(&mut s, Event::Timer { name: "dbus@iot".into() })), ["dbus@iot"]);
+        assert_eq!(
+            s.get("avahi@iot").unwrap().restarts,
+            0,
+            "a stop is not a crash"
+        );
+        assert_eq!(
+            spawns(&next(
+                &mut s,
+                Event::Timer {
+                    name: "dbus@iot".into()
+                }
+            )),
+            ["dbus@iot"]
+        );
         assert_eq!(spawns(&ready(&mut s, "dbus@iot", 30, t)), ["avahi@iot"]);
         ready(&mut s, "avahi@iot", 31, t);
         assert!(s.healthy());
@@ -500,9 +550,21 @@ mod tests {
         let mut s = pair();
         let t = Instant::now();
         up(&mut s, t);
-        next(&mut s, Event::Health { name: "avahi@iot".into(), ok: false });
+        next(
+            &mut s,
+            Event::Health {
+                name: "avahi@iot".into(),
+                ok: false,
+            },
+        );
         assert!(!s.healthy());
-        next(&mut s, Event::Health { name: "avahi@iot".into(), ok: true });
+        next(
+            &mut s,
+            Event::Health {
+                name: "avahi@iot".into(),
+                ok: true,
+            },
+        );
         assert!(s.healthy());
     }
 
@@ -521,6 +583,14 @@ mod tests {
     fn a_timer_for_a_running_child_does_nothing() {
         let mut s = pair();
         up(&mut s, Instant::now());
-        assert!(next(&mut s, Event::Timer { name: "avahi@iot".into() }).is_empty());
+        assert!(
+            next(
+                &mut s,
+                Event::Timer {
+                    name: "avahi@iot".into()
+                }
+            )
+            .is_empty()
+        );
     }
 }

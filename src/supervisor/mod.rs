@@ -2,10 +2,10 @@
 //! control socket, and tears everything down on SIGTERM/SIGINT or `down`.
 
 pub mod avahi;
+pub mod commands;
 pub mod control;
 pub mod decide;
 pub mod notify;
-pub mod commands;
 pub mod spawn;
 
 use std::collections::{HashMap, HashSet};
@@ -31,7 +31,11 @@ pub const STOP_GRACE: Duration = Duration::from_secs(3);
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
     #[error("site {site} is already running in {dir} (supervisor pid {pid}); nothing was changed")]
-    Running { site: String, dir: String, pid: String },
+    Running {
+        site: String,
+        dir: String,
+        pid: String,
+    },
     #[error("{op} {object}: {source}")]
     Io {
         op: &'static str,
@@ -72,7 +76,11 @@ pub fn lock(plan: &Plan) -> Result<Flock<File>, UpError> {
 
 /// True if a supervisor holds the lock of this state directory.
 pub fn is_running(state_dir: &Path) -> bool {
-    let Ok(f) = File::options().read(true).write(true).open(state_dir.join("lock")) else {
+    let Ok(f) = File::options()
+        .read(true)
+        .write(true)
+        .open(state_dir.join("lock"))
+    else {
         return false;
     };
     Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err()
@@ -82,7 +90,10 @@ pub fn is_running(state_dir: &Path) -> bool {
 pub enum Msg {
     Decide(Event),
     /// A stopped child still had this pid after the grace time.
-    KillIfStill { name: String, pid: u32 },
+    KillIfStill {
+        name: String,
+        pid: u32,
+    },
     Control(control::Request),
 }
 
@@ -292,7 +303,9 @@ impl Sup {
                     c.argv.join(" ")
                 );
                 if let Some(st) = apply::record::start_time(pid) {
-                    self.record.children.retain(|(p, _)| Path::new(&format!("/proc/{p}")).exists());
+                    self.record
+                        .children
+                        .retain(|(p, _)| Path::new(&format!("/proc/{p}")).exists());
                     Record::add(&mut self.record.children, (pid, st));
                     let _ = self.record.save(&self.plan.state_dir);
                 }
@@ -499,7 +512,9 @@ impl Sup {
             control::Request::Services(reply) => {
                 let mut buses = vec![];
                 for c in &self.plan.children {
-                    if let (Health::AvahiBus { bus }, Some(r)) = (&c.health, self.procs.get(&c.name)) {
+                    if let (Health::AvahiBus { bus }, Some(r)) =
+                        (&c.health, self.procs.get(&c.name))
+                    {
                         let vlan = c.name.split('@').nth(1).unwrap_or(&c.name).to_string();
                         buses.push((vlan, avahi::bus_of(r.pid, bus)));
                     }

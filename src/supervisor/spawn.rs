@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::str::FromStr;
 
@@ -43,7 +43,7 @@ fn dropped(c: &Child) -> Result<Vec<Capability>, SpawnError> {
 pub fn spawn(
     c: &Child,
     space: Option<&Space>,
-    self_exe: &PathBuf,
+    self_exe: &Path,
 ) -> Result<tokio::process::Child, SpawnError> {
     if let (Some(n), None) = (&c.netns, space) {
         return Err(SpawnError::NoNamespace {
@@ -53,7 +53,7 @@ pub fn spawn(
     }
     let drop = dropped(c)?;
     let program = match c.program {
-        Program::SelfExe => self_exe.clone(),
+        Program::SelfExe => self_exe.to_path_buf(),
         Program::External => PathBuf::from(&c.argv[0]),
     };
     let mut cmd = std::process::Command::new(&program);

@@ -326,7 +326,10 @@ impl Up {
             if Instant::now() > deadline {
                 unsafe { kill(self.pid as i32, 9) };
                 let _ = self.child.wait();
-                panic!("appliance up did not exit within 20 s of SIGTERM:\n{}", self.log());
+                panic!(
+                    "appliance up did not exit within 20 s of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -368,10 +371,18 @@ impl ClientAvahi {
             host: host.to_string(),
         };
         let me = &c;
-        wait_until(&format!("avahi of client {host} on its bus"), Duration::from_secs(10), || {
-            let out = me.tool("avahi-browse").args(["-t", "-p", "_x._tcp"]).output().ok()?;
-            out.status.success().then_some(())
-        });
+        wait_until(
+            &format!("avahi of client {host} on its bus"),
+            Duration::from_secs(10),
+            || {
+                let out = me
+                    .tool("avahi-browse")
+                    .args(["-t", "-p", "_x._tcp"])
+                    .output()
+                    .ok()?;
+                out.status.success().then_some(())
+            },
+        );
         c
     }
 
