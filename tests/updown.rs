@@ -424,3 +424,71 @@ fn a_missing_bridge_is_refused_before_anything_changes() {
     assert_eq!(mode.trim(), "600");
     assert!(Path::new(&format!("/proc/{}", up.pid)).exists());
 }
+
+#[test]
+fn readiness_goes_to_systemd_and_status_passes_mroute_through() {
+    use std::io::{BufRead, BufReader, Write};
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    let site = sb.write("site.toml", ONE_VLAN);
+    let notify_path = sb.path("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let log = sb.path("up.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let child = sb
+        .appliance()
+        .arg("up")
+        .arg(&site)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let mut up = Up {
+        pid: child.id(),
+        child,
+        log,
+    };
+    let mut got = vec![];
+    let mut buf = [0u8; 512];
+    while !got.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no READY=1 ({e}); got {got:?}:\n{}", up.log()));
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(got.iter().any(|m| m.starts_with("STATUS=")), "{got:?}");
+    // READY=1 comes when every avahi answers on its bus: status agrees at once.
+    let (code, _) = status_json(&sb).expect("status");
+    assert_eq!(code, 0);
+
+    // A multicast forwarder's socket in the state dir: its answer is passed through.
+    let sock = format!("/proc/{}/root/run/appliance/lab/mroute.sock", sb.pid);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("fake mroute.sock");
+    let server = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), r#"{"cmd":"status"}"#);
+        (&s).write_all(b"{\"routes\":3,\"vifs\":[\"br-iot\"]}\n")
+            .unwrap();
+    });
+    let (code, v) = status_json(&sb).expect("status");
+    server.join().unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(v["mroute"]["routes"], 3, "{v}");
+    wait_healthy(&sb, &mut up, Duration::from_secs(5));
+    assert_eq!(up.stop(), Some(0));
+    let msgs: Vec<String> = std::iter::from_fn(|| {
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .ok()?;
+        let n = notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .collect();
+    assert!(msgs.iter().any(|m| m.contains("STOPPING=1")), "{msgs:?}");
+}
