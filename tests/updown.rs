@@ -83,12 +83,12 @@ fn assert_nothing_left(sb: &Sandbox, keep: &[&str], pids: &[u32]) {
     let mounts = sb.sh("cat /proc/mounts");
     for m in mounts.lines() {
         assert!(
-            !m.contains("/run/netns/lab") && !m.contains("/run/appliance"),
+            !m.contains("/run/netns/") && !m.contains("/run/appliance"),
             "mount left: {m}"
         );
     }
-    let state = sb.try_sh("ls /run/appliance/lab");
-    assert!(!state.status.success(), "state directory left");
+    let state = sb.sh("ls -A /run/appliance 2>/dev/null || true");
+    assert!(state.trim().is_empty(), "state directory left: {state}");
     wait_until(
         "the site's processes to be gone",
         Duration::from_secs(5),
@@ -499,4 +499,44 @@ fn readiness_goes_to_systemd_and_status_passes_mroute_through() {
     })
     .collect();
     assert!(msgs.iter().any(|m| m.contains("STOPPING=1")), "{msgs:?}");
+}
+
+#[test]
+fn down_after_a_partial_up_leaves_nothing() {
+    let sb = Sandbox::new();
+    let mut site = String::from("[site]\nname = \"part\"\ncreate_bridges = true\n");
+    for i in 0..8 {
+        site.push_str(&format!(
+            "[[vlan]]\nname = \"v{i}\"\nbridge = \"br-v{i}\"\naddress = \"10.60.{i}.2/24\"\n"
+        ));
+    }
+    let site = sb.write("site.toml", &site);
+    let mut up = Up::start(&sb, &site);
+    // Killed as soon as the first namespace exists: in the middle of building.
+    wait_until("the first namespace", Duration::from_secs(10), || {
+        let out = sb.try_sh("ls /run/netns");
+        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+    });
+    unsafe { libc_kill(up.pid as i32, 9) };
+    let _ = up.child.wait();
+    let down = sb.appliance().arg("down").arg(&site).output().unwrap();
+    check(&down, "appliance down after a partial up");
+    // The bridges were made by up: they go too.
+    assert_nothing_left(&sb, &[], &[]);
+    // Any dbus or avahi whose private /run holds this site's avahi config is a leftover.
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if !comm.starts_with("avahi-daemon") && !comm.starts_with("dbus-daemon") {
+            continue;
+        }
+        let conf =
+            std::fs::read_to_string(format!("/proc/{pid}/root/run/avahi-daemon/appliance.conf"))
+                .unwrap_or_default();
+        assert!(
+            !conf.contains("host-name=part-"),
+            "{} {pid} of the site is left",
+            comm.trim()
+        );
+    }
 }

@@ -70,7 +70,9 @@ pub struct Namespace {
     pub owner: String,
     /// Bind mount that keeps it alive and lets `ip netns exec` find it.
     pub pin: PathBuf,
-    /// Where the private mount namespace is pinned (under the state dir).
+    /// A name for the private mount namespace under the state dir. `up` holds the
+    /// namespace by fd instead of bind-mounting it here: on kernel 6.18 binding a mount
+    /// namespace file fails with EINVAL now and then (see `ns::create_mount_ns`).
     pub mount_pin: PathBuf,
     /// UTS host name, also avahi's `host-name`.
     pub hostname: String,

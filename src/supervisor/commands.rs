@@ -41,6 +41,14 @@ pub fn up(path: &Path, state_dir: Option<PathBuf>) -> ExitCode {
         Ok(p) => p,
         Err(c) => return c,
     };
+    let problems = super::preflight(&plan);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("appliance up: {p}");
+        }
+        eprintln!("appliance up: nothing was changed");
+        return ExitCode::from(EXIT_FAILED);
+    }
     let lock = match super::lock(&plan) {
         Ok(l) => l,
         Err(e) => {

@@ -86,6 +86,43 @@ pub fn is_running(state_dir: &Path) -> bool {
     Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err()
 }
 
+/// What `up` needs from the machine before it changes anything: every external program
+/// of the plan on PATH, and the users dbus and avahi switch to (avahi needs its user even
+/// when it keeps root). Returns every problem found.
+pub fn preflight(plan: &Plan) -> Vec<String> {
+    let mut problems = vec![];
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut seen = HashSet::new();
+    for c in &plan.children {
+        if c.program != crate::plan::Program::External || !seen.insert(c.argv[0].clone()) {
+            continue;
+        }
+        let p = Path::new(&c.argv[0]);
+        let found = if p.is_absolute() {
+            p.is_file()
+        } else {
+            std::env::split_paths(&path).any(|d| d.join(p).is_file())
+        };
+        if !found {
+            problems.push(format!(
+                "{} (for {}) is not installed or not on PATH",
+                c.argv[0], c.name
+            ));
+        }
+        let user = match c.argv[0].as_str() {
+            "avahi-daemon" => Some("avahi"),
+            "dbus-daemon" => Some("messagebus"),
+            _ => None,
+        };
+        if let Some(u) = user
+            && !matches!(nix::unistd::User::from_name(u), Ok(Some(_)))
+        {
+            problems.push(format!("user {u} (for {}) does not exist", c.argv[0]));
+        }
+    }
+    problems
+}
+
 /// Messages into the supervisor's loop.
 pub enum Msg {
     Decide(Event),
