@@ -540,3 +540,30 @@ fn down_after_a_partial_up_leaves_nothing() {
         );
     }
 }
+
+#[test]
+fn a_stuck_avahi_makes_status_exit_1_until_it_answers_again() {
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    let site = sb.write("site.toml", ONE_VLAN);
+    let mut up = Up::start(&sb, &site);
+    let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    let avahi = child_pid(&v, "avahi@iot").expect("avahi pid");
+    unsafe { libc_kill(avahi as i32, 19) }; // SIGSTOP: alive, but its bus calls go unanswered
+    let v = wait_until("status to say unhealthy", Duration::from_secs(15), || {
+        let (code, v) = status_json(&sb)?;
+        (code == 1).then_some(v)
+    });
+    assert_eq!(child_field(&v, "avahi@iot", "health"), "unhealthy", "{v}");
+    assert_eq!(v["healthy"], false);
+    let text = sb.appliance().arg("status").output().unwrap();
+    assert_eq!(text.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("UNHEALTHY"));
+    unsafe { libc_kill(avahi as i32, 18) }; // SIGCONT
+    let v = wait_healthy(&sb, &mut up, Duration::from_secs(15));
+    assert_eq!(
+        child_pid(&v, "avahi@iot"),
+        Some(avahi),
+        "the same avahi, not restarted"
+    );
+}
