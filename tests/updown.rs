@@ -185,6 +185,9 @@ fn killed_avahi_and_dbus_are_restarted_and_healthy_again() {
     let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
 
     let avahi = child_pid(&v, "avahi@iot").expect("avahi pid");
+    // Children keep only the plan's capabilities: avahi CHOWN+SETGID+SETUID, dbus SETGID+SETUID.
+    assert_eq!(cap_bounding(avahi), 0xc1);
+    assert_eq!(cap_bounding(child_pid(&v, "dbus@iot").unwrap()), 0xc0);
     unsafe { libc_kill(avahi as i32, 9) };
     let v = wait_until(
         "avahi to be restarted and healthy",
@@ -230,6 +233,17 @@ fn killed_avahi_and_dbus_are_restarted_and_healthy_again() {
         avahi_start > dbus_ready,
         "avahi restarted before dbus:\n{log}"
     );
+}
+
+/// The bounding capability set of a process.
+fn cap_bounding(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
 }
 
 unsafe extern "C" {
