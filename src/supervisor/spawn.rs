@@ -68,8 +68,15 @@ pub fn spawn(
     }
     let fds: Option<(RawFd, RawFd)> = space.map(|s| (s.net.as_raw_fd(), s.mnt.as_raw_fd()));
     let parent = std::process::id() as libc::pid_t;
-    let stale_pid_file = (c.argv[0] == "avahi-daemon")
-        .then(|| std::ffi::CString::new(crate::plan::avahi::PID_FILE).expect("no NUL"));
+    // Files a killed instance leaves in the private /run: avahi's pid file (it cannot
+    // remove it itself once it dropped root) and a listening socket (whose presence is
+    // how readiness is seen).
+    let stale: Vec<std::ffi::CString> = (c.argv[0] == "avahi-daemon")
+        .then(|| crate::plan::avahi::PID_FILE.to_string())
+        .into_iter()
+        .chain(ready_socket(c))
+        .filter_map(|p| std::ffi::CString::new(p).ok())
+        .collect();
     // SAFETY: only async-signal-safe calls (setns, chdir, prctl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -83,7 +90,7 @@ pub fn spawn(
                 if libc::chdir(c"/".as_ptr()) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if let Some(p) = &stale_pid_file {
+                for p in &stale {
                     libc::unlink(p.as_ptr());
                 }
             }
