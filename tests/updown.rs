@@ -295,14 +295,32 @@ fn dhcp_lease_comes_from_the_bridge_and_the_host_is_untouched() {
     let mac = sb.sh("ip -n lab-lan -o link show dev lan | grep -o 'link/ether [0-9a-f:]*'");
     let mac = mac.trim().trim_start_matches("link/ether ").to_string();
     assert!(lease.contains(&mac), "dnsmasq leases {lease:?} lack {mac}");
+    // The namespace has its own host name: the router's never goes out on the VLAN.
+    assert!(
+        lease.contains(" lab-lan "),
+        "dnsmasq leases {lease:?} lack host name lab-lan"
+    );
     let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
     let dhcp = child_pid(&v, "dhcp@lan").expect("dhclient pid");
     // Its resolv.conf and leases live on the private mounts.
-    let resolv = std::fs::read_to_string(format!("/proc/{dhcp}/root/etc/resolv.conf")).unwrap();
-    assert!(resolv.contains("nameserver 10.30.0.1"), "{resolv}");
-    let lf =
-        std::fs::read_to_string(format!("/proc/{dhcp}/root/var/lib/dhcp/dhclient.leases")).unwrap();
-    assert!(lf.contains("10.30.0."), "{lf}");
+    let resolv = format!("/proc/{dhcp}/root/etc/resolv.conf");
+    wait_until(
+        "dhclient to write resolv.conf",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&resolv).ok()?;
+            text.contains("nameserver 10.30.0.1").then_some(())
+        },
+    );
+    let leases_file = format!("/proc/{dhcp}/root/var/lib/dhcp/dhclient.leases");
+    wait_until(
+        "dhclient to write its lease file",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&leases_file).ok()?;
+            text.contains("10.30.0.").then_some(())
+        },
+    );
     assert_eq!(
         before,
         host_files(),

@@ -40,6 +40,7 @@ pub enum ApplyError {
 pub struct Space {
     pub net: OwnedFd,
     pub mnt: OwnedFd,
+    pub uts: OwnedFd,
 }
 
 pub struct Built {
@@ -102,8 +103,7 @@ pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
         Record::add(&mut rec.netns, n.pin.clone());
         save(rec, plan)?;
         let (net, made) = ns::create_netns(&n.name)?;
-        let (mnt, mmade) =
-            ns::create_mount_ns(&n.mount_pin, n.mounts.clone(), n.files.clone(), vec![])?;
+        let private = ns::create_private(&n.name, &n.hostname, n.mounts.clone(), n.files.clone())?;
         let nl = Netlink::in_netns(&net, &n.name)?;
         if let Some(lo) = nl.index("lo").await? {
             nl.set_up(lo, "lo").await?;
@@ -113,7 +113,7 @@ pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
             n.name,
             if made { "created" } else { "found" },
             n.pin.display(),
-            if mmade { "made" } else { "found" },
+            "made",
             n.mounts
                 .iter()
                 .map(|m| match m {
@@ -124,7 +124,14 @@ pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        spaces.insert(n.name.clone(), Space { net, mnt });
+        spaces.insert(
+            n.name.clone(),
+            Space {
+                net,
+                mnt: private.mnt,
+                uts: private.uts,
+            },
+        );
     }
 
     for v in &plan.veths {

@@ -152,66 +152,56 @@ pub fn remove_pin(pin: &Path) -> Result<(), NsError> {
     }
 }
 
+/// A private mount namespace and UTS namespace, held by fd.
+pub struct Private {
+    pub mnt: OwnedFd,
+    pub uts: OwnedFd,
+}
+
 /// Creates a private mount namespace (a slave of the host's: host unmounts reach it, its
-/// own mounts stay inside), sets it up with `mounts` and `files`, and returns it as an fd
-/// (`pin` names it in messages). `hide` is unmounted inside. It lives as long as the fd
-/// or a process inside it.
-pub fn create_mount_ns(
-    pin: &Path,
+/// own mounts stay inside) set up with `mounts` and `files`, and a UTS namespace with
+/// `hostname`. `label` names them in messages. They live as long as the fds or a process
+/// inside them.
+///
+/// They are held by fd, not bind-mounted under the state dir: on this kernel (6.18)
+/// binding a mount namespace file fails with EINVAL now and then (its loop check compares
+/// namespace ids, which do not follow creation order across CPUs).
+pub fn create_private(
+    label: &str,
+    hostname: &str,
     mounts: Vec<Mount>,
     files: Vec<FileSpec>,
-    hide: Vec<PathBuf>,
-) -> Result<(OwnedFd, bool), NsError> {
-    let label = pin.display().to_string();
-    // The thread stays in the namespace until it is pinned: a namespace no task is in
-    // any more cannot be bind-mounted (the kernel answers EINVAL).
-    let (fd_tx, fd_rx) = std::sync::mpsc::channel::<Result<OwnedFd, NsError>>();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let l = label.clone();
-    let thread = std::thread::Builder::new()
-        .name("ns-mount".into())
-        .spawn(move || {
-            let r = (|| {
-                unshare(CloneFlags::CLONE_NEWNS)
-                    .map_err(sys("unsharing mount namespace for", &l))?;
-                mount(
-                    None::<&str>,
-                    "/",
-                    None::<&str>,
-                    MsFlags::MS_REC | MsFlags::MS_SLAVE,
-                    None::<&str>,
-                )
-                .map_err(sys("making / a slave mount in", &l))?;
-                for h in &hide {
-                    let _ = umount2(h, MntFlags::MNT_DETACH);
-                }
-                for m in &mounts {
-                    apply_mount(m)?;
-                }
-                for f in &files {
-                    write_file(f)?;
-                }
-                File::open("/proc/thread-self/ns/mnt")
-                    .map(OwnedFd::from)
-                    .map_err(io("opening mount namespace of", &l))
-            })();
-            let _ = fd_tx.send(r);
-            let _ = done_rx.recv();
+) -> Result<Private, NsError> {
+    let l = label.to_string();
+    let host = hostname.to_string();
+    on_thread(label, move || {
+        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
+            .map_err(sys("unsharing mount and UTS namespaces for", &l))?;
+        nix::unistd::sethostname(&host).map_err(sys("setting host name", &host))?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .map_err(sys("making / a slave mount in", &l))?;
+        for m in &mounts {
+            apply_mount(m)?;
+        }
+        for f in &files {
+            write_file(f)?;
+        }
+        let open = |kind: &str| {
+            File::open(format!("/proc/thread-self/ns/{kind}"))
+                .map(OwnedFd::from)
+                .map_err(io("opening namespace of", &l))
+        };
+        Ok(Private {
+            mnt: open("mnt")?,
+            uts: open("uts")?,
         })
-        .map_err(io("spawning a thread for", &label))?;
-    let made = fd_rx
-        .recv()
-        .unwrap_or_else(|_| Err(NsError::Thread(label.clone())));
-    // Mount namespaces are held by fd, not bind-mounted: on this kernel (6.18) binding a
-    // mount namespace file fails with EINVAL now and then (its loop check compares
-    // namespace ids, which do not follow creation order across CPUs).
-    let result = made;
-    let _ = done_tx.send(());
-    let _ = thread.join();
-    match result {
-        Ok(fd) => Ok((fd, true)),
-        Err(e) => Err(e),
-    }
+    })
 }
 
 fn apply_mount(m: &Mount) -> Result<(), NsError> {

@@ -66,7 +66,8 @@ pub fn spawn(
     if c.program == Program::External {
         cmd.arg0(&c.argv[0]);
     }
-    let fds: Option<(RawFd, RawFd)> = space.map(|s| (s.net.as_raw_fd(), s.mnt.as_raw_fd()));
+    let fds: Option<(RawFd, RawFd, RawFd)> =
+        space.map(|s| (s.net.as_raw_fd(), s.mnt.as_raw_fd(), s.uts.as_raw_fd()));
     let parent = std::process::id() as libc::pid_t;
     // Files a killed instance leaves in the private /run: avahi's pid file (it cannot
     // remove it itself once it dropped root) and a listening socket (whose presence is
@@ -80,8 +81,11 @@ pub fn spawn(
     // SAFETY: only async-signal-safe calls (setns, chdir, prctl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some((net, mnt)) = fds {
+            if let Some((net, mnt, uts)) = fds {
                 if libc::setns(net, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(uts, libc::CLONE_NEWUTS) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::setns(mnt, libc::CLONE_NEWNS) != 0 {
