@@ -59,11 +59,6 @@ pub fn with_state_dir(mut plan: Plan, dir: Option<PathBuf>) -> Plan {
     plan
 }
 
-#[allow(dead_code)]
-fn mnt_dir(plan: &Plan) -> PathBuf {
-    plan.state_dir.join("mnt")
-}
-
 fn save(rec: &Record, plan: &Plan) -> Result<(), ApplyError> {
     rec.save(&plan.state_dir)
         .map_err(|source| ApplyError::Record {
