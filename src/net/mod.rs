@@ -190,7 +190,7 @@ impl Netlink {
             )
             .execute()
             .await
-            .map_err(nl("adding veth to bridge", &format!("{name} -> {bname}")))
+            .map_err(nl("adding veth", &format!("{name} to bridge {bname}")))
     }
 
     /// Sets a link's MAC.
