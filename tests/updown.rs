@@ -388,6 +388,13 @@ fn down_after_the_supervisor_was_killed_leaves_nothing_and_twice_is_fine() {
 
     unsafe { libc_kill(up.pid as i32, 9) };
     let _ = up.child.wait();
+    // The children die with it, even those that switched user (dbus, avahi): they run in
+    // a PID namespace whose init dies with the supervisor.
+    wait_until(
+        "the children to die with the supervisor",
+        Duration::from_secs(5),
+        || (!pids.iter().any(|p| alive(*p))).then_some(()),
+    );
     let down = sb.appliance().arg("down").arg(&site).output().unwrap();
     check(&down, "appliance down after SIGKILL");
     // br-iot was the test's own: it stays; br-guest was made by up: it goes.

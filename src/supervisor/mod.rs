@@ -7,6 +7,7 @@ pub mod control;
 pub mod decide;
 pub mod notify;
 pub mod spawn;
+pub mod spawner;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -123,6 +124,19 @@ pub fn preflight(plan: &Plan) -> Vec<String> {
     problems
 }
 
+/// A pidfd for one of our children, to await its exit without waitpid(-1) or a thread.
+fn pidfd(pid: u32) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a new fd (or -1); nothing else owns it.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the fd and deregisters it before closing it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
+}
+
 /// Messages into the supervisor's loop.
 pub enum Msg {
     Decide(Event),
@@ -148,6 +162,7 @@ struct Sup {
     checking: HashSet<String>,
     tx: mpsc::UnboundedSender<Msg>,
     exe: PathBuf,
+    spawner: spawner::Spawner,
     started: Instant,
     ready: bool,
     last_status: String,
@@ -215,6 +230,7 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
         checking: HashSet::new(),
         tx,
         exe,
+        spawner: spawner::Spawner::start(),
         started,
         ready: false,
         last_status: String::new(),
@@ -259,6 +275,7 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
     notify::send("STOPPING=1\nSTATUS=tearing down");
     let t = Instant::now();
     sup.stop_all(&mut rx, &mut term, &mut int).await;
+    sup.spawner.stop();
     let dir = sup.plan.state_dir.clone();
     let errors = apply::teardown(&sup.plan.site, Some(&sup.plan), &dir).await;
     drop(sup.built);
@@ -321,7 +338,17 @@ impl Sup {
         };
         let space = c.netns.as_ref().and_then(|n| self.built.spaces.get(n));
         let tx = self.tx.clone();
-        match spawn::spawn(&c, space, &self.exe) {
+        let started =
+            spawn::command(&c, space, &self.exe, self.spawner.in_pid_ns()).and_then(|cmd| {
+                self.spawner
+                    .spawn(cmd)
+                    .map_err(|source| spawn::SpawnError::Exec {
+                        name: c.name.clone(),
+                        program: c.argv[0].clone(),
+                        source,
+                    })
+            });
+        match started {
             Err(e) => {
                 let _ = tx.send(Msg::Decide(Event::SpawnFailed {
                     name: name.into(),
@@ -330,7 +357,7 @@ impl Sup {
                 }));
             }
             Ok(mut child) => {
-                let pid = child.id().unwrap_or(0);
+                let pid = child.id();
                 info!(
                     "{name}: started (pid {pid}{}): {}",
                     c.netns
@@ -375,8 +402,13 @@ impl Sup {
                     }));
                 });
                 let n = name.to_string();
+                let exited = pidfd(pid);
                 tokio::spawn(async move {
-                    let st = child.wait().await;
+                    // Its pidfd turns readable when it exits; then wait() does not block.
+                    if let Ok(fd) = exited {
+                        let _ = fd.readable().await;
+                    }
+                    let st = child.wait();
                     let (code, signal) = match st {
                         Ok(s) => {
                             use std::os::unix::process::ExitStatusExt;

@@ -40,11 +40,15 @@ fn dropped(c: &Child) -> Result<Vec<Capability>, SpawnError> {
     Ok(all.into_iter().filter(|c| !keep.contains(c)).collect())
 }
 
-pub fn spawn(
+/// The command that starts `c`: run it with [`super::spawner::Spawner::spawn`].
+/// `in_pid_ns`: the supervisor runs its children in a PID namespace (their getppid() is 0
+/// while it lives).
+pub fn command(
     c: &Child,
     space: Option<&Space>,
     self_exe: &Path,
-) -> Result<tokio::process::Child, SpawnError> {
+    in_pid_ns: bool,
+) -> Result<std::process::Command, SpawnError> {
     if let (Some(n), None) = (&c.netns, space) {
         return Err(SpawnError::NoNamespace {
             name: c.name.clone(),
@@ -68,7 +72,11 @@ pub fn spawn(
     }
     let fds: Option<(RawFd, RawFd, RawFd)> =
         space.map(|s| (s.net.as_raw_fd(), s.mnt.as_raw_fd(), s.uts.as_raw_fd()));
-    let parent = std::process::id() as libc::pid_t;
+    let parent = if in_pid_ns {
+        0
+    } else {
+        std::process::id() as libc::pid_t
+    };
     // Files a killed instance leaves in the private /run: avahi's pid file (it cannot
     // remove it itself once it dropped root) and a listening socket (whose presence is
     // how readiness is seen).
@@ -115,14 +123,7 @@ pub fn spawn(
             Ok(())
         });
     }
-    tokio::process::Command::from(cmd)
-        .kill_on_drop(false)
-        .spawn()
-        .map_err(|source| SpawnError::Exec {
-            name: c.name.clone(),
-            program: program.display().to_string(),
-            source,
-        })
+    Ok(cmd)
 }
 
 /// The unix socket a child listens on, if its argv says (`--address=unix:path=P`): it is
