@@ -277,8 +277,9 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
     sup.stop_all(&mut rx, &mut term, &mut int).await;
     sup.spawner.stop();
     let dir = sup.plan.state_dir.clone();
+    // Our fds would keep the namespaces alive.
+    sup.built.spaces.clear();
     let errors = apply::teardown(&sup.plan.site, Some(&sup.plan), &dir).await;
-    drop(sup.built);
     for e in &errors {
         error!("teardown: {e}");
     }
