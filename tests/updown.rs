@@ -606,3 +606,31 @@ fn a_stuck_avahi_makes_status_exit_1_until_it_answers_again() {
         "the same avahi, not restarted"
     );
 }
+
+#[test]
+fn up_after_a_crash_removes_the_leftovers_first() {
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    let site = sb.write("site.toml", ONE_VLAN);
+    let mut up = Up::start(&sb, &site);
+    wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    let mac_before = sb.sh("ip -n lab-iot -o link show dev iot");
+    unsafe { libc_kill(up.pid as i32, 9) };
+    let _ = up.child.wait();
+    // The namespace and veth are still there; a new up takes over without duplicates.
+    assert!(sb.sh("ip netns list").contains("lab-iot"));
+    let mut again = Up::start(&sb, &site);
+    wait_healthy(&sb, &mut again, Duration::from_secs(20));
+    assert!(again.log().contains("removing it first"), "{}", again.log());
+    assert_eq!(sb.sh("ip netns list").lines().count(), 1);
+    let mac_after = sb.sh("ip -n lab-iot -o link show dev iot");
+    let mac = |s: &str| {
+        s.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_string)
+    };
+    assert_eq!(mac(&mac_before), mac(&mac_after));
+    assert_eq!(again.stop(), Some(0), "{}", again.log());
+    assert_nothing_left(&sb, &["br-iot"], &[]);
+}
