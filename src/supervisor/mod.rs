@@ -534,11 +534,7 @@ impl Sup {
             .children
             .iter()
             .map(|c| {
-                let note = match c.phase {
-                    Phase::NotBuilt => Some("unavailable (not built)".to_string()),
-                    _ if c.crash_loop => Some("crash loop".to_string()),
-                    _ => None,
-                };
+                let note = c.crash_loop.then_some("crash loop");
                 json!({
                     "name": c.name,
                     "pid": c.pid,
