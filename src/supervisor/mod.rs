@@ -171,6 +171,8 @@ struct Sup {
 /// Runs `up` to the end: returns the exit code.
 pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
     let started = Instant::now();
+    // First, while few fds are open: the PID namespace's init is a fork that keeps copies.
+    let spawner = spawner::Spawner::start();
     let dir = plan.state_dir.clone();
     if let Some(old) = Record::load(&dir) {
         info!(
@@ -230,7 +232,7 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
         checking: HashSet::new(),
         tx,
         exe,
-        spawner: spawner::Spawner::start(),
+        spawner,
         started,
         ready: false,
         last_status: String::new(),
