@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use crate::plan;
 use crate::site;
+use crate::supervisor;
 
 /// Exit code of `check`/`plan` for an invalid site (and of clap for bad usage).
 pub const EXIT_INVALID: u8 = 2;
@@ -164,10 +165,10 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { site } => check(&site),
         Command::Plan { site, json } => print_plan(&site, json),
-        Command::Up { .. } => not_built("up", 3),
-        Command::Down { .. } => not_built("down", 3),
-        Command::Status { .. } => not_built("status", 3),
-        Command::Services { .. } => not_built("services", 3),
+        Command::Up { site, state_dir } => supervisor::commands::up(&site, state_dir),
+        Command::Down { site, state_dir } => supervisor::commands::down(&site, state_dir),
+        Command::Status { state_dir, json } => supervisor::commands::status(state_dir, json),
+        Command::Services { state_dir } => supervisor::commands::services(state_dir),
         Command::Render { .. } => not_built("render", 0),
         Command::Mroute(args) => crate::mroute::cli(args),
         Command::Translate(args) => translate(&args),

@@ -2,11 +2,15 @@
 //!
 //! `site.toml` → [`site::Site`] (validated) → [`plan::Plan`] (pure data) → apply or render.
 
+pub mod apply;
 pub mod cli;
 pub mod firewall;
 pub mod monitor;
 pub mod mroute;
+pub mod net;
+pub mod ns;
 pub mod plan;
 pub mod sap;
 pub mod site;
+pub mod supervisor;
 pub mod translate;

@@ -146,3 +146,23 @@ fn stable_macs_survive_a_changed_file() {
     assert_eq!(iot(&a).host_mac, iot(&b).host_mac);
     assert_eq!(iot(&a).peer_mac, iot(&b).peer_mac);
 }
+
+#[test]
+fn a_state_dir_override_moves_every_path_under_it() {
+    let p = appliance::apply::with_state_dir(example(), Some("/tmp/elsewhere".into()));
+    assert_eq!(p.control_socket, Path::new("/tmp/elsewhere/control.sock"));
+    let mroute = p.children.iter().find(|c| c.name == "mroute").unwrap();
+    assert!(
+        mroute
+            .argv
+            .windows(2)
+            .any(|w| w == ["--state-dir", "/tmp/elsewhere"])
+    );
+    let translate = p.children.iter().find(|c| c.name == "translate").unwrap();
+    assert!(
+        translate
+            .argv
+            .contains(&"/tmp/elsewhere/translator-flows.json".to_string())
+    );
+    assert!(!p.to_json().contains("/run/appliance/lab"));
+}

@@ -6,16 +6,19 @@ use crate::site::reflect_filters;
 /// Inside the instance's private `/run`.
 pub const CONF_PATH: &str = "/run/avahi-daemon/appliance.conf";
 
+/// avahi drops root to its own user (it needs CAP_CHOWN for its runtime directory, and
+/// CAP_SETUID/CAP_SETGID to switch; it has none left afterwards). No chroot: the private
+/// mounts already hide the host's /run.
+pub const CAPS: [&str; 3] = ["CAP_CHOWN", "CAP_SETGID", "CAP_SETUID"];
+
+/// avahi's pid file (in the private `/run`). After avahi drops root it cannot remove a
+/// stale one of a killed instance itself, so the supervisor removes it before each start.
+pub const PID_FILE: &str = "/run/avahi-daemon/pid";
+
 pub fn argv() -> Vec<String> {
-    [
-        "avahi-daemon",
-        "--no-drop-root",
-        "--no-chroot",
-        "-f",
-        CONF_PATH,
-    ]
-    .map(String::from)
-    .to_vec()
+    ["avahi-daemon", "--no-chroot", "-f", CONF_PATH]
+        .map(String::from)
+        .to_vec()
 }
 
 /// The avahi of one untrusted VLAN: serves only that VLAN's interface, over its private bus.

@@ -70,7 +70,9 @@ pub struct Namespace {
     pub owner: String,
     /// Bind mount that keeps it alive and lets `ip netns exec` find it.
     pub pin: PathBuf,
-    /// Where the private mount namespace is pinned (under the state dir).
+    /// A name for the private mount namespace under the state dir. `up` holds the
+    /// namespace by fd instead of bind-mounting it here: on kernel 6.18 binding a mount
+    /// namespace file fails with EINVAL now and then (see `ns::create_mount_ns`).
     pub mount_pin: PathBuf,
     /// UTS host name, also avahi's `host-name`.
     pub hostname: String,
@@ -90,6 +92,9 @@ pub enum Mount {
     },
     /// A file or directory of the private mounts bound over a host path.
     Bind { source: String, target: String },
+    /// An overlay over a host directory whose writes land in `upper` (on the private
+    /// mounts), so programs that write there never touch the host's.
+    Overlay { target: String, upper: String },
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -396,23 +401,18 @@ impl Builder<'_> {
                     options: "mode=0755,size=1m".into(),
                     dirs: vec![],
                 });
-                mounts.push(Mount::Bind {
-                    source: "/run/resolv.conf".into(),
-                    target: "/etc/resolv.conf".into(),
+                // dhclient-script writes /etc/resolv.conf through a temporary file beside
+                // it: an overlay keeps both off the host's /etc.
+                mounts.push(Mount::Overlay {
+                    target: "/etc".into(),
+                    upper: "/run/etc".into(),
                 });
             }
-            let mut files = vec![FileSpec {
+            let files = vec![FileSpec {
                 path: avahi::CONF_PATH.into(),
                 mode: 0o644,
                 contents: avahi::vlan_conf(&hostname, &v.name, v.address6.is_some()),
             }];
-            if dhcp {
-                files.push(FileSpec {
-                    path: "/run/resolv.conf".into(),
-                    mode: 0o644,
-                    contents: String::new(),
-                });
-            }
             self.plan.namespaces.push(Namespace {
                 pin: names::netns_pin(&netns).into(),
                 mount_pin: self.plan.state_dir.join("mnt").join(&netns),
@@ -449,7 +449,7 @@ impl Builder<'_> {
                 program: Program::External,
                 argv: avahi::argv(),
                 netns: Some(netns.clone()),
-                caps: vec![],
+                caps: caps(&avahi::CAPS),
                 after: vec![dbus],
                 restart: RestartPolicy::default(),
                 health: Health::AvahiBus {
@@ -534,7 +534,7 @@ impl Builder<'_> {
                 program: Program::External,
                 argv: avahi::argv(),
                 netns: Some(netns),
-                caps: vec![],
+                caps: caps(&avahi::CAPS),
                 after: vec![],
                 restart: RestartPolicy::default(),
                 health: Health::Running,
@@ -626,6 +626,9 @@ impl Builder<'_> {
                 "appliance".to_string(),
                 "mroute".into(),
                 self.plan.site_file.display().to_string(),
+                // Its control socket, mroute.sock, lives beside the supervisor's.
+                "--state-dir".into(),
+                self.plan.state_dir.display().to_string(),
             ];
             self.plan.children.push(self_child(
                 "mroute",

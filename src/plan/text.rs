@@ -42,7 +42,7 @@ impl Display for Plan {
                 n.pin.display(),
                 n.hostname
             )?;
-            writeln!(f, "    private mounts pinned at {}", n.mount_pin.display())?;
+            writeln!(f, "    private mount namespace (held by the supervisor):")?;
             for m in &n.mounts {
                 match m {
                     Mount::Tmpfs {
@@ -58,6 +58,9 @@ impl Display for Plan {
                     }
                     Mount::Bind { source, target } => {
                         writeln!(f, "    bind {source} over {target}")?;
+                    }
+                    Mount::Overlay { target, upper } => {
+                        writeln!(f, "    overlay over {target}, writes in {upper}")?;
                     }
                 }
             }

@@ -376,3 +376,181 @@ impl Drop for Background {
         let _ = self.child.wait();
     }
 }
+
+/// A process group started by a test, killed (the whole group) when dropped.
+pub struct Group {
+    pub child: Child,
+    pub pid: u32,
+}
+
+impl Group {
+    /// Starts `cmd` in a process group of its own.
+    pub fn spawn(mut cmd: Command, what: &str) -> Group {
+        use std::os::unix::process::CommandExt;
+        let child = cmd
+            .process_group(0)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let pid = child.id();
+        Group { child, pid }
+    }
+
+    /// True while the group's leader has not exited.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        unsafe { kill(-(self.pid as i32), 9) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `appliance up SITE` running in the sandbox, its log in the test directory. Dropping it
+/// sends SIGTERM and waits for the teardown (then SIGKILL as a last resort).
+pub struct Up {
+    pub child: Child,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+impl Up {
+    pub fn start(sb: &Sandbox, site: &Path) -> Up {
+        let log = sb.path(&format!("up-{}.log", unique()));
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = sb
+            .appliance()
+            .arg("up")
+            .arg(site)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .spawn()
+            .expect("start appliance up");
+        let pid = child.id();
+        Up { child, pid, log }
+    }
+
+    pub fn log(&self) -> String {
+        read(&self.log)
+    }
+
+    /// SIGTERM and wait for it to exit; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        unsafe { kill(self.pid as i32, 15) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                unsafe { kill(self.pid as i32, 9) };
+                let _ = self.child.wait();
+                panic!(
+                    "appliance up did not exit within 20 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stop()));
+        }
+    }
+}
+
+/// A client "host"'s own dbus and avahi (private /run, like the field notes), for
+/// publishing and browsing from a namespace made with [`Sandbox::host`].
+pub struct ClientAvahi {
+    pub group: Group,
+    pub host: String,
+}
+
+impl ClientAvahi {
+    pub fn start(sb: &Sandbox, host: &str) -> ClientAvahi {
+        require_program("avahi-daemon");
+        require_program("dbus-daemon");
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/dbus /run/avahi-daemon\n\
+             printf '[server]\\nhost-name=client-{host}\\nuse-ipv6=no\\nallow-interfaces=eth0\\n\
+             [wide-area]\\nenable-wide-area=no\\n[publish]\\npublish-workstation=no\\n' \
+             > /run/avahi-daemon/client.conf\n\
+             dbus-daemon --system --address=unix:path=/run/dbus/system_bus_socket --nofork --nopidfile &\n\
+             while [ ! -S /run/dbus/system_bus_socket ]; do sleep 0.01; done\n\
+             exec avahi-daemon --no-chroot -f /run/avahi-daemon/client.conf 2>/dev/null"
+        );
+        let mut cmd = sb.in_host(host, "unshare");
+        cmd.args(["-m", "--propagation", "slave", "sh", "-c", &script]);
+        let c = ClientAvahi {
+            group: Group::spawn(cmd, &format!("avahi of client {host}")),
+            host: host.to_string(),
+        };
+        let me = &c;
+        wait_until(
+            &format!("avahi of client {host} on its bus"),
+            Duration::from_secs(10),
+            || {
+                let out = me
+                    .tool("avahi-browse")
+                    .args(["-t", "-p", "_x._tcp"])
+                    .output()
+                    .ok()?;
+                out.status.success().then_some(())
+            },
+        );
+        c
+    }
+
+    /// The avahi's pid: the nsenter/ip/unshare chain execs down to it.
+    fn avahi_pid(&self) -> u32 {
+        self.group.pid
+    }
+
+    /// An avahi tool (avahi-browse, avahi-publish) talking to this client's bus.
+    pub fn tool(&self, program: &str) -> Command {
+        let mut c = Command::new("env");
+        c.arg(format!(
+            "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/proc/{}/root/run/dbus/system_bus_socket",
+            self.avahi_pid()
+        ))
+        .arg(program);
+        c
+    }
+
+    /// Publishes a service until the returned group is dropped.
+    pub fn publish(&self, name: &str, kind: &str, port: u16) -> Group {
+        let mut c = self.tool("avahi-publish");
+        c.args(["-s", name, kind, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Group::spawn(c, &format!("avahi-publish {name} {kind}"))
+    }
+
+    /// `avahi-browse -a -t -p`: every (type, name) the client sees now.
+    pub fn browse(&self) -> Vec<(String, String)> {
+        let out = self
+            .tool("avahi-browse")
+            .args(["-a", "-t", "-p", "-k"])
+            .output()
+            .expect("avahi-browse");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(';').collect();
+                (f.len() >= 5 && f[0] == "+").then(|| (f[4].to_string(), f[3].to_string()))
+            })
+            .collect()
+    }
+
+    pub fn sees(&self, kind: &str, name: &str) -> bool {
+        self.browse().iter().any(|(k, n)| k == kind && n == name)
+    }
+}

@@ -1,0 +1,389 @@
+//! Walks the plan against the live system: bridges, namespaces with their private mounts,
+//! veths with MACs and addresses. `build` records every object in the state directory
+//! before making it; `teardown` removes what the plan names and what the record lists,
+//! keeps going after errors and reports them all.
+
+pub mod record;
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::net::{self, NetError, Netlink};
+use crate::ns::{self, NsError};
+use crate::plan::{Mac, MacSpec, Plan};
+pub use record::Record;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(
+        "bridge {} is missing (named by {}); create it or set create_bridges = true; nothing was changed",
+        .0.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>().join(", "),
+        .0.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>().join("; ")
+    )]
+    MissingBridges(Vec<(String, String)>),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Ns(#[from] NsError),
+    #[error("recording state in {path}: {source}")]
+    Record {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The namespaces `build` made or found, held open.
+pub struct Space {
+    pub net: OwnedFd,
+    pub mnt: OwnedFd,
+    pub uts: OwnedFd,
+}
+
+pub struct Built {
+    pub spaces: HashMap<String, Space>,
+}
+
+/// The plan with another state directory (`--state-dir`).
+pub fn with_state_dir(mut plan: Plan, dir: Option<PathBuf>) -> Plan {
+    if let Some(dir) = dir {
+        let old = plan.state_dir.clone();
+        let moved = |p: &Path| match p.strip_prefix(&old) {
+            Ok(rest) if rest.as_os_str().is_empty() => dir.clone(),
+            Ok(rest) => dir.join(rest),
+            Err(_) => p.to_path_buf(),
+        };
+        plan.control_socket = dir.join("control.sock");
+        for n in &mut plan.namespaces {
+            n.mount_pin = dir.join("mnt").join(&n.name);
+        }
+        if let Some(t) = &mut plan.translator {
+            t.state_file = moved(&t.state_file);
+        }
+        // Children are told where their sockets and state files go (mroute's --state-dir,
+        // the translator's --state-file): move those arguments along.
+        for c in &mut plan.children {
+            for a in &mut c.argv {
+                if Path::new(a.as_str()).starts_with(&old) {
+                    *a = moved(Path::new(a.as_str())).display().to_string();
+                }
+            }
+        }
+        plan.state_dir = dir;
+    }
+    plan
+}
+
+fn save(rec: &Record, plan: &Plan) -> Result<(), ApplyError> {
+    rec.save(&plan.state_dir)
+        .map_err(|source| ApplyError::Record {
+            path: Record::path(&plan.state_dir),
+            source,
+        })
+}
+
+/// Makes the plan's bridges, namespaces and veths, recording each in `rec` first.
+pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
+    let host = Netlink::host()?;
+    let mut missing = vec![];
+    for b in &plan.bridges {
+        if host.index(&b.name).await?.is_none() {
+            missing.push(b);
+        }
+    }
+    let refused: Vec<(String, String)> = missing
+        .iter()
+        .filter(|b| !b.create_if_missing)
+        .map(|b| (b.name.clone(), b.used_by.join(", ")))
+        .collect();
+    if !refused.is_empty() {
+        return Err(ApplyError::MissingBridges(refused));
+    }
+    for b in missing {
+        Record::add(&mut rec.bridges, b.name.clone());
+        save(rec, plan)?;
+        match host.add_bridge(&b.name).await {
+            Err(e) if !net::already(&e) => return Err(e.into()),
+            _ => info!("bridge {}: created", b.name),
+        }
+    }
+
+    let mut spaces = HashMap::new();
+    for n in &plan.namespaces {
+        Record::add(&mut rec.netns, n.pin.clone());
+        save(rec, plan)?;
+        let (net, made) = ns::create_netns(&n.name)?;
+        let private = ns::create_private(&n.name, &n.hostname, n.mounts.clone(), n.files.clone())?;
+        let nl = Netlink::in_netns(&net, &n.name)?;
+        if let Some(lo) = nl.index("lo").await? {
+            nl.set_up(lo, "lo").await?;
+        }
+        info!(
+            "namespace {}: {} at {}, private mounts {} ({})",
+            n.name,
+            if made { "created" } else { "found" },
+            n.pin.display(),
+            "made",
+            n.mounts
+                .iter()
+                .map(|m| match m {
+                    crate::plan::Mount::Tmpfs { target, .. } => format!("tmpfs {target}"),
+                    crate::plan::Mount::Bind { target, .. } => format!("bind {target}"),
+                    crate::plan::Mount::Overlay { target, .. } => format!("overlay {target}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        spaces.insert(
+            n.name.clone(),
+            Space {
+                net,
+                mnt: private.mnt,
+                uts: private.uts,
+            },
+        );
+    }
+
+    for v in &plan.veths {
+        let space = spaces
+            .get(&v.netns)
+            .expect("the plan names only its own namespaces");
+        Record::add(&mut rec.veths, v.host.clone());
+        save(rec, plan)?;
+        let peer_mac = match v.peer_mac {
+            MacSpec::Fixed(m) => m,
+            MacSpec::NetnsInode => {
+                Mac::from_netns_inode(ns::inode(&ns::netns_path(&v.netns)).unwrap_or(0))
+            }
+        };
+        let inside = Netlink::in_netns(&space.net, &v.netns)?;
+        if host.index(&v.host).await?.is_none() {
+            host.add_veth(
+                &v.host,
+                v.host_mac,
+                &v.peer,
+                Some(peer_mac),
+                space.net.as_raw_fd(),
+            )
+            .await?;
+        }
+        let hi = host.index(&v.host).await?.ok_or_else(|| NetError::Kernel {
+            op: "finding veth",
+            object: v.host.clone(),
+            errno: nix::Error::ENODEV,
+        })?;
+        let bi = host
+            .index(&v.bridge)
+            .await?
+            .ok_or_else(|| NetError::Kernel {
+                op: "finding bridge",
+                object: v.bridge.clone(),
+                errno: nix::Error::ENODEV,
+            })?;
+        host.attach_up(hi, &v.host, bi, &v.bridge).await?;
+        let pi = inside
+            .index(&v.peer)
+            .await?
+            .ok_or_else(|| NetError::Kernel {
+                op: "finding veth peer",
+                object: format!("{} in {}", v.peer, v.netns),
+                errno: nix::Error::ENODEV,
+            })?;
+        for a in &v.addresses {
+            inside
+                .add_address(pi, &v.peer, a.addr(), a.prefix_len())
+                .await?;
+        }
+        inside.set_up(pi, &v.peer).await?;
+        info!(
+            "veth {} ({}) on {} <-> {} ({}) in {}{}",
+            v.host,
+            v.host_mac,
+            v.bridge,
+            v.peer,
+            peer_mac,
+            v.netns,
+            if v.addresses.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " with {}",
+                    v.addresses
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    }
+    Ok(Built { spaces })
+}
+
+/// What teardown removes: the plan's objects and the record's.
+fn targets(
+    plan: Option<&Plan>,
+    rec: Option<&Record>,
+) -> (Vec<String>, Vec<PathBuf>, Vec<PathBuf>, Vec<String>) {
+    let mut veths = BTreeSet::new();
+    let mut netns = BTreeSet::new();
+    let mut mpins = BTreeSet::new();
+    let mut bridges = BTreeSet::new();
+    if let Some(p) = plan {
+        veths.extend(p.veths.iter().map(|v| v.host.clone()));
+        netns.extend(p.namespaces.iter().map(|n| n.pin.clone()));
+        mpins.extend(p.namespaces.iter().map(|n| n.mount_pin.clone()));
+    }
+    if let Some(r) = rec {
+        veths.extend(r.veths.iter().cloned());
+        netns.extend(r.netns.iter().cloned());
+        mpins.extend(r.mount_pins.iter().cloned());
+        bridges.extend(r.bridges.iter().cloned());
+    }
+    (
+        veths.into_iter().collect(),
+        netns.into_iter().collect(),
+        mpins.into_iter().collect(),
+        bridges.into_iter().collect(),
+    )
+}
+
+/// Every process inside one of these namespaces, or listed in the record (and still the
+/// same process), except ourselves.
+pub fn site_processes(pins: &[PathBuf], rec: Option<&Record>) -> Vec<u32> {
+    let inodes: BTreeSet<u64> = pins.iter().filter_map(|p| ns::inode(p)).collect();
+    let me = std::process::id();
+    let mut pids = BTreeSet::new();
+    if let Some(r) = rec {
+        for (pid, start) in &r.children {
+            if record::start_time(*pid) == Some(*start) {
+                pids.insert(*pid);
+            }
+        }
+    }
+    if !inodes.is_empty() {
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            for kind in ["net", "mnt"] {
+                if ns::inode(Path::new(&format!("/proc/{pid}/ns/{kind}")))
+                    .is_some_and(|i| inodes.contains(&i))
+                {
+                    pids.insert(pid);
+                }
+            }
+        }
+    }
+    pids.into_iter().collect()
+}
+
+/// SIGTERM, then SIGKILL after `grace`; waits until they are gone.
+pub async fn kill_all(pids: &[u32], grace: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let alive = |pid: &u32| Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(*pid);
+    for p in pids {
+        let _ = kill(Pid::from_raw(*p as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while pids.iter().any(alive) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for p in pids.iter().filter(|p| alive(p)) {
+        info!("process {p}: still there after {grace:?}, SIGKILL");
+        let _ = kill(Pid::from_raw(*p as i32), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pids.iter().any(alive) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// Removes everything of the site: processes left, veths, namespaces, mounts, bridges
+/// `up` created, nftables tables, state files. Returns every error; keeps going.
+pub async fn teardown(site: &str, plan: Option<&Plan>, state_dir: &Path) -> Vec<String> {
+    let rec = Record::load(state_dir);
+    let (veths, netns, mpins, bridges) = targets(plan, rec.as_ref());
+    let mut errors = vec![];
+    let pins: Vec<PathBuf> = netns.iter().chain(mpins.iter()).cloned().collect();
+    let left = site_processes(&pins, rec.as_ref());
+    if !left.is_empty() {
+        info!("stopping {} process(es) of the site: {left:?}", left.len());
+        kill_all(&left, Duration::from_secs(2)).await;
+    }
+    // Unpinning first lets the kernel destroy the namespaces, and with them both ends of
+    // every veth, in one batch: much faster than deleting veths one by one.
+    for p in netns.iter().chain(mpins.iter()) {
+        if let Err(e) = ns::remove_pin(p) {
+            errors.push(e.to_string());
+        }
+    }
+    match Netlink::host() {
+        Ok(host) => {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                let mut left = 0;
+                for v in &veths {
+                    if host.index(v).await.ok().flatten().is_some() {
+                        left += 1;
+                    }
+                }
+                if left == 0 || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Whatever a namespace still held (a process of someone else inside) goes now.
+            for v in &veths {
+                match host.del_link(v).await {
+                    Ok(true) => info!("veth {v}: deleted"),
+                    Ok(false) => {}
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            for b in &bridges {
+                match host.del_link(b).await {
+                    Ok(true) => info!("bridge {b}: deleted (up created it)"),
+                    Ok(false) => {}
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => errors.push(e.to_string()),
+    }
+    if !netns.is_empty() {
+        info!("namespaces and their veths removed: {}", netns.len());
+    }
+    let mnt = state_dir.join("mnt");
+    if mnt.exists() {
+        let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+        if let Err(e) = std::fs::remove_dir(&mnt)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            errors.push(format!("removing {}: {e}", mnt.display()));
+        }
+    }
+    if let Err(e) = crate::firewall::remove_all(site) {
+        errors.push(e.to_string());
+    }
+    for f in [record::FILE, "control.sock"] {
+        let _ = std::fs::remove_file(state_dir.join(f));
+    }
+    // The lock file stays until the supervisor exits; the directory goes if it is empty.
+    let _ = std::fs::remove_dir(state_dir);
+    errors
+}

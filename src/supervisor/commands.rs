@@ -1,0 +1,273 @@
+//! The `up`, `down`, `status` and `services` subcommands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::control::{self, ControlError};
+use crate::apply::{self, Record};
+use crate::plan::{self, Plan};
+use crate::site;
+
+/// `status`: no site runs in that state directory.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+/// `status`: something is unhealthy; also `up`/`down` failures.
+pub const EXIT_FAILED: u8 = 1;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn load(path: &Path, state_dir: Option<PathBuf>) -> Result<Plan, ExitCode> {
+    match site::load(path) {
+        Ok(l) => Ok(apply::with_state_dir(
+            plan::plan(&l.site, &l.path),
+            state_dir,
+        )),
+        Err(errors) => {
+            eprintln!("{errors}");
+            Err(ExitCode::from(crate::cli::EXIT_INVALID))
+        }
+    }
+}
+
+pub fn up(path: &Path, state_dir: Option<PathBuf>) -> ExitCode {
+    let plan = match load(path, state_dir) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let problems = super::preflight(&plan);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("appliance up: {p}");
+        }
+        eprintln!("appliance up: nothing was changed");
+        return ExitCode::from(EXIT_FAILED);
+    }
+    let lock = match super::lock(&plan) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("appliance up: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    ExitCode::from(runtime().block_on(super::up(plan, lock)))
+}
+
+pub fn down(path: &Path, state_dir: Option<PathBuf>) -> ExitCode {
+    let plan = match load(path, state_dir) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let dir = plan.state_dir.clone();
+    if super::is_running(&dir) {
+        match control::request(&plan.control_socket, "down", Duration::from_secs(30)) {
+            Ok(v) => eprintln!("appliance down: the supervisor tore the site down: {v}"),
+            Err(e) => {
+                eprintln!("appliance down: {e}; stopping the supervisor by its pid");
+                if let Some(r) = Record::load(&dir) {
+                    let pid = nix::unistd::Pid::from_raw(r.pid as i32);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while super::is_running(&dir) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if super::is_running(&dir) {
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while super::is_running(&dir) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Whatever is left (a supervisor killed with SIGKILL, a partial up) goes now.
+    let errors = runtime().block_on(apply::teardown(&plan.site, Some(&plan), &dir));
+    let _ = std::fs::remove_file(dir.join("lock"));
+    let _ = std::fs::remove_dir(&dir);
+    if errors.is_empty() {
+        eprintln!(
+            "appliance down: site {} is down; nothing of it is left",
+            plan.site
+        );
+        ExitCode::SUCCESS
+    } else {
+        for e in &errors {
+            eprintln!("appliance down: {e}");
+        }
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// The state directory to ask: the given one, or the only site under /run/appliance.
+fn state_dir(given: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    if let Some(d) = given {
+        return Ok(d);
+    }
+    let running: Vec<PathBuf> = std::fs::read_dir("/run/appliance")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("control.sock").exists())
+        .collect();
+    match running.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => {
+            eprintln!("no site is running under /run/appliance");
+            Err(ExitCode::from(EXIT_NOT_RUNNING))
+        }
+        many => {
+            eprintln!(
+                "several sites run ({}): choose one with --state-dir",
+                many.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Err(ExitCode::from(crate::cli::EXIT_INVALID))
+        }
+    }
+}
+
+fn ask(dir: &Path, cmd: &str, within: Duration) -> Result<Value, ExitCode> {
+    match control::request(&dir.join("control.sock"), cmd, within) {
+        Ok(v) => Ok(v),
+        Err(e @ ControlError::NotRunning(_)) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(EXIT_NOT_RUNNING))
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(EXIT_FAILED))
+        }
+    }
+}
+
+pub fn status(given: Option<PathBuf>, json: bool) -> ExitCode {
+    let dir = match state_dir(given) {
+        Ok(d) => d,
+        Err(c) => return c,
+    };
+    let v = match ask(&dir, "status", Duration::from_secs(10)) {
+        Ok(v) => v,
+        Err(c) => return c,
+    };
+    let healthy = v["healthy"].as_bool().unwrap_or(false);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        print!("{}", status_text(&v));
+    }
+    if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn status_text(v: &Value) -> String {
+    let mut out = format!(
+        "site {}: {} (supervisor pid {}, up {} s, state in {})\n",
+        s(&v["site"]),
+        if v["healthy"].as_bool() == Some(true) {
+            "healthy"
+        } else {
+            "UNHEALTHY"
+        },
+        s(&v["pid"]),
+        v["uptime_ms"].as_u64().unwrap_or(0) / 1000,
+        s(&v["state_dir"])
+    );
+    out.push_str("namespaces:\n");
+    for n in v["namespaces"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  {:<20} {}\n", s(&n["name"]), s(&n["pin"])));
+    }
+    out.push_str("veths:\n");
+    for n in v["veths"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<15} on {:<12} <-> {} in {} (MAC {}){}\n",
+            s(&n["host"]),
+            s(&n["bridge"]),
+            s(&n["peer"]),
+            s(&n["netns"]),
+            s(&n["peer_mac"]),
+            if n["dhcp"].as_bool() == Some(true) {
+                " dhcp"
+            } else {
+                ""
+            }
+        ));
+    }
+    out.push_str("children:\n");
+    for c in v["children"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<20} {:<24} pid {:<8} restarts {}{}\n",
+            s(&c["name"]),
+            s(&c["health"]),
+            s(&c["pid"]),
+            s(&c["restarts"]),
+            match &c["note"] {
+                Value::String(n) => format!(" ({n})"),
+                _ => String::new(),
+            }
+        ));
+    }
+    if !v["mroute"].is_null() {
+        out.push_str(&format!("mroute: {}\n", v["mroute"]));
+    }
+    out
+}
+
+pub fn services(given: Option<PathBuf>) -> ExitCode {
+    let dir = match state_dir(given) {
+        Ok(d) => d,
+        Err(c) => return c,
+    };
+    let v = match ask(&dir, "services", Duration::from_secs(30)) {
+        Ok(v) => v,
+        Err(c) => return c,
+    };
+    let mut failed = false;
+    for vl in v["vlans"].as_array().into_iter().flatten() {
+        let vlan = s(&vl["vlan"]);
+        if let Some(e) = vl["error"].as_str() {
+            println!("{vlan}: error: {e}");
+            failed = true;
+            continue;
+        }
+        let list = vl["services"].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            println!("{vlan}: no services");
+        }
+        for sv in list {
+            println!(
+                "{vlan}\t{}\t{}\t{}\t{}",
+                s(&sv["type"]),
+                s(&sv["name"]),
+                s(&sv["domain"]),
+                s(&sv["protocol"])
+            );
+        }
+    }
+    if failed {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,645 @@
+//! `up`: builds the site, runs and restarts its children, checks avahi health, answers the
+//! control socket, and tears everything down on SIGTERM/SIGINT or `down`.
+
+pub mod avahi;
+pub mod commands;
+pub mod control;
+pub mod decide;
+pub mod notify;
+pub mod spawn;
+pub mod spawner;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::apply::{self, Built, Record};
+use crate::plan::{Health, Plan};
+use decide::{Action, Event, Phase, State};
+
+/// How long a child has to exit after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("site {site} is already running in {dir} (supervisor pid {pid}); nothing was changed")]
+    Running {
+        site: String,
+        dir: String,
+        pid: String,
+    },
+    #[error("{op} {object}: {source}")]
+    Io {
+        op: &'static str,
+        object: String,
+        source: std::io::Error,
+    },
+}
+
+/// Takes the site's lock in its state directory: only one supervisor per site.
+pub fn lock(plan: &Plan) -> Result<Flock<File>, UpError> {
+    let dir = &plan.state_dir;
+    std::fs::create_dir_all(dir).map_err(|source| UpError::Io {
+        op: "creating state directory",
+        object: dir.display().to_string(),
+        source,
+    })?;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    let path = dir.join("lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .read(true)
+        .open(&path)
+        .map_err(|source| UpError::Io {
+            op: "opening lock",
+            object: path.display().to_string(),
+            source,
+        })?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|_| UpError::Running {
+        site: plan.site.clone(),
+        dir: dir.display().to_string(),
+        pid: Record::load(dir)
+            .map(|r| r.pid.to_string())
+            .unwrap_or_else(|| "unknown".into()),
+    })
+}
+
+/// True if a supervisor holds the lock of this state directory.
+pub fn is_running(state_dir: &Path) -> bool {
+    let Ok(f) = File::options()
+        .read(true)
+        .write(true)
+        .open(state_dir.join("lock"))
+    else {
+        return false;
+    };
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err()
+}
+
+/// What `up` needs from the machine before it changes anything: every external program
+/// of the plan on PATH, and the users dbus and avahi switch to (avahi needs its user even
+/// when it keeps root). Returns every problem found.
+pub fn preflight(plan: &Plan) -> Vec<String> {
+    let mut problems = vec![];
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut seen = HashSet::new();
+    for c in &plan.children {
+        if c.program != crate::plan::Program::External || !seen.insert(c.argv[0].clone()) {
+            continue;
+        }
+        let p = Path::new(&c.argv[0]);
+        let found = if p.is_absolute() {
+            p.is_file()
+        } else {
+            std::env::split_paths(&path).any(|d| d.join(p).is_file())
+        };
+        if !found {
+            problems.push(format!(
+                "{} (for {}) is not installed or not on PATH",
+                c.argv[0], c.name
+            ));
+        }
+        let user = match c.argv[0].as_str() {
+            "avahi-daemon" => Some("avahi"),
+            "dbus-daemon" => Some("messagebus"),
+            _ => None,
+        };
+        if let Some(u) = user
+            && !matches!(nix::unistd::User::from_name(u), Ok(Some(_)))
+        {
+            problems.push(format!("user {u} (for {}) does not exist", c.argv[0]));
+        }
+    }
+    problems
+}
+
+/// A pidfd for one of our children, to await its exit without waitpid(-1) or a thread.
+fn pidfd(pid: u32) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a new fd (or -1); nothing else owns it.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the fd and deregisters it before closing it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
+}
+
+/// Messages into the supervisor's loop.
+pub enum Msg {
+    Decide(Event),
+    /// A stopped child still had this pid after the grace time.
+    KillIfStill {
+        name: String,
+        pid: u32,
+    },
+    Control(control::Request),
+}
+
+struct Running {
+    pid: u32,
+    last_check: Option<Instant>,
+}
+
+struct Sup {
+    plan: Plan,
+    built: Built,
+    state: State,
+    record: Record,
+    procs: HashMap<String, Running>,
+    checking: HashSet<String>,
+    tx: mpsc::UnboundedSender<Msg>,
+    exe: PathBuf,
+    spawner: spawner::Spawner,
+    started: Instant,
+    ready: bool,
+    last_status: String,
+}
+
+/// Runs `up` to the end: returns the exit code.
+pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
+    let started = Instant::now();
+    // First, while few fds are open: the PID namespace's init is a fork that keeps copies.
+    let spawner = spawner::Spawner::start();
+    let dir = plan.state_dir.clone();
+    if let Some(old) = Record::load(&dir) {
+        info!(
+            "found what an earlier up (pid {}) left in {}: removing it first",
+            old.pid,
+            dir.display()
+        );
+        for e in apply::teardown(&plan.site, Some(&plan), &dir).await {
+            warn!("removing leftovers: {e}");
+        }
+        let _ = std::fs::create_dir_all(&dir);
+    }
+    let mut record = Record {
+        site: plan.site.clone(),
+        pid: std::process::id(),
+        ..Default::default()
+    };
+    info!(
+        "site {}: up from {} (state in {})",
+        plan.site,
+        plan.site_file.display(),
+        dir.display()
+    );
+    notify::send(&format!("STATUS=building site {}", plan.site));
+    let built = match apply::build(&plan, &mut record).await {
+        Ok(b) => b,
+        Err(e) => {
+            error!("up failed: {e}");
+            info!("removing what was made");
+            for e in apply::teardown(&plan.site, Some(&plan), &dir).await {
+                error!("teardown: {e}");
+            }
+            drop(lock);
+            let _ = std::fs::remove_file(dir.join("lock"));
+            let _ = std::fs::remove_dir(&dir);
+            return 1;
+        }
+    };
+    info!(
+        "fabric built in {} ms: {} namespace(s), {} veth(s)",
+        started.elapsed().as_millis(),
+        plan.namespaces.len(),
+        plan.veths.len()
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Err(e) = control::serve(&plan.control_socket, tx.clone()) {
+        error!("{e}");
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let state = State::new(&plan.children);
+    let mut sup = Sup {
+        plan,
+        built,
+        state,
+        record,
+        procs: HashMap::new(),
+        checking: HashSet::new(),
+        tx,
+        exe,
+        spawner,
+        started,
+        ready: false,
+        last_status: String::new(),
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .expect("SIGINT handler");
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut down_waiters = vec![];
+    sup.handle(Event::Begin);
+    loop {
+        tokio::select! {
+            Some(m) = rx.recv() => match m {
+                Msg::Decide(ev) => {
+                    if sup.handle(ev) {
+                        break;
+                    }
+                }
+                Msg::KillIfStill { name, pid } => sup.kill_if_still(&name, pid),
+                Msg::Control(control::Request::Down(reply)) => {
+                    info!("down asked over the control socket");
+                    down_waiters.push(reply);
+                    sup.handle(Event::Shutdown);
+                    break;
+                }
+                Msg::Control(r) => sup.answer(r),
+            },
+            _ = term.recv() => {
+                info!("SIGTERM: tearing the site down");
+                sup.handle(Event::Shutdown);
+                break;
+            }
+            _ = int.recv() => {
+                info!("SIGINT: tearing the site down");
+                sup.handle(Event::Shutdown);
+                break;
+            }
+            _ = tick.tick() => sup.health_tick(),
+        }
+    }
+    notify::send("STOPPING=1\nSTATUS=tearing down");
+    let t = Instant::now();
+    sup.stop_all(&mut rx, &mut term, &mut int).await;
+    sup.spawner.stop();
+    let dir = sup.plan.state_dir.clone();
+    // Our fds would keep the namespaces alive.
+    sup.built.spaces.clear();
+    let errors = apply::teardown(&sup.plan.site, Some(&sup.plan), &dir).await;
+    for e in &errors {
+        error!("teardown: {e}");
+    }
+    info!(
+        "site {}: down in {} ms{}",
+        sup.plan.site,
+        t.elapsed().as_millis(),
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!(" with {} error(s)", errors.len())
+        }
+    );
+    let _ = std::fs::remove_file(dir.join("lock"));
+    let _ = std::fs::remove_dir(&dir);
+    drop(lock);
+    for w in down_waiters {
+        let _ = w.send(json!({"ok": errors.is_empty(), "errors": errors}));
+    }
+    if errors.is_empty() { 0 } else { 1 }
+}
+
+impl Sup {
+    /// Feeds one event to the decisions and carries out the actions. True: shut down.
+    fn handle(&mut self, ev: Event) -> bool {
+        if let Event::Exited { name, .. } | Event::SpawnFailed { name, .. } = &ev {
+            self.procs.remove(name);
+            self.checking.remove(name);
+        }
+        if let Event::Health { name, .. } = &ev {
+            self.checking.remove(name);
+        }
+        let actions = decide::next(&mut self.state, ev);
+        let mut stop = false;
+        for a in actions {
+            match a {
+                Action::Spawn(name) => self.spawn(&name),
+                Action::Stop(name) => self.stop(&name),
+                Action::Schedule(name, d) => {
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        let _ = tx.send(Msg::Decide(Event::Timer { name }));
+                    });
+                }
+                Action::StopAll => stop = true,
+                Action::Log(l) => info!("{l}"),
+            }
+        }
+        self.after_change();
+        stop
+    }
+
+    fn spawn(&mut self, name: &str) {
+        let Some(c) = self.plan.children.iter().find(|c| c.name == name).cloned() else {
+            return;
+        };
+        let space = c.netns.as_ref().and_then(|n| self.built.spaces.get(n));
+        let tx = self.tx.clone();
+        let started =
+            spawn::command(&c, space, &self.exe, self.spawner.in_pid_ns()).and_then(|cmd| {
+                self.spawner
+                    .spawn(cmd)
+                    .map_err(|source| spawn::SpawnError::Exec {
+                        name: c.name.clone(),
+                        program: c.argv[0].clone(),
+                        source,
+                    })
+            });
+        match started {
+            Err(e) => {
+                let _ = tx.send(Msg::Decide(Event::SpawnFailed {
+                    name: name.into(),
+                    error: e.to_string(),
+                    at: Instant::now(),
+                }));
+            }
+            Ok(mut child) => {
+                let pid = child.id();
+                info!(
+                    "{name}: started (pid {pid}{}): {}",
+                    c.netns
+                        .as_ref()
+                        .map(|n| format!(", in {n}"))
+                        .unwrap_or_default(),
+                    c.argv.join(" ")
+                );
+                if let Some(st) = apply::record::start_time(pid) {
+                    self.record
+                        .children
+                        .retain(|(p, _)| Path::new(&format!("/proc/{p}")).exists());
+                    Record::add(&mut self.record.children, (pid, st));
+                    let _ = self.record.save(&self.plan.state_dir);
+                }
+                self.procs.insert(
+                    name.into(),
+                    Running {
+                        pid,
+                        last_check: None,
+                    },
+                );
+                let _ = tx.send(Msg::Decide(Event::Spawned {
+                    name: name.into(),
+                    pid,
+                }));
+                let sock = spawn::ready_socket(&c);
+                let n = name.to_string();
+                let tx2 = tx.clone();
+                tokio::spawn(async move {
+                    if let Some(sock) = sock {
+                        let p = PathBuf::from(format!("/proc/{pid}/root{sock}"));
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        while !p.exists() && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                    let _ = tx2.send(Msg::Decide(Event::Ready {
+                        name: n,
+                        pid,
+                        at: Instant::now(),
+                    }));
+                });
+                let n = name.to_string();
+                let exited = pidfd(pid);
+                tokio::spawn(async move {
+                    // Its pidfd turns readable when it exits; then wait() does not block.
+                    if let Ok(fd) = exited {
+                        let _ = fd.readable().await;
+                    }
+                    let st = child.wait();
+                    let (code, signal) = match st {
+                        Ok(s) => {
+                            use std::os::unix::process::ExitStatusExt;
+                            (s.code(), s.signal())
+                        }
+                        Err(_) => (None, None),
+                    };
+                    let _ = tx.send(Msg::Decide(Event::Exited {
+                        name: n,
+                        code,
+                        signal,
+                        at: Instant::now(),
+                    }));
+                });
+            }
+        }
+    }
+
+    fn stop(&mut self, name: &str) {
+        let Some(r) = self.procs.get(name) else {
+            return;
+        };
+        let pid = r.pid;
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let tx = self.tx.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(STOP_GRACE).await;
+            let _ = tx.send(Msg::KillIfStill { name, pid });
+        });
+    }
+
+    fn kill_if_still(&mut self, name: &str, pid: u32) {
+        if self.procs.get(name).is_some_and(|r| r.pid == pid) {
+            warn!("{name}: still running {STOP_GRACE:?} after SIGTERM: SIGKILL");
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+
+    /// Starts the health checks that are due.
+    fn health_tick(&mut self) {
+        let now = Instant::now();
+        for c in &self.plan.children {
+            let Health::AvahiBus { bus } = &c.health else {
+                continue;
+            };
+            let Some(st) = self.state.get(&c.name) else {
+                continue;
+            };
+            if st.phase != Phase::Running || self.checking.contains(&c.name) {
+                continue;
+            }
+            let Some(r) = self.procs.get_mut(&c.name) else {
+                continue;
+            };
+            let every = if st.healthy == Some(true) {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_millis(100)
+            };
+            if r.last_check.is_some_and(|t| now.duration_since(t) < every) {
+                continue;
+            }
+            r.last_check = Some(now);
+            self.checking.insert(c.name.clone());
+            let addr = avahi::bus_of(r.pid, bus);
+            let tx = self.tx.clone();
+            let name = c.name.clone();
+            tokio::spawn(async move {
+                let ok = matches!(
+                    avahi::state(&addr, Duration::from_secs(2)).await,
+                    Ok(avahi::RUNNING)
+                );
+                let _ = tx.send(Msg::Decide(Event::Health { name, ok }));
+            });
+        }
+    }
+
+    fn after_change(&mut self) {
+        let healthy = self.state.healthy();
+        if healthy && !self.ready {
+            self.ready = true;
+            info!(
+                "site {}: ready in {} ms: {} namespace(s), {} child(ren)",
+                self.plan.site,
+                self.started.elapsed().as_millis(),
+                self.plan.namespaces.len(),
+                self.plan.children.len()
+            );
+            notify::send("READY=1");
+        }
+        let status = self.status_line();
+        if status != self.last_status {
+            notify::send(&format!("STATUS={status}"));
+            self.last_status = status;
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let running = self
+            .state
+            .children
+            .iter()
+            .filter(|c| c.phase == Phase::Running)
+            .count();
+        format!(
+            "{}: {} ({} of {} children running)",
+            self.plan.site,
+            if self.state.healthy() {
+                "healthy"
+            } else {
+                "unhealthy"
+            },
+            running,
+            self.state.children.len()
+        )
+    }
+
+    fn status(&self) -> Value {
+        let children: Vec<Value> = self
+            .state
+            .children
+            .iter()
+            .map(|c| {
+                let note = c.crash_loop.then_some("crash loop");
+                json!({
+                    "name": c.name,
+                    "pid": c.pid,
+                    "phase": c.phase,
+                    "restarts": c.restarts,
+                    "health": match (c.phase, c.healthy) {
+                        (Phase::NotBuilt, _) => "unavailable (not built)",
+                        (Phase::Running, Some(true)) => "healthy",
+                        (Phase::Running, Some(false)) => "unhealthy",
+                        (Phase::Running, None) => "running",
+                        _ => "down",
+                    },
+                    "last_exit": c.last_exit,
+                    "note": note,
+                })
+            })
+            .collect();
+        json!({
+            "site": self.plan.site,
+            "pid": std::process::id(),
+            "state_dir": self.plan.state_dir,
+            "healthy": self.state.healthy(),
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "namespaces": self.plan.namespaces.iter().map(|n| json!({
+                "name": n.name, "kind": n.kind, "pin": n.pin, "mounts": n.mount_pin,
+            })).collect::<Vec<_>>(),
+            "veths": self.plan.veths.iter().map(|v| json!({
+                "host": v.host, "bridge": v.bridge, "netns": v.netns, "peer": v.peer,
+                "host_mac": v.host_mac, "peer_mac": v.peer_mac, "addresses": v.addresses,
+                "dhcp": v.dhcp,
+            })).collect::<Vec<_>>(),
+            "children": children,
+        })
+    }
+
+    fn answer(&mut self, r: control::Request) {
+        match r {
+            control::Request::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            control::Request::Services(reply) => {
+                let mut buses = vec![];
+                for c in &self.plan.children {
+                    if let (Health::AvahiBus { bus }, Some(r)) =
+                        (&c.health, self.procs.get(&c.name))
+                    {
+                        let vlan = c.name.split('@').nth(1).unwrap_or(&c.name).to_string();
+                        buses.push((vlan, avahi::bus_of(r.pid, bus)));
+                    }
+                }
+                let _ = reply.send(buses);
+            }
+            control::Request::Down(_) => {}
+        }
+    }
+
+    /// Stops every child, dependents first: SIGTERM, then SIGKILL after the grace time.
+    async fn stop_all(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) {
+        let order: Vec<String> = self
+            .plan
+            .children
+            .iter()
+            .rev()
+            .map(|c| c.name.clone())
+            .collect();
+        for n in &order {
+            if let Some(r) = self.procs.get(n) {
+                let _ = killpg(Pid::from_raw(r.pid as i32), Signal::SIGTERM);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        let mut killed = false;
+        while !self.procs.is_empty() {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(Msg::Decide(ev)) => { self.handle(ev); }
+                    Some(Msg::Control(control::Request::Status(reply))) => { let _ = reply.send(self.status()); }
+                    Some(Msg::Control(control::Request::Down(reply))) => {
+                        let _ = reply.send(json!({"ok": true, "note": "already going down"}));
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = term.recv() => killed = self.kill_all(),
+                _ = int.recv() => killed = self.kill_all(),
+                _ = tokio::time::sleep_until(deadline), if !killed => {
+                    warn!("children still running {STOP_GRACE:?} after SIGTERM: SIGKILL");
+                    killed = self.kill_all();
+                }
+                _ = tokio::time::sleep_until(deadline + Duration::from_secs(2)) => break,
+            }
+        }
+    }
+
+    fn kill_all(&self) -> bool {
+        for r in self.procs.values() {
+            let _ = killpg(Pid::from_raw(r.pid as i32), Signal::SIGKILL);
+        }
+        true
+    }
+}

@@ -1,0 +1,136 @@
+//! Starts one child of the plan: in its network and mount namespaces, in a process group of
+//! its own, dying with the supervisor, keeping only the plan's capabilities.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+
+use caps::{CapSet, Capability};
+
+use crate::apply::Space;
+use crate::plan::{Child, Program};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("starting {name} ({program}): {source}")]
+    Exec {
+        name: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("starting {name}: unknown capability {cap}")]
+    Cap { name: String, cap: String },
+    #[error("starting {name}: namespace {netns} is not there")]
+    NoNamespace { name: String, netns: String },
+}
+
+/// The capabilities a child loses from its bounding set (what is not in its plan).
+fn dropped(c: &Child) -> Result<Vec<Capability>, SpawnError> {
+    let mut keep = vec![];
+    for name in &c.caps {
+        keep.push(Capability::from_str(name).map_err(|_| SpawnError::Cap {
+            name: c.name.clone(),
+            cap: name.clone(),
+        })?);
+    }
+    let mut all: Vec<Capability> = caps::all().into_iter().collect();
+    all.sort_by_key(|c| c.index());
+    Ok(all.into_iter().filter(|c| !keep.contains(c)).collect())
+}
+
+/// The command that starts `c`: run it with [`super::spawner::Spawner::spawn`].
+/// `in_pid_ns`: the supervisor runs its children in a PID namespace (their getppid() is 0
+/// while it lives).
+pub fn command(
+    c: &Child,
+    space: Option<&Space>,
+    self_exe: &Path,
+    in_pid_ns: bool,
+) -> Result<std::process::Command, SpawnError> {
+    if let (Some(n), None) = (&c.netns, space) {
+        return Err(SpawnError::NoNamespace {
+            name: c.name.clone(),
+            netns: n.clone(),
+        });
+    }
+    let drop = dropped(c)?;
+    let program = match c.program {
+        Program::SelfExe => self_exe.to_path_buf(),
+        Program::External => PathBuf::from(&c.argv[0]),
+    };
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&c.argv[1..])
+        .stdin(Stdio::null())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .process_group(0);
+    if c.program == Program::External {
+        cmd.arg0(&c.argv[0]);
+    }
+    let fds: Option<(RawFd, RawFd, RawFd)> =
+        space.map(|s| (s.net.as_raw_fd(), s.mnt.as_raw_fd(), s.uts.as_raw_fd()));
+    let parent = if in_pid_ns {
+        0
+    } else {
+        std::process::id() as libc::pid_t
+    };
+    // Files a killed instance leaves in the private /run: avahi's pid file (it cannot
+    // remove it itself once it dropped root) and a listening socket (whose presence is
+    // how readiness is seen).
+    let stale: Vec<std::ffi::CString> = (c.argv[0] == "avahi-daemon")
+        .then(|| crate::plan::avahi::PID_FILE.to_string())
+        .into_iter()
+        .chain(ready_socket(c))
+        .filter_map(|p| std::ffi::CString::new(p).ok())
+        .collect();
+    // SAFETY: only async-signal-safe calls (setns, chdir, prctl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((net, mnt, uts)) = fds {
+                if libc::setns(net, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(uts, libc::CLONE_NEWUTS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(mnt, libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::chdir(c"/".as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for p in &stale {
+                    libc::unlink(p.as_ptr());
+                }
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor died between fork and prctl: nothing would kill us later.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            let _ = caps::clear(None, CapSet::Ambient);
+            let _ = caps::clear(None, CapSet::Inheritable);
+            for cap in &drop {
+                if caps::drop(None, CapSet::Bounding, *cap).is_err() {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// The unix socket a child listens on, if its argv says (`--address=unix:path=P`): it is
+/// ready once that socket exists.
+pub fn ready_socket(c: &Child) -> Option<String> {
+    c.argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--address=unix:path="))
+        .map(str::to_string)
+}

@@ -1,0 +1,636 @@
+//! `up`, `down`, `status` and `services` for real, as root, each test in a sandbox of its
+//! own: VLAN namespaces with private dbus and avahi, reflectors, DHCP, restarts, teardown.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{ClientAvahi, Sandbox, Up, check, wait_until};
+
+/// Site with one untrusted VLAN on a bridge the test makes.
+const ONE_VLAN: &str = r#"
+[site]
+name = "lab"
+[[vlan]]
+name = "iot"
+bridge = "br-iot"
+address = "10.20.2.2/24"
+"#;
+
+fn status_json(sb: &Sandbox) -> Option<(i32, serde_json::Value)> {
+    let out = sb.appliance().args(["status", "--json"]).output().ok()?;
+    let v = serde_json::from_slice(&out.stdout).ok()?;
+    Some((out.status.code()?, v))
+}
+
+fn wait_healthy(sb: &Sandbox, up: &mut Up, within: Duration) -> serde_json::Value {
+    wait_until("the site to be healthy", within, || {
+        if let Ok(Some(st)) = up.child.try_wait() {
+            panic!(
+                "appliance up exited ({st}) before the site was healthy:\n{}",
+                up.log()
+            );
+        }
+        match status_json(sb) {
+            Some((0, v)) => Some(v),
+            _ => None,
+        }
+    })
+}
+
+fn child_pid(v: &serde_json::Value, name: &str) -> Option<u32> {
+    v["children"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)?["pid"]
+        .as_u64()
+        .map(|p| p as u32)
+}
+
+fn child_field(v: &serde_json::Value, name: &str, field: &str) -> serde_json::Value {
+    v["children"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .map(|c| c[field].clone())
+        .unwrap_or_default()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Asserts nothing of site `lab` is left in the sandbox: namespaces, links other than
+/// `keep`, mounts, state directory, and none of `pids` alive.
+fn assert_nothing_left(sb: &Sandbox, keep: &[&str], pids: &[u32]) {
+    let netns = sb.sh("ip netns list");
+    assert!(netns.trim().is_empty(), "namespaces left: {netns}");
+    let links = sb.sh("ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1");
+    for l in links.lines() {
+        assert!(
+            l == "lo" || keep.contains(&l),
+            "link {l} left; all links:\n{links}"
+        );
+    }
+    let mounts = sb.sh("cat /proc/mounts");
+    for m in mounts.lines() {
+        assert!(
+            !m.contains("/run/netns/") && !m.contains("/run/appliance"),
+            "mount left: {m}"
+        );
+    }
+    let state = sb.sh("ls -A /run/appliance 2>/dev/null || true");
+    assert!(state.trim().is_empty(), "state directory left: {state}");
+    wait_until(
+        "the site's processes to be gone",
+        Duration::from_secs(5),
+        || (!pids.iter().any(|p| alive(*p))).then_some(()),
+    );
+}
+
+#[test]
+fn mdns_stays_in_its_vlan_and_a_reflector_passes_only_listed_types() {
+    let sb = Sandbox::new();
+    for b in ["br-trusted", "br-iot", "br-guest"] {
+        sb.bridge(b);
+    }
+    let site = sb.write(
+        "site.toml",
+        r#"
+[site]
+name = "lab"
+[[vlan]]
+name = "trusted"
+bridge = "br-trusted"
+trust = "trusted"
+[[vlan]]
+name = "iot"
+bridge = "br-iot"
+address = "10.20.2.2/24"
+[[vlan]]
+name = "guest"
+bridge = "br-guest"
+address = "10.20.3.2/24"
+[[reflector]]
+name = "media"
+vlans = ["trusted", "iot"]
+services = ["_raop._tcp"]
+addresses = { trusted = "10.20.1.3/24", iot = "10.20.2.3/24" }
+"#,
+    );
+    sb.host("iot1", "br-iot", &["10.20.2.10/24"]);
+    sb.host("iot2", "br-iot", &["10.20.2.11/24"]);
+    sb.host("guest1", "br-guest", &["10.20.3.10/24"]);
+    sb.host("trust1", "br-trusted", &["10.20.1.10/24"]);
+    let mut up = Up::start(&sb, &site);
+    wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    let iot1 = ClientAvahi::start(&sb, "iot1");
+    let iot2 = ClientAvahi::start(&sb, "iot2");
+    let guest1 = ClientAvahi::start(&sb, "guest1");
+    let trust1 = ClientAvahi::start(&sb, "trust1");
+    let _speaker = iot1.publish("Speaker", "_raop._tcp", 7000);
+    let _printer = iot1.publish("Printer", "_ipp._tcp", 631);
+
+    let d = Duration::from_secs(20);
+    wait_until("iot2 to see the printer and the speaker", d, || {
+        (iot2.sees("_ipp._tcp", "Printer") && iot2.sees("_raop._tcp", "Speaker")).then_some(())
+    });
+    wait_until("appliance services to list the printer on iot", d, || {
+        let out = sb.appliance().arg("services").output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.contains("iot\t_ipp._tcp\tPrinter") && text.contains("iot\t_raop._tcp\tSpeaker"))
+            .then_some(text)
+    });
+    wait_until(
+        "the trusted VLAN to see the listed type (_raop._tcp)",
+        d,
+        || trust1.sees("_raop._tcp", "Speaker").then_some(()),
+    );
+    // The positive checks above bound how long mDNS needs here; by now, an unlisted type
+    // or another VLAN would have seen it too.
+    let seen_trusted = trust1.browse();
+    assert!(
+        !seen_trusted.iter().any(|(k, _)| k == "_ipp._tcp"),
+        "an unlisted type crossed the reflector: {seen_trusted:?}"
+    );
+    let seen_guest = guest1.browse();
+    assert!(
+        !seen_guest
+            .iter()
+            .any(|(_, n)| n == "Printer" || n == "Speaker"),
+        "a service crossed into a VLAN without a reflector: {seen_guest:?}"
+    );
+    let out = sb.appliance().arg("services").output().expect("services");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("guest\t_ipp._tcp"),
+        "guest's avahi saw iot's printer:\n{text}"
+    );
+}
+
+#[test]
+fn killed_avahi_and_dbus_are_restarted_and_healthy_again() {
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    let site = sb.write("site.toml", ONE_VLAN);
+    let mut up = Up::start(&sb, &site);
+    let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
+
+    let avahi = child_pid(&v, "avahi@iot").expect("avahi pid");
+    // Children keep only the plan's capabilities: avahi CHOWN+SETGID+SETUID, dbus SETGID+SETUID.
+    assert_eq!(cap_bounding(avahi), 0xc1);
+    assert_eq!(cap_bounding(child_pid(&v, "dbus@iot").unwrap()), 0xc0);
+    unsafe { libc_kill(avahi as i32, 9) };
+    let v = wait_until(
+        "avahi to be restarted and healthy",
+        Duration::from_secs(10),
+        || {
+            let (code, v) = status_json(&sb)?;
+            (code == 0 && child_pid(&v, "avahi@iot").is_some_and(|p| p != avahi)).then_some(v)
+        },
+    );
+    assert_eq!(child_field(&v, "avahi@iot", "restarts"), 1);
+    assert_eq!(child_field(&v, "avahi@iot", "health"), "healthy");
+
+    let dbus = child_pid(&v, "dbus@iot").expect("dbus pid");
+    let avahi = child_pid(&v, "avahi@iot").expect("avahi pid");
+    unsafe { libc_kill(dbus as i32, 9) };
+    let v = wait_until(
+        "dbus, then its avahi, to be restarted and healthy",
+        Duration::from_secs(10),
+        || {
+            let (code, v) = status_json(&sb)?;
+            (code == 0
+                && child_pid(&v, "dbus@iot").is_some_and(|p| p != dbus)
+                && child_pid(&v, "avahi@iot").is_some_and(|p| p != avahi))
+            .then_some(v)
+        },
+    );
+    assert_eq!(child_field(&v, "dbus@iot", "restarts"), 1);
+    let text = sb.appliance().arg("status").output().expect("status");
+    assert_eq!(text.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("healthy"), "{text}");
+    let log = up.log();
+    assert!(log.contains("dbus@iot: died"), "{log}");
+    // avahi may die of losing its bus before the supervisor stops it: either way its new
+    // instance starts only once the new dbus is ready.
+    let dbus_ready = log
+        .rfind("dbus@iot: running (pid")
+        .expect("dbus ready line");
+    let avahi_start = log
+        .rfind("avahi@iot: started (pid")
+        .expect("avahi start line");
+    assert!(
+        avahi_start > dbus_ready,
+        "avahi restarted before dbus:\n{log}"
+    );
+}
+
+/// The bounding capability set of a process.
+fn cap_bounding(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn dhcp_lease_comes_from_the_bridge_and_the_host_is_untouched() {
+    common::require_program("dnsmasq");
+    common::require_program("dhclient");
+    let sb = Sandbox::new();
+    sb.bridge("br-lan");
+    sb.sh("ip addr add 10.30.0.1/24 dev br-lan");
+    let leases = sb.path("dnsmasq.leases");
+    let mut dns = sb.cmd("dnsmasq");
+    dns.args([
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--interface=br-lan",
+        "--bind-interfaces",
+        "--except-interface=lo",
+        "--dhcp-range=10.30.0.10,10.30.0.50,1h",
+        "--port=0",
+        "--pid-file",
+        "--dhcp-option=option:dns-server,10.30.0.1",
+    ])
+    .arg(format!("--dhcp-leasefile={}", leases.display()))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let _dnsmasq = common::Group::spawn(dns, "dnsmasq");
+    let before = host_files();
+    let site = sb.write(
+        "site.toml",
+        "[site]\nname = \"lab\"\n[[vlan]]\nname = \"lan\"\nbridge = \"br-lan\"\naddress = \"dhcp\"\n",
+    );
+    let mut up = Up::start(&sb, &site);
+    let addr = wait_until(
+        "a DHCP lease on lan in lab-lan",
+        Duration::from_secs(20),
+        || {
+            let out = sb.try_sh("ip -n lab-lan -4 -o addr show dev lan");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("10.30.0.").then_some(text)
+        },
+    );
+    assert!(addr.contains("/24"), "{addr}");
+    let lease = common::read(&leases);
+    let mac = sb.sh("ip -n lab-lan -o link show dev lan | grep -o 'link/ether [0-9a-f:]*'");
+    let mac = mac.trim().trim_start_matches("link/ether ").to_string();
+    assert!(lease.contains(&mac), "dnsmasq leases {lease:?} lack {mac}");
+    // The namespace has its own host name: the router's never goes out on the VLAN.
+    assert!(
+        lease.contains(" lab-lan "),
+        "dnsmasq leases {lease:?} lack host name lab-lan"
+    );
+    let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    let dhcp = child_pid(&v, "dhcp@lan").expect("dhclient pid");
+    // Its resolv.conf and leases live on the private mounts.
+    let resolv = format!("/proc/{dhcp}/root/etc/resolv.conf");
+    wait_until(
+        "dhclient to write resolv.conf",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&resolv).ok()?;
+            text.contains("nameserver 10.30.0.1").then_some(())
+        },
+    );
+    let leases_file = format!("/proc/{dhcp}/root/var/lib/dhcp/dhclient.leases");
+    wait_until(
+        "dhclient to write its lease file",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&leases_file).ok()?;
+            text.contains("10.30.0.").then_some(())
+        },
+    );
+    assert_eq!(
+        before,
+        host_files(),
+        "the host's resolv.conf or lease files changed"
+    );
+    drop(up);
+    assert_eq!(
+        before,
+        host_files(),
+        "the host's resolv.conf or lease files changed"
+    );
+}
+
+/// The host's resolv.conf and DHCP lease directory, to prove they are untouched.
+fn host_files() -> (String, Vec<(String, u64)>, Vec<String>) {
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut leases: Vec<(String, u64)> = std::fs::read_dir("/var/lib/dhcp")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().map(|m| m.len()).unwrap_or(0),
+            )
+        })
+        .collect();
+    leases.sort();
+    let mut etc: Vec<String> = std::fs::read_dir("/etc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("resolv.conf"))
+        .collect();
+    etc.sort();
+    (resolv, leases, etc)
+}
+
+#[test]
+fn down_after_the_supervisor_was_killed_leaves_nothing_and_twice_is_fine() {
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    let site = sb.write(
+        "site.toml",
+        &format!("{ONE_VLAN}\n[[reflector]]\nname = \"r\"\nvlans = [\"iot\", \"guest\"]\n[[vlan]]\nname = \"guest\"\nbridge = \"br-guest\"\n")
+            .replace("[site]\nname = \"lab\"", "[site]\nname = \"lab\"\ncreate_bridges = true"),
+    );
+    let mut up = Up::start(&sb, &site);
+    let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    let pids: Vec<u32> = v["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["pid"].as_u64().map(|p| p as u32))
+        .collect();
+    assert_eq!(pids.len(), 5, "{v}");
+
+    // A second up is refused and changes nothing.
+    let again = sb.appliance().arg("up").arg(&site).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(status_json(&sb).map(|s| s.0), Some(0));
+
+    unsafe { libc_kill(up.pid as i32, 9) };
+    let _ = up.child.wait();
+    // The children die with it, even those that switched user (dbus, avahi): they run in
+    // a PID namespace whose init dies with the supervisor.
+    wait_until(
+        "the children to die with the supervisor",
+        Duration::from_secs(5),
+        || (!pids.iter().any(|p| alive(*p))).then_some(()),
+    );
+    let down = sb.appliance().arg("down").arg(&site).output().unwrap();
+    check(&down, "appliance down after SIGKILL");
+    // br-iot was the test's own: it stays; br-guest was made by up: it goes.
+    assert_nothing_left(&sb, &["br-iot"], &pids);
+    let down = sb.appliance().arg("down").arg(&site).output().unwrap();
+    check(&down, "appliance down a second time");
+    let st = sb.appliance().arg("status").output().unwrap();
+    assert_eq!(st.status.code(), Some(3), "status with no site running");
+}
+
+#[test]
+fn twenty_up_down_cycles_leave_nothing_and_keep_the_macs() {
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    let site = sb.write("site.toml", ONE_VLAN);
+    let plan = sb
+        .appliance()
+        .args(["plan", "--json"])
+        .arg(&site)
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let want_peer = plan["veths"][0]["peer_mac"].as_str().unwrap().to_string();
+    let want_host = plan["veths"][0]["host_mac"].as_str().unwrap().to_string();
+    for i in 0..20 {
+        let mut up = Up::start(&sb, &site);
+        eprintln!("cycle {i}");
+        let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
+        let pids: Vec<u32> = v["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["pid"].as_u64().map(|p| p as u32))
+            .collect();
+        let peer = sb.sh("ip -n lab-iot -o link show dev iot");
+        let host = sb.sh("ip -o link show dev lab-iot");
+        assert!(peer.contains(&want_peer), "cycle {i}: peer MAC {peer}");
+        assert!(host.contains(&want_host), "cycle {i}: host MAC {host}");
+        if i % 2 == 0 {
+            assert_eq!(
+                up.stop(),
+                Some(0),
+                "cycle {i}: up after SIGTERM:\n{}",
+                up.log()
+            );
+        } else {
+            let down = sb.appliance().arg("down").arg(&site).output().unwrap();
+            check(&down, "appliance down");
+            assert_eq!(
+                up.stop(),
+                Some(0),
+                "cycle {i}: up after down:\n{}",
+                up.log()
+            );
+        }
+        assert_nothing_left(&sb, &["br-iot"], &pids);
+    }
+}
+
+#[test]
+fn a_missing_bridge_is_refused_before_anything_changes() {
+    let sb = Sandbox::new();
+    let site = sb.write("site.toml", ONE_VLAN);
+    let out = sb.appliance().arg("up").arg(&site).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bridge br-iot is missing"), "{err}");
+    assert_nothing_left(&sb, &[], &[]);
+    // The control socket's mode: checked on a running site.
+    sb.bridge("br-iot");
+    let mut up = Up::start(&sb, &site);
+    wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    let mode = sb.sh("stat -c %a /run/appliance/lab/control.sock");
+    assert_eq!(mode.trim(), "600");
+    assert!(Path::new(&format!("/proc/{}", up.pid)).exists());
+}
+
+#[test]
+fn readiness_goes_to_systemd_and_status_passes_mroute_through() {
+    use std::io::{BufRead, BufReader, Write};
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    let site = sb.write("site.toml", ONE_VLAN);
+    let notify_path = sb.path("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let log = sb.path("up.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let child = sb
+        .appliance()
+        .arg("up")
+        .arg(&site)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let mut up = Up {
+        pid: child.id(),
+        child,
+        log,
+    };
+    let mut got = vec![];
+    let mut buf = [0u8; 512];
+    while !got.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no READY=1 ({e}); got {got:?}:\n{}", up.log()));
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(got.iter().any(|m| m.starts_with("STATUS=")), "{got:?}");
+    // READY=1 comes when every avahi answers on its bus: status agrees at once.
+    let (code, _) = status_json(&sb).expect("status");
+    assert_eq!(code, 0);
+
+    // A multicast forwarder's socket in the state dir: its answer is passed through.
+    let sock = format!("/proc/{}/root/run/appliance/lab/mroute.sock", sb.pid);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("fake mroute.sock");
+    let server = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), r#"{"cmd":"status"}"#);
+        (&s).write_all(b"{\"routes\":3,\"vifs\":[\"br-iot\"]}\n")
+            .unwrap();
+    });
+    let (code, v) = status_json(&sb).expect("status");
+    server.join().unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(v["mroute"]["routes"], 3, "{v}");
+    wait_healthy(&sb, &mut up, Duration::from_secs(5));
+    assert_eq!(up.stop(), Some(0));
+    let msgs: Vec<String> = std::iter::from_fn(|| {
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .ok()?;
+        let n = notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .collect();
+    assert!(msgs.iter().any(|m| m.contains("STOPPING=1")), "{msgs:?}");
+}
+
+#[test]
+fn down_after_a_partial_up_leaves_nothing() {
+    let sb = Sandbox::new();
+    let mut site = String::from("[site]\nname = \"part\"\ncreate_bridges = true\n");
+    for i in 0..8 {
+        site.push_str(&format!(
+            "[[vlan]]\nname = \"v{i}\"\nbridge = \"br-v{i}\"\naddress = \"10.60.{i}.2/24\"\n"
+        ));
+    }
+    let site = sb.write("site.toml", &site);
+    let mut up = Up::start(&sb, &site);
+    // Killed as soon as the first namespace exists: in the middle of building.
+    wait_until("the first namespace", Duration::from_secs(10), || {
+        let out = sb.try_sh("ls /run/netns");
+        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+    });
+    unsafe { libc_kill(up.pid as i32, 9) };
+    let _ = up.child.wait();
+    let down = sb.appliance().arg("down").arg(&site).output().unwrap();
+    check(&down, "appliance down after a partial up");
+    // The bridges were made by up: they go too.
+    assert_nothing_left(&sb, &[], &[]);
+    // Any dbus or avahi whose private /run holds this site's avahi config is a leftover.
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if !comm.starts_with("avahi-daemon") && !comm.starts_with("dbus-daemon") {
+            continue;
+        }
+        let conf =
+            std::fs::read_to_string(format!("/proc/{pid}/root/run/avahi-daemon/appliance.conf"))
+                .unwrap_or_default();
+        assert!(
+            !conf.contains("host-name=part-"),
+            "{} {pid} of the site is left",
+            comm.trim()
+        );
+    }
+}
+
+#[test]
+fn a_stuck_avahi_makes_status_exit_1_until_it_answers_again() {
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    let site = sb.write("site.toml", ONE_VLAN);
+    let mut up = Up::start(&sb, &site);
+    let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    let avahi = child_pid(&v, "avahi@iot").expect("avahi pid");
+    unsafe { libc_kill(avahi as i32, 19) }; // SIGSTOP: alive, but its bus calls go unanswered
+    let v = wait_until("status to say unhealthy", Duration::from_secs(15), || {
+        let (code, v) = status_json(&sb)?;
+        (code == 1).then_some(v)
+    });
+    assert_eq!(child_field(&v, "avahi@iot", "health"), "unhealthy", "{v}");
+    assert_eq!(v["healthy"], false);
+    let text = sb.appliance().arg("status").output().unwrap();
+    assert_eq!(text.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("UNHEALTHY"));
+    unsafe { libc_kill(avahi as i32, 18) }; // SIGCONT
+    let v = wait_healthy(&sb, &mut up, Duration::from_secs(15));
+    assert_eq!(
+        child_pid(&v, "avahi@iot"),
+        Some(avahi),
+        "the same avahi, not restarted"
+    );
+}
+
+#[test]
+fn up_after_a_crash_removes_the_leftovers_first() {
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    let site = sb.write("site.toml", ONE_VLAN);
+    let mut up = Up::start(&sb, &site);
+    wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    let mac_before = sb.sh("ip -n lab-iot -o link show dev iot");
+    unsafe { libc_kill(up.pid as i32, 9) };
+    let _ = up.child.wait();
+    // The namespace and veth are still there; a new up takes over without duplicates.
+    assert!(sb.sh("ip netns list").contains("lab-iot"));
+    let mut again = Up::start(&sb, &site);
+    wait_healthy(&sb, &mut again, Duration::from_secs(20));
+    assert!(again.log().contains("removing it first"), "{}", again.log());
+    assert_eq!(sb.sh("ip netns list").lines().count(), 1);
+    let mac_after = sb.sh("ip -n lab-iot -o link show dev iot");
+    let mac = |s: &str| {
+        s.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_string)
+    };
+    assert_eq!(mac(&mac_before), mac(&mac_after));
+    assert_eq!(again.stop(), Some(0), "{}", again.log());
+    assert_nothing_left(&sb, &["br-iot"], &[]);
+}
