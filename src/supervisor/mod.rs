@@ -361,6 +361,7 @@ impl Sup {
             }
             Ok(mut child) => {
                 let pid = child.id();
+                spawn::forward_output(name, &mut child);
                 info!(
                     "{name}: started (pid {pid}{}): {}",
                     c.netns

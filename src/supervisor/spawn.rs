@@ -68,7 +68,11 @@ pub fn command(
         .env_remove("LISTEN_PID")
         .process_group(0);
     if c.program == Program::External {
-        cmd.arg0(&c.argv[0]);
+        // Their output is logged line by line under the child's name (see
+        // `forward_output`); the appliance's own roles log with tracing themselves.
+        cmd.arg0(&c.argv[0])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
     }
     let fds: Option<(RawFd, RawFd, RawFd)> =
         space.map(|s| (s.net.as_raw_fd(), s.mnt.as_raw_fd(), s.uts.as_raw_fd()));
@@ -133,4 +137,28 @@ pub fn ready_socket(c: &Child) -> Option<String> {
         .iter()
         .find_map(|a| a.strip_prefix("--address=unix:path="))
         .map(str::to_string)
+}
+
+/// Logs what an external child prints, one line at a time, under its name, so that the
+/// output of thirty avahis can be told apart.
+pub fn forward_output(name: &str, child: &mut std::process::Child) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    fn forward<R: tokio::io::AsyncRead + Unpin + Send + 'static>(name: String, r: R) {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(target: "appliance::child", "{name}: {line}");
+            }
+        });
+    }
+    if let Some(out) = child.stdout.take()
+        && let Ok(out) = tokio::process::ChildStdout::from_std(out)
+    {
+        forward(name.to_string(), out);
+    }
+    if let Some(err) = child.stderr.take()
+        && let Ok(err) = tokio::process::ChildStderr::from_std(err)
+    {
+        forward(name.to_string(), err);
+    }
 }
