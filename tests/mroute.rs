@@ -1118,3 +1118,62 @@ group = "239.5.5.5"
     });
     assert_eq!(m.stop(), 0);
 }
+
+/// The router's own firewall drops forwarded packets by policy. An accept in the
+/// appliance's own table cannot overrule that (nftables ends an accept's effect at its
+/// base chain), so with `accept_in` the forwarder puts tagged accepts into that chain,
+/// and takes them out again when it stops.
+#[test]
+fn accept_in_lets_routed_groups_through_a_drop_policy_and_is_removed_on_exit() {
+    let sb = topology();
+    sb.sh("nft add table inet filter\n\
+           nft add chain inet filter forward '{ type filter hook forward priority 0; policy drop; }'\n\
+           nft add rule inet filter forward tcp dport 22 accept comment '\"ssh\"'");
+    let site = site(
+        &sb,
+        "fw",
+        r#"
+[multicast]
+accept_in = ["inet filter forward"]
+[[multicast.route]]
+from = "br-a"
+source = "10.1.0.10"
+group = "239.1.1.1"
+to = ["br-b"]
+[[multicast.route]]
+from = "br-a"
+source = "fd01::10"
+group = "ff3e::1:1"
+to = ["br-b"]
+"#,
+    );
+    let rx = receiver(&sb, "rcv", vec![ip("239.1.1.1")]);
+    let m = Mroute::start(&sb, &[site.to_str().unwrap()], &sb.path("state"));
+    m.wait_entry("10.1.0.10", "239.1.1.1", "configured");
+    let chain = sb.sh("nft list chain inet filter forward");
+    assert_eq!(
+        chain.matches("comment \"appliance-fw-mroute\"").count(),
+        2,
+        "one accept per route, both families in an inet chain:\n{chain}"
+    );
+    let tx = sender(&sb, ip("10.1.0.10"));
+    let mut got = vec![];
+    let mut n = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !has(&got, "through") {
+        assert!(Instant::now() < deadline, "nothing crossed the drop policy");
+        n += 1;
+        send(&tx, ip("239.1.1.1"), 8, "through");
+        collect(&rx, &mut got, Duration::from_secs(5), |g| {
+            has(g, "through") || g.len() >= n
+        });
+    }
+    assert_eq!(m.stop(), 0);
+    let chain = sb.sh("nft list chain inet filter forward");
+    assert!(!chain.contains("appliance-"), "left behind:\n{chain}");
+    assert!(
+        chain.contains("comment \"ssh\""),
+        "the operator's rule went:\n{chain}"
+    );
+    assert!(chain.contains("policy drop"), "{chain}");
+}

@@ -166,3 +166,23 @@ fn a_state_dir_override_moves_every_path_under_it() {
     );
     assert!(!p.to_json().contains("/run/appliance/lab"));
 }
+
+#[test]
+fn accept_in_inserts_each_forward_rule_of_the_right_family() {
+    let text = "[site]\nname = \"lab\"\n[multicast]\naccept_in = [\"ip filter FORWARD\", \"inet fw fwd\"]\n\
+                [[multicast.route]]\nfrom = \"br-a\"\ngroup = \"239.1.0.0/16\"\nto = [\"br-b\"]\n\
+                [[multicast.route]]\nfrom = \"br-a\"\ngroup = \"ff3e::/16\"\nto = [\"br-b\"]\n";
+    let p = plan::plan(
+        &site::parse("site.toml", text).unwrap(),
+        Path::new("site.toml"),
+    );
+    let fw = p.firewall.iter().find(|f| f.owner == "mroute").unwrap();
+    assert_eq!(
+        fw.insertions(),
+        [
+            "insert rule ip filter FORWARD iifname \"br-a\" oifname \"br-b\" ip daddr 239.1.0.0/16 accept comment \"appliance-lab-mroute\"",
+            "insert rule inet fw fwd iifname \"br-a\" oifname \"br-b\" ip6 daddr ff3e::/16 accept comment \"appliance-lab-mroute\"",
+            "insert rule inet fw fwd iifname \"br-a\" oifname \"br-b\" ip daddr 239.1.0.0/16 accept comment \"appliance-lab-mroute\"",
+        ]
+    );
+}

@@ -21,6 +21,11 @@ pub struct Firewall {
     pub family: String,
     pub table: String,
     pub chains: Vec<Chain>,
+    /// Chains of the router's own firewall (`"FAMILY TABLE CHAIN"`) that also get this
+    /// table's forward rules, inserted at their top and tagged with the table's name:
+    /// an `accept` here cannot overrule a `drop` there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accept_in: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -60,7 +65,34 @@ impl Firewall {
                     rules: vec![],
                 },
             ],
+            accept_in: vec![],
         }
+    }
+
+    /// The `insert rule` commands that put this table's forward rules at the top of each
+    /// `accept_in` chain, tagged with `comment "<table>"` so they can be found and removed.
+    /// A rule of the other IP version than an `ip`/`ip6` chain is left out.
+    pub fn insertions(&self) -> Vec<String> {
+        let Some(fwd) = self.chains.iter().find(|c| c.name == FORWARD) else {
+            return vec![];
+        };
+        let mut out = vec![];
+        for target in &self.accept_in {
+            let fam = target.split_whitespace().next().unwrap_or_default();
+            // Inserted one by one at the top: reverse, so they end up in plan order.
+            for r in fwd.rules.iter().rev() {
+                let v6 = r.rule.contains(" ip6 ");
+                if (fam == "ip" && v6) || (fam == "ip6" && !v6) {
+                    continue;
+                }
+                let chain = target.split_whitespace().collect::<Vec<_>>().join(" ");
+                out.push(format!(
+                    "insert rule {chain} {} comment \"{}\"",
+                    r.rule, self.table
+                ));
+            }
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {
@@ -156,9 +188,17 @@ pub fn table_name(site: &str, owner: &str) -> String {
     format!("{}{owner}", table_prefix(site))
 }
 
-/// Every table of a site starts with this (for `down`).
-pub fn table_prefix(site: &str) -> String {
+fn table_prefix(site: &str) -> String {
     format!("appliance-{site}-")
+}
+
+/// The components that own a table.
+pub const OWNERS: [&str; 2] = ["mroute", "monitor"];
+
+/// True if `name` is one of the tables of `site` (exactly: site "lab" does not own the
+/// tables of site "lab-2").
+pub fn is_table_of(site: &str, name: &str) -> bool {
+    OWNERS.iter().any(|o| table_name(site, o) == name)
 }
 
 fn family(a: IpAddr) -> &'static str {

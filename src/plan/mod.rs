@@ -310,8 +310,8 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
         .unwrap_or_else(|| PathBuf::from(format!("/run/appliance/{name}")));
     let mut b = Builder {
         site,
-        mroute_fw: firewall::Firewall::new(&name, "mroute"),
-        monitor_fw: firewall::Firewall::new(&name, "monitor"),
+        mroute_fw: firewall::Firewall::new(&name, firewall::OWNERS[0]),
+        monitor_fw: firewall::Firewall::new(&name, firewall::OWNERS[1]),
         plan: Plan {
             site: name.clone(),
             site_file: site_file.to_path_buf(),
@@ -573,6 +573,7 @@ impl Builder<'_> {
                 source: j.source,
             });
         }
+        self.mroute_fw.accept_in = m.accept_in.clone();
         if let Some(ssdp) = &m.ssdp {
             let group: GroupSpec = GroupSpec(IpNet::from(IpAddr::from(firewall::SSDP_GROUP)));
             for from in &ssdp.bridges {

@@ -171,6 +171,9 @@ impl Display for Plan {
                     writeln!(f, "    {}\n      # {}", r.rule, r.why)?;
                 }
             }
+            for cmd in fw.insertions() {
+                writeln!(f, "  into the router's own chain: {cmd}")?;
+            }
         }
 
         section(f, "sysctls", self.sysctls.len())?;

@@ -160,6 +160,11 @@ pub struct Multicast {
     pub join: Vec<Join>,
     #[serde(default)]
     pub ssdp: Option<Ssdp>,
+    /// Chains of the router's own firewall, written `"FAMILY TABLE CHAIN"` (e.g.
+    /// `"inet filter forward"`), whose drop policy would eat the forwarded groups: the
+    /// forwarder inserts its accept rules at their top, tagged, and removes them on exit.
+    #[serde(default)]
+    pub accept_in: Vec<String>,
 }
 
 fn default_route_expiry() -> Duration {

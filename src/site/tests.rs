@@ -419,3 +419,11 @@ fn every_error_of_the_validation_pass_at_once() {
         ["vlan[1].name", "vlan[1].bridge", "translator.space"]
     );
 }
+
+#[test]
+fn accept_in_names_an_nftables_chain() {
+    let d = one(&format!(
+        "{SITE}[multicast]\naccept_in = [\"inet filter forward\", \"bridge filter forward\"]\n"
+    ));
+    at(&d, 4, 37, "multicast.accept_in[1]", "FAMILY TABLE CHAIN");
+}

@@ -396,6 +396,9 @@ fn check_multicast(c: &mut Check, m: &Multicast) {
             ifaces_v6.insert(j.on.clone());
         }
     }
+    for (i, chain) in m.accept_in.iter().enumerate() {
+        c.result(format!("multicast.accept_in[{i}]"), check_chain_ref(chain));
+    }
     if let Some(s) = &m.ssdp {
         let distinct: BTreeSet<&String> = s.bridges.iter().collect();
         if distinct.len() < 2 {
@@ -836,6 +839,29 @@ fn check_source(src: IpAddr, group: IpAddr) -> Result<(), String> {
         return Err(format!("{src} is not a unicast source address"));
     }
     Ok(())
+}
+
+/// `"FAMILY TABLE CHAIN"` of an nftables chain that routed packets traverse.
+fn check_chain_ref(s: &str) -> Result<(), String> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let ident = |w: &str| {
+        w.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
+    };
+    match words.as_slice() {
+        [fam, table, chain]
+            if ["ip", "ip6", "inet"].contains(fam) && ident(table) && ident(chain) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{s:?} is not \"FAMILY TABLE CHAIN\" of an nftables chain with family ip, ip6 or \
+             inet, like \"inet filter forward\""
+        )),
+    }
 }
 
 fn check_http_url(url: &str) -> Result<(), String> {
