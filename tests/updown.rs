@@ -634,3 +634,70 @@ fn up_after_a_crash_removes_the_leftovers_first() {
     assert_eq!(again.stop(), Some(0), "{}", again.log());
     assert_nothing_left(&sb, &["br-iot"], &[]);
 }
+
+/// A restarted reflector restarts the avahis of its untrusted VLANs once it runs again,
+/// so they do not keep what they learnt through it (the field notes: up to 75 minutes);
+/// VLANs it does not serve are left alone.
+#[test]
+fn a_restarted_reflector_refreshes_the_avahis_of_its_vlans() {
+    let sb = Sandbox::new();
+    for b in ["br-a", "br-b", "br-c"] {
+        sb.bridge(b);
+    }
+    let site = sb.write(
+        "site.toml",
+        r#"
+[site]
+name = "lab"
+[[vlan]]
+name = "a"
+bridge = "br-a"
+address = "10.20.1.2/24"
+[[vlan]]
+name = "b"
+bridge = "br-b"
+address = "10.20.2.2/24"
+[[vlan]]
+name = "c"
+bridge = "br-c"
+address = "10.20.3.2/24"
+[[reflector]]
+name = "ab"
+vlans = ["a", "b"]
+"#,
+    );
+    let mut up = Up::start(&sb, &site);
+    let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    let pid = |v: &serde_json::Value, n: &str| child_pid(v, n).expect(n);
+    let (refl, a, b, c) = (
+        pid(&v, "reflector@ab"),
+        pid(&v, "avahi@a"),
+        pid(&v, "avahi@b"),
+        pid(&v, "avahi@c"),
+    );
+    unsafe { libc_kill(refl as i32, 9) };
+    let v = wait_until(
+        "the reflector and the avahis of a and b to be back, healthy",
+        Duration::from_secs(15),
+        || {
+            let (code, v) = status_json(&sb)?;
+            (code == 0
+                && child_pid(&v, "reflector@ab").is_some_and(|p| p != refl)
+                && child_pid(&v, "avahi@a").is_some_and(|p| p != a)
+                && child_pid(&v, "avahi@b").is_some_and(|p| p != b))
+            .then_some(v)
+        },
+    );
+    assert_eq!(pid(&v, "avahi@c"), c, "avahi@c is not behind the reflector");
+    assert_eq!(child_field(&v, "reflector@ab", "restarts"), 1);
+    assert_eq!(
+        child_field(&v, "avahi@a", "restarts"),
+        0,
+        "a refresh is not a crash"
+    );
+    let log = up.log();
+    assert!(
+        log.contains("avahi@a: restarting to forget what it learnt through reflector@ab"),
+        "{log}"
+    );
+}

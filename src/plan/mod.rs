@@ -164,6 +164,11 @@ pub struct Child {
     pub caps: Vec<String>,
     /// Children that must be running before this one starts, and that restart it when they do.
     pub after: Vec<String>,
+    /// Children whose restart restarts this one too, once they run again, without holding
+    /// up its start: a VLAN's avahi keeps records learnt through a reflector for up to 75
+    /// minutes after the reflector stops, so it starts afresh when the reflector does.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refresh_on: Vec<String>,
     pub restart: RestartPolicy,
     pub health: Health,
 }
@@ -451,6 +456,7 @@ impl Builder<'_> {
                 netns: Some(netns.clone()),
                 caps: caps(&avahi::CAPS),
                 after: vec![dbus],
+                refresh_on: vec![],
                 restart: RestartPolicy::default(),
                 health: Health::AvahiBus {
                     bus: DBUS_SOCKET.into(),
@@ -475,6 +481,7 @@ impl Builder<'_> {
                     netns: Some(netns),
                     caps: caps(&["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]),
                     after: vec![],
+                    refresh_on: vec![],
                     restart: RestartPolicy::default(),
                     health: Health::Running,
                 });
@@ -529,13 +536,21 @@ impl Builder<'_> {
                 }],
                 hostname,
             });
+            let reflector = format!("reflector@{}", r.name);
+            for vname in &r.vlans {
+                let avahi = format!("avahi@{vname}");
+                if let Some(c) = self.plan.children.iter_mut().find(|c| c.name == avahi) {
+                    c.refresh_on.push(reflector.clone());
+                }
+            }
             self.plan.children.push(Child {
-                name: format!("reflector@{}", r.name),
+                name: reflector,
                 program: Program::External,
                 argv: avahi::argv(),
                 netns: Some(netns),
                 caps: caps(&avahi::CAPS),
                 after: vec![],
+                refresh_on: vec![],
                 restart: RestartPolicy::default(),
                 health: Health::Running,
             });
@@ -833,6 +848,7 @@ fn dbus_child(name: &str, netns: &str) -> Child {
         // It switches to the messagebus user after binding its socket.
         caps: caps(&["CAP_SETGID", "CAP_SETUID"]),
         after: vec![],
+        refresh_on: vec![],
         restart: RestartPolicy::default(),
         health: Health::Running,
     }
@@ -846,6 +862,7 @@ fn self_child(role: &str, argv: Vec<String>, kept: &[&str]) -> Child {
         netns: None,
         caps: caps(kept),
         after: vec![],
+        refresh_on: vec![],
         restart: RestartPolicy::default(),
         health: Health::Running,
     }

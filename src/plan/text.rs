@@ -107,6 +107,9 @@ impl Display for Plan {
             if !c.after.is_empty() {
                 write!(f, "; after {}", c.after.join(", "))?;
             }
+            if !c.refresh_on.is_empty() {
+                write!(f, "; restarted when {} restarts", c.refresh_on.join(", "))?;
+            }
             if let Health::AvahiBus { bus } = &c.health {
                 write!(f, "; health: avahi GetState over {bus}")?;
             }

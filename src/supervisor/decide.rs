@@ -29,6 +29,8 @@ pub enum Phase {
 pub struct ChildState {
     pub name: String,
     pub after: Vec<String>,
+    /// Restarted when one of these runs again after a restart (see `plan::Child`).
+    pub refresh_on: Vec<String>,
     pub policy: RestartPolicy,
     pub phase: Phase,
     pub pid: Option<u32>,
@@ -107,6 +109,7 @@ impl State {
                 .map(|c| ChildState {
                     name: c.name.clone(),
                     after: c.after.clone(),
+                    refresh_on: c.refresh_on.clone(),
                     policy: c.restart.clone(),
                     phase: Phase::Waiting,
                     pid: None,
@@ -168,6 +171,20 @@ fn start_waiting(s: &mut State, out: &mut Vec<Action>) {
     }
 }
 
+/// `name` runs again after a restart: the children that refresh on it start afresh.
+fn refresh(s: &mut State, name: &str, out: &mut Vec<Action>) {
+    for d in s.children.iter_mut() {
+        if d.phase == Phase::Running && d.refresh_on.iter().any(|r| r == name) {
+            d.phase = Phase::Stopping;
+            out.push(Action::Log(format!(
+                "{}: restarting to forget what it learnt through {name}",
+                d.name
+            )));
+            out.push(Action::Stop(d.name.clone()));
+        }
+    }
+}
+
 /// The decision for one event.
 pub fn next(s: &mut State, ev: Event) -> Vec<Action> {
     let mut out = vec![];
@@ -200,6 +217,9 @@ pub fn next(s: &mut State, ev: Event) -> Vec<Action> {
             c.since = Some(at);
             c.healthy = None;
             out.push(Action::Log(format!("{name}: running (pid {pid})")));
+            if c.restarts > 0 {
+                refresh(s, &name, &mut out);
+            }
             start_waiting(s, &mut out);
         }
         Event::Exited {
@@ -337,6 +357,7 @@ mod tests {
             netns: None,
             caps: vec![],
             after: after.iter().map(|s| s.to_string()).collect(),
+            refresh_on: vec![],
             restart: RestartPolicy::default(),
             health: Health::Running,
         }
@@ -530,6 +551,40 @@ mod tests {
         assert_eq!(spawns(&ready(&mut s, "dbus@iot", 30, t)), ["avahi@iot"]);
         ready(&mut s, "avahi@iot", 31, t);
         assert!(s.healthy());
+    }
+
+    #[test]
+    fn a_reflector_back_from_a_restart_refreshes_the_vlan_avahis_without_holding_them() {
+        let mut avahi = child("avahi@iot", &["dbus@iot"]);
+        avahi.refresh_on = vec!["reflector@media".into()];
+        let mut s = State::new(&[child("dbus@iot", &[]), avahi, child("reflector@media", &[])]);
+        let t = Instant::now();
+        // The reflector does not hold up the VLAN's avahi.
+        assert_eq!(
+            spawns(&next(&mut s, Event::Begin)),
+            ["dbus@iot", "reflector@media"]
+        );
+        assert_eq!(spawns(&ready(&mut s, "dbus@iot", 10, t)), ["avahi@iot"]);
+        ready(&mut s, "avahi@iot", 11, t);
+        // Its first start refreshes nobody.
+        let a = ready(&mut s, "reflector@media", 12, t);
+        assert!(!a.contains(&Action::Stop("avahi@iot".into())));
+        // It dies: the avahi keeps running meanwhile.
+        let a = exit(&mut s, "reflector@media", None, t);
+        assert!(!a.contains(&Action::Stop("avahi@iot".into())));
+        assert_eq!(s.get("avahi@iot").unwrap().phase, Phase::Running);
+        next(
+            &mut s,
+            Event::Timer {
+                name: "reflector@media".into(),
+            },
+        );
+        // Back: the avahi restarts, at once, and is not counted as a crash.
+        let a = ready(&mut s, "reflector@media", 20, t);
+        assert!(a.contains(&Action::Stop("avahi@iot".into())));
+        assert!(!a.contains(&Action::Stop("dbus@iot".into())));
+        assert_eq!(spawns(&exit(&mut s, "avahi@iot", None, t)), ["avahi@iot"]);
+        assert_eq!(s.get("avahi@iot").unwrap().restarts, 0);
     }
 
     #[test]
