@@ -241,6 +241,42 @@ fn collect(
     }
 }
 
+/// TTL 8, three packets to each group: every one arrives, the first of each (*,G) stream
+/// too (the kernel queues it while the forwarder answers the upcall).
+fn every_packet_arrives(tx: &UdpSocket, rx: &UdpSocket, got: &mut Vec<String>, groups: &[&str]) {
+    for g in groups {
+        for seq in 0..3 {
+            send(tx, ip(g), 8, &format!("{g} {seq}"));
+        }
+    }
+    collect(rx, got, Duration::from_secs(5), |got| {
+        groups
+            .iter()
+            .all(|g| (0..3).all(|s| has(got, &format!("{g} {s}"))))
+    });
+}
+
+/// A TTL-1 (hop limit 1) packet to each group is not forwarded: a TTL-8 marker sent after
+/// it arrives, it does not.
+fn one_hop_stays_on_its_link(
+    tx: &UdpSocket,
+    rx: &UdpSocket,
+    got: &mut Vec<String>,
+    groups: &[&str],
+) {
+    for g in groups {
+        send(tx, ip(g), 1, &format!("{g} ttl1"));
+        send(tx, ip(g), 8, &format!("{g} marker"));
+    }
+    collect(rx, got, Duration::from_secs(5), |got| {
+        groups.iter().all(|g| has(got, &format!("{g} marker")))
+    });
+    assert!(
+        !got.iter().any(|g| g.ends_with("ttl1")),
+        "TTL 1 forwarded: {got:?}"
+    );
+}
+
 fn has(got: &[String], m: &str) -> bool {
     got.iter().any(|g| g == m)
 }
@@ -319,36 +355,14 @@ source = "10.1.0.10"
     let rx = receiver(&sb, "rcv", groups.iter().map(|g| ip(g)).collect());
     let tx = sender(&sb, SND4.into());
     let mut got = Vec::new();
-    // TTL 8: every packet arrives, the first of each (*,G) stream too (the kernel queues
-    // it while the forwarder answers the upcall).
-    for g in ["239.1.1.1", "239.3.3.3", "239.2.7.7"] {
-        for seq in 0..3 {
-            send(&tx, ip(g), 8, &format!("{g} {seq}"));
-        }
-    }
-    collect(&rx, &mut got, Duration::from_secs(5), |got| {
-        ["239.1.1.1", "239.3.3.3", "239.2.7.7"]
-            .iter()
-            .all(|g| (0..3).all(|s| has(got, &format!("{g} {s}"))))
-    });
+    every_packet_arrives(&tx, &rx, &mut got, &["239.1.1.1", "239.3.3.3", "239.2.7.7"]);
     m.wait_entry("10.1.0.10", "239.3.3.3", "learned");
     let e = m.wait_entry("10.1.0.10", "239.2.7.7", "learned");
     assert_eq!(e["oifs"], serde_json::json!(["br-b"]));
     assert_eq!(e["why"], "multicast.route[2]");
 
-    // TTL 1 stays on its link, for a static and for a learned entry: a TTL-8 marker sent
-    // after it arrives, it does not.
-    for g in ["239.1.1.1", "239.2.9.9"] {
-        send(&tx, ip(g), 1, &format!("{g} ttl1"));
-        send(&tx, ip(g), 8, &format!("{g} marker"));
-    }
-    collect(&rx, &mut got, Duration::from_secs(5), |got| {
-        has(got, "239.1.1.1 marker") && has(got, "239.2.9.9 marker")
-    });
-    assert!(
-        !got.iter().any(|g| g.ends_with("ttl1")),
-        "TTL 1 forwarded: {got:?}"
-    );
+    // For a static and for a learned entry.
+    one_hop_stays_on_its_link(&tx, &rx, &mut got, &["239.1.1.1", "239.2.9.9"]);
 
     // A link-local source never leaves its link, even for a group a template matches.
     let tx_ll = sender(&sb, SND4_LL.into());
@@ -441,28 +455,16 @@ source = "fd01::10"
     let rx = receiver(&sb, "rcv", groups.iter().map(|g| ip(g)).collect());
     let tx = sender(&sb, SND6.into());
     let mut got = Vec::new();
-    for g in ["ff3e::1:1", "ff0e::2:7ffe", "ff3e::100:7"] {
-        for seq in 0..3 {
-            send(&tx, ip(g), 8, &format!("{g} {seq}"));
-        }
-    }
-    collect(&rx, &mut got, Duration::from_secs(5), |got| {
-        ["ff3e::1:1", "ff0e::2:7ffe", "ff3e::100:7"]
-            .iter()
-            .all(|g| (0..3).all(|s| has(got, &format!("{g} {s}"))))
-    });
+    every_packet_arrives(
+        &tx,
+        &rx,
+        &mut got,
+        &["ff3e::1:1", "ff0e::2:7ffe", "ff3e::100:7"],
+    );
     m.wait_entry("fd01::10", "ff0e::2:7ffe", "learned");
     m.wait_entry("fd01::10", "ff3e::100:7", "learned");
 
-    // Hop limit 1 stays on its link.
-    for g in ["ff3e::1:1", "ff3e::100:9"] {
-        send(&tx, ip(g), 1, &format!("{g} hop1"));
-        send(&tx, ip(g), 8, &format!("{g} marker"));
-    }
-    collect(&rx, &mut got, Duration::from_secs(5), |got| {
-        has(got, "ff3e::1:1 marker") && has(got, "ff3e::100:9 marker")
-    });
-    assert!(!got.iter().any(|g| g.ends_with("hop1")), "{got:?}");
+    one_hop_stays_on_its_link(&tx, &rx, &mut got, &["ff3e::1:1", "ff3e::100:9"]);
 
     // A link-local source is stopped; so is an unmatched group.
     let tx_ll = sender(&sb, SND6_LL.into());
