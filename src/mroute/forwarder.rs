@@ -41,6 +41,21 @@ struct Entry {
     generation: u64,
 }
 
+impl Entry {
+    /// A new entry, with no packets counted yet.
+    fn new(iif: u16, ttls: [u8; MAXVIFS], origin: Origin, why: String, generation: u64) -> Entry {
+        Entry {
+            iif,
+            ttls,
+            origin,
+            why,
+            last_packets: 0,
+            last_active: Instant::now(),
+            generation,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Vif {
     name: String,
@@ -431,15 +446,7 @@ impl Table {
             Resolution::Forward(r) => (self.ttls(&r.to), Origin::Learned, r.origin.clone()),
             Resolution::Stop(why) => ([TTL_NOT_OUTPUT; MAXVIFS], Origin::Stop, why.into()),
         };
-        Some(Entry {
-            iif,
-            ttls,
-            origin,
-            why,
-            last_packets: 0,
-            last_active: Instant::now(),
-            generation: self.generation,
-        })
+        Some(Entry::new(iif, ttls, origin, why, self.generation))
     }
 
     fn install(&mut self, s: IpAddr, g: IpAddr, e: Entry) -> Result<(), std::io::Error> {
@@ -615,15 +622,13 @@ impl Table {
                     if old_iif.is_some_and(|o| o != iif) {
                         let _ = self.sock.del_mfc(s, g, old_iif.unwrap_or(0));
                     }
-                    let e = Entry {
+                    let e = Entry::new(
                         iif,
                         ttls,
-                        origin: Origin::Configured,
-                        why: r.origin.clone(),
-                        last_packets: 0,
-                        last_active: Instant::now(),
-                        generation: self.generation,
-                    };
+                        Origin::Configured,
+                        r.origin.clone(),
+                        self.generation,
+                    );
                     self.install(s, g, e).map_err(|err| MrouteError::Mfc {
                         op: format!("adding ({s},{g})"),
                         source: err,
@@ -720,15 +725,7 @@ impl Table {
                         e.generation = generation;
                         e.iif
                     });
-                    let e = Entry {
-                        iif,
-                        ttls,
-                        origin: Origin::Configured,
-                        why: r.origin.clone(),
-                        last_packets: 0,
-                        last_active: Instant::now(),
-                        generation,
-                    };
+                    let e = Entry::new(iif, ttls, Origin::Configured, r.origin.clone(), generation);
                     if old_iif.is_some_and(|o| o != iif) {
                         let _ = self.sock.del_mfc(key.0, key.1, old_iif.unwrap_or(0));
                     }

@@ -315,46 +315,39 @@ impl RouteSocket {
                     _ => Err(e),
                 };
             }
-            let n = n as usize;
-            match self.family {
-                Family::Ipv4 => {
-                    if n < std::mem::size_of::<kernel::igmpmsg>() {
-                        continue;
-                    }
-                    // SAFETY: the buffer holds at least one igmpmsg; read_unaligned copes
-                    // with any alignment.
-                    let m: kernel::igmpmsg =
-                        unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
-                    if m.im_mbz != 0 {
-                        continue;
-                    }
-                    return Ok(Some(Upcall {
+            let msg = &buf[..n as usize];
+            let upcall = match self.family {
+                Family::Ipv4 => read_struct::<kernel::igmpmsg>(msg)
+                    .filter(|m| m.im_mbz == 0)
+                    .map(|m| Upcall {
                         kind: m.im_msgtype,
                         vif: u16::from(m.im_vif) | (u16::from(m.im_vif_hi) << 8),
                         source: IpAddr::V4(from_in4(m.im_src)),
                         group: IpAddr::V4(from_in4(m.im_dst)),
-                    }));
-                }
-                Family::Ipv6 => {
-                    if n < std::mem::size_of::<kernel::mrt6msg>() {
-                        continue;
-                    }
-                    // SAFETY: as above, for mrt6msg.
-                    let m: kernel::mrt6msg =
-                        unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
-                    if m.im6_mbz != 0 {
-                        continue;
-                    }
-                    return Ok(Some(Upcall {
+                    }),
+                Family::Ipv6 => read_struct::<kernel::mrt6msg>(msg)
+                    .filter(|m| m.im6_mbz == 0)
+                    .map(|m| Upcall {
                         kind: m.im6_msgtype,
                         vif: m.im6_mif,
                         source: IpAddr::V6(Ipv6Addr::from(m.im6_src.s6_addr)),
                         group: IpAddr::V6(Ipv6Addr::from(m.im6_dst.s6_addr)),
-                    }));
-                }
+                    }),
+            };
+            // Too short, or an ordinary IGMP/MLD message (mbz != 0): not an upcall.
+            if upcall.is_some() {
+                return Ok(upcall);
             }
         }
     }
+}
+
+/// One kernel message struct from the start of `buf`, if `buf` is long enough.
+fn read_struct<T: Copy>(buf: &[u8]) -> Option<T> {
+    // SAFETY: T is one of the plain `#[repr(C)]` integer structs of `kernel`, valid for any
+    // bytes; the length is checked and read_unaligned copes with any alignment.
+    (buf.len() >= std::mem::size_of::<T>())
+        .then(|| unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
 }
 
 fn annotate(e: io::Error, what: &str) -> io::Error {
