@@ -149,7 +149,13 @@ fn stable_macs_survive_a_changed_file() {
 
 #[test]
 fn a_state_dir_override_moves_every_path_under_it() {
-    let p = appliance::apply::with_state_dir(example(), Some("/tmp/elsewhere".into()));
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("site.toml")).unwrap();
+    let site = site::parse("site.toml", &text).unwrap();
+    let p = plan::plan(
+        &site.with_state_dir(Some("/tmp/elsewhere".into())),
+        Path::new("site.toml"),
+    );
     assert_eq!(p.control_socket, Path::new("/tmp/elsewhere/control.sock"));
     let mroute = p.children.iter().find(|c| c.name == "mroute").unwrap();
     assert!(

@@ -47,36 +47,6 @@ pub struct Built {
     pub spaces: HashMap<String, Space>,
 }
 
-/// The plan with another state directory (`--state-dir`).
-pub fn with_state_dir(mut plan: Plan, dir: Option<PathBuf>) -> Plan {
-    if let Some(dir) = dir {
-        let old = plan.state_dir.clone();
-        let moved = |p: &Path| match p.strip_prefix(&old) {
-            Ok(rest) if rest.as_os_str().is_empty() => dir.clone(),
-            Ok(rest) => dir.join(rest),
-            Err(_) => p.to_path_buf(),
-        };
-        plan.control_socket = dir.join("control.sock");
-        for n in &mut plan.namespaces {
-            n.mount_pin = dir.join("mnt").join(&n.name);
-        }
-        if let Some(t) = &mut plan.translator {
-            t.state_file = moved(&t.state_file);
-        }
-        // Children are told where their sockets and state files go (mroute's --state-dir,
-        // the translator's --state-file): move those arguments along.
-        for c in &mut plan.children {
-            for a in &mut c.argv {
-                if Path::new(a.as_str()).starts_with(&old) {
-                    *a = moved(Path::new(a.as_str())).display().to_string();
-                }
-            }
-        }
-        plan.state_dir = dir;
-    }
-    plan
-}
-
 fn save(rec: &Record, plan: &Plan) -> Result<(), ApplyError> {
     rec.save(&plan.state_dir)
         .map_err(|source| ApplyError::Record {

@@ -29,6 +29,18 @@ pub struct Site {
     pub monitor: Vec<Monitor>,
 }
 
+impl Site {
+    /// The same site with its state directory overridden (`--state-dir`): the plan then
+    /// derives every path under it (control socket, mroute.sock, the translator's state).
+    pub fn with_state_dir(&self, dir: Option<PathBuf>) -> Site {
+        let mut site = self.clone();
+        if let Some(dir) = dir {
+            site.site.state_dir = Some(std::path::absolute(&dir).unwrap_or(dir));
+        }
+        site
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SiteSection {

@@ -25,10 +25,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn load(path: &Path, state_dir: Option<PathBuf>) -> Result<Plan, ExitCode> {
     match site::load(path) {
-        Ok(l) => Ok(apply::with_state_dir(
-            plan::plan(&l.site, &l.path),
-            state_dir,
-        )),
+        Ok(l) => Ok(plan::plan(&l.site.with_state_dir(state_dir), &l.path)),
         Err(errors) => {
             eprintln!("{errors}");
             Err(ExitCode::from(crate::cli::EXIT_INVALID))
