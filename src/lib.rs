@@ -11,6 +11,7 @@ pub mod net;
 pub mod ns;
 pub mod plan;
 pub mod sap;
+pub mod sched;
 pub mod site;
 pub mod supervisor;
 pub mod translate;

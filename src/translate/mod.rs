@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::sched;
 use batch::Batch;
 use flows::{Admit, FlowTable, Limits, Refusal, Space, TICKS_PER_SEC, Tick};
 
@@ -319,6 +320,11 @@ impl Engine {
             .ok()
             .and_then(|a| a.as_socket())
             .map_or_else(|| "unicast socket".to_string(), |a| a.to_string());
+        // A woken data path preempts whatever else shares its CPU instead of waiting out
+        // that task's slice (see `sched`); its share of the CPU is unchanged.
+        if let Err(e) = sched::short_slice(sched::SHORTEST_SLICE) {
+            tracing::debug!("no short scheduler slice for the data path: {e}");
+        }
         let mut next_sweep = self.now() + TICKS_PER_SEC.min(self.idle);
         loop {
             let mut fds = [
