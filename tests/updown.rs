@@ -701,3 +701,88 @@ vlans = ["a", "b"]
         "{log}"
     );
 }
+
+/// One VLAN with an IPv6 address as well.
+const V6_VLAN: &str = r#"
+[site]
+name = "lab"
+[[vlan]]
+name = "iot"
+bridge = "br-iot"
+address = "10.20.2.2/24"
+address6 = "fd20:2::2/64"
+"#;
+
+#[test]
+fn the_site_is_ready_only_when_its_ipv6_addresses_are_usable() {
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    sb.host("c1", "br-iot", &["fd20:2::9/64"]);
+    let site = sb.write("site.toml", V6_VLAN);
+    let mut up = Up::start(&sb, &site);
+    let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    assert_eq!(v["addresses"]["state"], "usable", "{v}");
+    // Healthy means usable: no address of the namespace is still tentative.
+    let addrs = sb.sh("ip -n lab-iot -6 addr show");
+    assert!(addrs.contains("fd20:2::2/64"), "{addrs}");
+    assert!(!addrs.contains("tentative"), "{addrs}");
+    // A tentative address cannot even be bound; this one can, and a host reaches it.
+    let inside = common::udp_in(&sb, Some("lab-iot"), "[fd20:2::2]:5000");
+    inside
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let client = common::udp_in(&sb, Some("c1"), "[fd20:2::9]:0");
+    client.send_to(b"hello", "[fd20:2::2]:5000").unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = inside
+        .recv_from(&mut buf)
+        .expect("the datagram from the host");
+    assert_eq!(&buf[..n], b"hello");
+    assert_eq!(from.ip().to_string(), "fd20:2::9");
+    assert_eq!(up.stop(), Some(0));
+}
+
+#[test]
+fn an_ipv6_address_another_host_has_is_reported_and_the_site_is_unhealthy() {
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    // The host on the bridge had the address first.
+    sb.host("c1", "br-iot", &["fd20:2::2/64"]);
+    let site = sb.write("site.toml", V6_VLAN);
+    let mut up = Up::start(&sb, &site);
+    let v = wait_until(
+        "the conflict in status",
+        Duration::from_secs(20),
+        || match status_json(&sb) {
+            Some((1, v)) if v["addresses"]["state"] == "conflict" => Some(v),
+            _ => None,
+        },
+    );
+    let conflict = v["addresses"]["conflicts"][0].as_str().unwrap_or_default();
+    assert!(
+        conflict.starts_with("fd20:2::2/64 on ") && conflict.contains("bridge br-iot"),
+        "{v}"
+    );
+    let text = sb.appliance().arg("status").output().unwrap();
+    assert_eq!(text.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("UNHEALTHY") && text.contains("conflict: fd20:2::2/64"),
+        "{text}"
+    );
+    wait_until("the conflict in the log", Duration::from_secs(5), || {
+        up.log()
+            .contains("address conflict: fd20:2::2/64")
+            .then_some(())
+    });
+    // The children still run; only the address is in question.
+    assert!(
+        v["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["phase"] == "running"),
+        "{v}"
+    );
+    assert_eq!(up.stop(), Some(0));
+}

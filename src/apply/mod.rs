@@ -193,6 +193,98 @@ pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
     Ok(Built { spaces })
 }
 
+/// One VLAN namespace's veth whose IPv6 addresses must pass duplicate address detection
+/// before the site is ready.
+pub struct DadCheck {
+    nl: Netlink,
+    link: u32,
+    peer: String,
+    netns: String,
+    bridge: String,
+}
+
+/// The namespace links whose addresses `settle` waits for (opened now, while the
+/// namespaces are at hand).
+pub async fn dad_checks(plan: &Plan, built: &Built) -> Result<Vec<DadCheck>, ApplyError> {
+    let mut out = vec![];
+    for v in &plan.veths {
+        let Some(space) = built.spaces.get(&v.netns) else {
+            continue;
+        };
+        let nl = Netlink::in_netns(&space.net, &v.netns)?;
+        if let Some(link) = nl.index(&v.peer).await? {
+            out.push(DadCheck {
+                nl,
+                link,
+                peer: v.peer.clone(),
+                netns: v.netns.clone(),
+                bridge: v.bridge.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What `settle` found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Settled {
+    /// Addresses another host on the bridge already has: never usable.
+    pub conflicts: Vec<String>,
+    /// Addresses still being checked when the time ran out.
+    pub pending: Vec<String>,
+}
+
+/// Waits until no IPv6 address of the checked links is tentative (the kernel's duplicate
+/// address detection takes a second or two), at most `within`.
+pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
+    let deadline = Instant::now() + within;
+    let mut left = checks;
+    let mut found = Settled::default();
+    loop {
+        let mut still = vec![];
+        for c in left {
+            match c.nl.ipv6_dad(c.link, &c.peer).await {
+                Ok(addrs) => {
+                    for (a, p, d) in &addrs {
+                        if *d == net::Dad::Failed {
+                            let what = format!(
+                                "{a}/{p} on {} in {}: another host on bridge {} has it (duplicate address detection failed)",
+                                c.peer, c.netns, c.bridge
+                            );
+                            if !found.conflicts.contains(&what) {
+                                found.conflicts.push(what);
+                            }
+                        }
+                    }
+                    if addrs.iter().any(|(_, _, d)| *d == net::Dad::Tentative) {
+                        still.push(c);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("checking the addresses of {} in {}: {e}", c.peer, c.netns)
+                }
+            }
+        }
+        if still.is_empty() {
+            return found;
+        }
+        if Instant::now() >= deadline {
+            for c in &still {
+                if let Ok(addrs) = c.nl.ipv6_dad(c.link, &c.peer).await {
+                    for (a, p, _) in addrs.iter().filter(|(_, _, d)| *d == net::Dad::Tentative) {
+                        found
+                            .pending
+                            .push(format!("{a}/{p} on {} in {}", c.peer, c.netns));
+                    }
+                }
+            }
+            return found;
+        }
+        left = still;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What teardown removes: the plan's objects and the record's.
 fn targets(
     plan: Option<&Plan>,

@@ -31,6 +31,17 @@ pub enum NetError {
     Ns(#[from] NsError),
 }
 
+/// Duplicate address detection of one IPv6 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dad {
+    /// Still being checked: the address cannot be used yet.
+    Tentative,
+    /// Another host on the link has it.
+    Failed,
+    /// Usable.
+    Done,
+}
+
 impl NetError {
     /// The errno the kernel answered, if any.
     pub fn errno(&self) -> Option<nix::Error> {
@@ -238,6 +249,47 @@ impl Netlink {
             Err(e) if e.errno() == Some(nix::Error::EEXIST) => Ok(()),
             other => other,
         }
+    }
+
+    /// The IPv6 addresses of a link and where duplicate address detection stands for each.
+    pub async fn ipv6_dad(
+        &self,
+        link: u32,
+        name: &str,
+    ) -> Result<Vec<(IpAddr, u8, Dad)>, NetError> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link)
+            .execute();
+        let mut out = vec![];
+        while let Some(m) = s.try_next().await.map_err(nl(
+            "listing addresses of",
+            &format!("{name} in {}", self.place),
+        ))? {
+            // IFA_FLAGS carries all 32 bits; the header's byte only the low 8.
+            let mut flags = AddressFlags::from_bits_retain(m.header.flags.bits() as u32);
+            let mut addr = None;
+            for a in &m.attributes {
+                match a {
+                    AddressAttribute::Flags(f) => flags = *f,
+                    AddressAttribute::Address(IpAddr::V6(v6)) => addr = Some(IpAddr::V6(*v6)),
+                    _ => {}
+                }
+            }
+            let Some(addr) = addr else { continue };
+            let dad = if flags.contains(AddressFlags::Dadfailed) {
+                Dad::Failed
+            } else if flags.contains(AddressFlags::Tentative) {
+                Dad::Tentative
+            } else {
+                Dad::Done
+            };
+            out.push((addr, m.header.prefix_len, dad));
+        }
+        Ok(out)
     }
 
     /// Deletes the link `name`; one that is not there is already deleted.

@@ -191,6 +191,16 @@ fn status_text(v: &Value) -> String {
         v["uptime_ms"].as_u64().unwrap_or(0) / 1000,
         s(&v["state_dir"])
     );
+    let a = &v["addresses"];
+    if a["state"].as_str().is_some_and(|st| st != "usable") {
+        out.push_str(&format!("addresses: {}\n", s(&a["state"])));
+    }
+    for c in a["conflicts"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  conflict: {}\n", s(c)));
+    }
+    for p in a["pending"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  still tentative: {}\n", s(p)));
+    }
     out.push_str("namespaces:\n");
     for n in v["namespaces"].as_array().into_iter().flatten() {
         out.push_str(&format!("  {:<20} {}\n", s(&n["name"]), s(&n["pin"])));

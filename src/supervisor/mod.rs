@@ -22,6 +22,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+/// How long `up` waits for duplicate address detection (the kernel takes 1–2 s).
+const DAD_WAIT: Duration = Duration::from_secs(10);
+
 use crate::apply::{self, Built, Record};
 use crate::plan::{Health, Plan};
 use decide::{Action, Event, Phase, State};
@@ -146,6 +149,8 @@ pub enum Msg {
         pid: u32,
     },
     Control(control::Request),
+    /// Duplicate address detection of the namespaces' IPv6 addresses is over.
+    Settled(apply::Settled),
 }
 
 struct Running {
@@ -165,6 +170,8 @@ struct Sup {
     spawner: spawner::Spawner,
     started: Instant,
     ready: bool,
+    /// None while duplicate address detection runs.
+    settled: Option<apply::Settled>,
     last_status: String,
 }
 
@@ -218,6 +225,21 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
         plan.veths.len()
     );
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // IPv6 addresses are unusable until duplicate address detection is done (a second or
+    // two): the site is not ready before, and an address another host has is reported.
+    match apply::dad_checks(&plan, &built).await {
+        Ok(checks) => {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let s = apply::settle(checks, DAD_WAIT).await;
+                let _ = tx.send(Msg::Settled(s));
+            });
+        }
+        Err(e) => {
+            warn!("not waiting for IPv6 duplicate address detection: {e}");
+            let _ = tx.send(Msg::Settled(apply::Settled::default()));
+        }
+    }
     if let Err(e) = control::serve(&plan.control_socket, tx.clone()) {
         error!("{e}");
     }
@@ -235,6 +257,7 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
         spawner,
         started,
         ready: false,
+        settled: None,
         last_status: String::new(),
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -260,6 +283,7 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
                     break;
                 }
                 Msg::Control(r) => sup.answer(r),
+                Msg::Settled(s) => sup.settled(s),
             },
             _ = term.recv() => {
                 info!("SIGTERM: tearing the site down");
@@ -491,8 +515,31 @@ impl Sup {
         }
     }
 
+    fn settled(&mut self, s: apply::Settled) {
+        for c in &s.conflicts {
+            error!("address conflict: {c}");
+        }
+        for p in &s.pending {
+            warn!(
+                "{p}: still tentative after {} s of duplicate address detection; going on",
+                DAD_WAIT.as_secs()
+            );
+        }
+        self.settled = Some(s);
+        self.after_change();
+    }
+
+    /// Children healthy and every namespace address usable.
+    fn healthy(&self) -> bool {
+        self.state.healthy()
+            && self
+                .settled
+                .as_ref()
+                .is_some_and(|s| s.conflicts.is_empty())
+    }
+
     fn after_change(&mut self) {
-        let healthy = self.state.healthy();
+        let healthy = self.healthy();
         if healthy && !self.ready {
             self.ready = true;
             info!(
@@ -521,7 +568,7 @@ impl Sup {
         format!(
             "{}: {} ({} of {} children running)",
             self.plan.site,
-            if self.state.healthy() {
+            if self.healthy() {
                 "healthy"
             } else {
                 "unhealthy"
@@ -559,7 +606,12 @@ impl Sup {
             "site": self.plan.site,
             "pid": std::process::id(),
             "state_dir": self.plan.state_dir,
-            "healthy": self.state.healthy(),
+            "healthy": self.healthy(),
+            "addresses": match &self.settled {
+                None => json!({"state": "duplicate address detection running"}),
+                Some(s) if s.conflicts.is_empty() => json!({"state": "usable", "pending": s.pending}),
+                Some(s) => json!({"state": "conflict", "conflicts": s.conflicts, "pending": s.pending}),
+            },
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "namespaces": self.plan.namespaces.iter().map(|n| json!({
                 "name": n.name, "kind": n.kind, "pin": n.pin, "mounts": n.mount_pin,
