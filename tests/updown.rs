@@ -702,23 +702,17 @@ vlans = ["a", "b"]
     );
 }
 
-/// One VLAN with an IPv6 address as well.
-const V6_VLAN: &str = r#"
-[site]
-name = "lab"
-[[vlan]]
-name = "iot"
-bridge = "br-iot"
-address = "10.20.2.2/24"
-address6 = "fd20:2::2/64"
-"#;
+/// [`ONE_VLAN`] with an IPv6 address as well.
+fn v6_vlan() -> String {
+    format!("{ONE_VLAN}address6 = \"fd20:2::2/64\"\n")
+}
 
 #[test]
 fn the_site_is_ready_only_when_its_ipv6_addresses_are_usable() {
     let sb = Sandbox::new();
     sb.bridge("br-iot");
     sb.host("c1", "br-iot", &["fd20:2::9/64"]);
-    let site = sb.write("site.toml", V6_VLAN);
+    let site = sb.write("site.toml", &v6_vlan());
     let mut up = Up::start(&sb, &site);
     let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
     assert_eq!(v["addresses"]["state"], "usable", "{v}");
@@ -748,7 +742,7 @@ fn an_ipv6_address_another_host_has_is_reported_and_the_site_is_unhealthy() {
     sb.bridge("br-iot");
     // The host on the bridge had the address first.
     sb.host("c1", "br-iot", &["fd20:2::2/64"]);
-    let site = sb.write("site.toml", V6_VLAN);
+    let site = sb.write("site.toml", &v6_vlan());
     let mut up = Up::start(&sb, &site);
     let v = wait_until(
         "the conflict in status",
