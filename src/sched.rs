@@ -29,8 +29,7 @@ struct SchedAttr {
 pub const SHORTEST_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Gives the calling thread a slice of `slice` at its current nice value, staying
-/// SCHED_OTHER. Errors come from the kernel (EINVAL on kernels without custom slices is
-/// not one: they accept and ignore the field).
+/// SCHED_OTHER. Kernels before 6.12 accept the call and keep their own slice.
 pub fn short_slice(slice: std::time::Duration) -> io::Result<()> {
     // SAFETY: getpriority has no memory effects; errno distinguishes -1 from an error.
     let nice = unsafe {
