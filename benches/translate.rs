@@ -8,8 +8,8 @@
 //! without loss (1,316-byte payloads, 1 and 100 sources), and the latency it adds.
 //! Latency runs from the sender's clock just before `sendto` to the kernel's receive
 //! timestamp of the multicast copy (SO_TIMESTAMPNS), so the receiving thread's own
-//! wakeup is not counted; "added" is that minus the same for a direct send. Then the memory of 100,000 flows (flow table and control thread), by a counting
-//! allocator.
+//! wakeup is not counted; "added" is that minus the same for a direct send. Then the
+//! memory of 100,000 flows (flow table and control thread), by a counting allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
