@@ -242,21 +242,28 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
     let mut found = Settled::default();
     loop {
         let mut still = vec![];
+        let mut tentative = vec![];
         for c in left {
             match c.nl.ipv6_dad(c.link, &c.peer).await {
                 Ok(addrs) => {
+                    let before = tentative.len();
                     for (a, p, d) in &addrs {
-                        if *d == net::Dad::Failed {
-                            let what = format!(
-                                "{a}/{p} on {} in {}: another host on bridge {} has it (duplicate address detection failed)",
-                                c.peer, c.netns, c.bridge
-                            );
-                            if !found.conflicts.contains(&what) {
-                                found.conflicts.push(what);
+                        let at = format!("{a}/{p} on {} in {}", c.peer, c.netns);
+                        match d {
+                            net::Dad::Failed => {
+                                let what = format!(
+                                    "{at}: another host on bridge {} has it (duplicate address detection failed)",
+                                    c.bridge
+                                );
+                                if !found.conflicts.contains(&what) {
+                                    found.conflicts.push(what);
+                                }
                             }
+                            net::Dad::Tentative => tentative.push(at),
+                            net::Dad::Done => {}
                         }
                     }
-                    if addrs.iter().any(|(_, _, d)| *d == net::Dad::Tentative) {
+                    if tentative.len() > before {
                         still.push(c);
                     }
                 }
@@ -269,15 +276,7 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
             return found;
         }
         if Instant::now() >= deadline {
-            for c in &still {
-                if let Ok(addrs) = c.nl.ipv6_dad(c.link, &c.peer).await {
-                    for (a, p, _) in addrs.iter().filter(|(_, _, d)| *d == net::Dad::Tentative) {
-                        found
-                            .pending
-                            .push(format!("{a}/{p} on {} in {}", c.peer, c.netns));
-                    }
-                }
-            }
+            found.pending = tentative;
             return found;
         }
         left = still;
