@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod exit;
 pub mod firewall;
 pub mod monitor;
 pub mod mroute;

@@ -86,31 +86,19 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_args(a: &crate::cli::TranslateArgs) -> Result<Config, TranslateError> {
-        let ip = match a.unicast_nif_ip {
-            Some(ip) => ip,
-            None => net::default_route_address().map_err(TranslateError::DefaultAddress)?,
-        };
-        if let Some(m) = &a.menu {
+    /// The checks clap cannot make: a menu URL the control thread can use.
+    pub fn check(&self) -> Result<(), TranslateError> {
+        if let Some(m) = &self.menu {
             menu::MenuUrl::parse(m).ok_or_else(|| TranslateError::MenuUrl(m.clone()))?;
         }
-        Ok(Config {
-            unicast: SocketAddr::new(ip, a.unicast_port),
-            space: a.multicast_addr_space.trunc(),
-            port: a.multicast_port,
-            interface: a.multicast_interface.clone(),
-            ttl: a.ttl,
-            idle: a.idle,
-            allow: a.allow.clone(),
-            max_flows: a.max_flows,
-            new_flows_per_sec: a.new_flows_per_second,
-            sap: !a.no_sap,
-            sap_interval: a.sap_interval,
-            menu: a.menu.clone(),
-            state_file: a.state_file.clone(),
-            batch: 64,
-        })
+        Ok(())
     }
+}
+
+/// The original's default unicast address: that of the interface holding the IPv4 default
+/// route.
+pub fn default_unicast_ip() -> Result<IpAddr, TranslateError> {
+    net::default_route_address().map_err(TranslateError::DefaultAddress)
 }
 
 /// The translator's sockets, bound (so capabilities can be dropped right after).
@@ -490,10 +478,10 @@ pub fn drop_capabilities() -> Result<(), TranslateError> {
 }
 
 /// `appliance translate`: bind, drop capabilities, run until SIGTERM/SIGINT.
-pub fn main(args: &crate::cli::TranslateArgs) -> Result<(), TranslateError> {
+pub fn main(cfg: Config) -> Result<(), TranslateError> {
     let stop = net::block_termination_signals()
         .map_err(sock_err("creating a signalfd for", "SIGTERM/SIGINT"))?;
-    let cfg = Config::from_args(args)?;
+    cfg.check()?;
     let bound = bind(&cfg)?;
     let saved = cfg
         .state_file
