@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use appliance::translate::{self, Config, Event, batch::Batch, control::Control, net};
+use appliance::translate::{self, Config, Event, batch::Batch, control::Control};
+use appliance::{signals, sockets as net};
 
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -529,7 +530,7 @@ fn main() {
         table + ctl
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let stop_fd = net::eventfd().unwrap();
+    let stop_fd = signals::eventfd().unwrap();
     let (ours_addr, ours_thread) = ours(&stop_fd);
     let relays = [
         ("appliance translate", ours_addr),
@@ -636,6 +637,6 @@ fn main() {
     }
 
     stop.store(true, Ordering::Relaxed);
-    net::signal_eventfd(&stop_fd);
+    signals::signal_eventfd(&stop_fd);
     let _ = ours_thread.join();
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::net::{self, NetError, Netlink};
+use crate::netlink::{self, NetError, Netlink};
 use crate::ns::{self, NsError};
 use crate::plan::{Mac, MacSpec, Plan};
 pub use record::Record;
@@ -76,7 +76,7 @@ pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
         Record::add(&mut rec.bridges, b.name.clone());
         save(rec, plan)?;
         match host.add_bridge(&b.name).await {
-            Err(e) if !net::already(&e) => return Err(e.into()),
+            Err(e) if !netlink::already(&e) => return Err(e.into()),
             _ => info!("bridge {}: created", b.name),
         }
     }
@@ -250,7 +250,7 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
                     for (a, p, d) in &addrs {
                         let at = format!("{a}/{p} on {} in {}", c.peer, c.netns);
                         match d {
-                            net::Dad::Failed => {
+                            netlink::Dad::Failed => {
                                 let what = format!(
                                     "{at}: another host on bridge {} has it (duplicate address detection failed)",
                                     c.bridge
@@ -259,8 +259,8 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
                                     found.conflicts.push(what);
                                 }
                             }
-                            net::Dad::Tentative => tentative.push(at),
-                            net::Dad::Done => {}
+                            netlink::Dad::Tentative => tentative.push(at),
+                            netlink::Dad::Done => {}
                         }
                     }
                     if tentative.len() > before {

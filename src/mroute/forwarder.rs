@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::MrouteError;
 use super::config::{Config, Iface, Resolution};
 use super::kernel::{self, MAXVIFS, TTL_NOT_OUTPUT};
-use super::sys::{self, Counters, Family, JoinSocket, RouteSocket, Upcall};
+use super::sys::{Counters, Family, JoinSocket, RouteSocket, Upcall};
 
 /// Most (S,G) entries per family: learned and stop entries past this are not installed.
 pub const MAX_ENTRIES: usize = 200_000;
@@ -278,14 +278,14 @@ impl Forwarder {
         // Memberships die with their interface: one whose interface is gone or was
         // re-created (another index) is dropped here and joined again below.
         self.joins
-            .retain(|k, s| want.contains(k) && sys::ifindex(&k.0) == Some(s.ifindex));
+            .retain(|k, s| want.contains(k) && crate::sockets::ifindex(&k.0) == Some(s.ifindex));
         ch.left += before - self.joins.len();
         for k in want {
             if self.joins.contains_key(&k) {
                 continue;
             }
             let (on, group, source) = &k;
-            let Some(ix) = sys::ifindex(on) else {
+            let Some(ix) = crate::sockets::ifindex(on) else {
                 tracing::warn!(
                     "joining {group} on {on}: no such interface; joined when it appears"
                 );
@@ -524,7 +524,8 @@ impl Table {
             if let Some(v) = v {
                 let still = want.iter().find(|w| w.name == v.name);
                 let same = still.is_some_and(|w| {
-                    w.threshold == v.threshold && sys::ifindex(&w.name) == Some(v.ifindex)
+                    w.threshold == v.threshold
+                        && crate::sockets::ifindex(&w.name) == Some(v.ifindex)
                 });
                 if !same {
                     gone.push(i as u16);
@@ -546,7 +547,7 @@ impl Table {
             });
         }
         for w in missing {
-            let Some(ifindex) = sys::ifindex(&w.name) else {
+            let Some(ifindex) = crate::sockets::ifindex(&w.name) else {
                 tracing::warn!(
                     "{fam} {} for {}: no such interface; routes through it wait until it appears",
                     fam.vif(),

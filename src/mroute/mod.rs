@@ -73,7 +73,7 @@ pub enum MrouteError {
     #[error("{op}: {source}")]
     Signal {
         op: &'static str,
-        source: nix::Error,
+        source: std::io::Error,
     },
 }
 

@@ -10,13 +10,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::config::Config;
 use super::control::Request;
 use super::forwarder::Forwarder;
 use super::{MrouteError, SOCKET_NAME, smcroute};
+use crate::netlink::LinkWatch;
+use crate::signals::{self, Signal, SignalFd};
 use crate::{firewall, plan, site};
 
 /// Where the forwarder's configuration comes from (and is re-read from on reload).
@@ -85,18 +85,12 @@ fn sweep_interval(expire: Duration) -> Duration {
 
 /// Runs the forwarder until SIGTERM or SIGINT.
 pub fn serve(source: Source) -> Result<(), MrouteError> {
-    let mut mask = SigSet::empty();
-    for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
-        mask.add(s);
-    }
-    mask.thread_block().map_err(|source| MrouteError::Signal {
-        op: "blocking SIGHUP, SIGTERM and SIGINT",
-        source,
-    })?;
-    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|source| MrouteError::Signal {
-            op: "opening a signalfd",
-            source,
+    let sigfd =
+        signals::block(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT]).map_err(|source| {
+            MrouteError::Signal {
+                op: "blocking SIGHUP, SIGTERM and SIGINT (signalfd)",
+                source,
+            }
         })?;
 
     keep_heap();
@@ -203,7 +197,7 @@ fn event_loop(
 ) -> Result<(), MrouteError> {
     use std::os::fd::AsFd;
     let mut next_sweep = Instant::now() + sweep_interval(fwd.config().expire);
-    let links = super::sys::LinkWatch::open().map_err(|e| MrouteError::Control {
+    let links = LinkWatch::open().map_err(|e| MrouteError::Control {
         op: "watching links (netlink RTMGRP_LINK) for",
         path: PathBuf::from("the forwarder's interfaces"),
         source: e,
@@ -215,11 +209,7 @@ fn event_loop(
             let mut fds = vec![
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-                // SAFETY: `links` outlives this poll.
-                PollFd::new(
-                    unsafe { BorrowedFd::borrow_raw(links.fd()) },
-                    PollFlags::POLLIN,
-                ),
+                PollFd::new(links.as_fd(), PollFlags::POLLIN),
             ];
             for (_, fd) in &upcall_fds {
                 // SAFETY: the forwarder owns these sockets and outlives this poll.
@@ -236,7 +226,7 @@ fn event_loop(
                 Err(source) => {
                     return Err(MrouteError::Signal {
                         op: "polling",
-                        source,
+                        source: source.into(),
                     });
                 }
             }
@@ -269,18 +259,17 @@ fn event_loop(
             }
         }
         if ready[0] {
-            while let Ok(Some(info)) = sigfd.read_signal() {
-                match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGHUP) => {
+            while let Some(sig) = signals::next(sigfd) {
+                match sig {
+                    Signal::SIGHUP => {
                         let answer = reload(source, &mut fwd);
                         tracing::info!("SIGHUP: {answer}");
                         fwd.drop_retired();
                     }
-                    Ok(s) => {
+                    s => {
                         tracing::info!("{s}: stopping");
                         return Ok(());
                     }
-                    Err(_) => {}
                 }
             }
         }

@@ -4,8 +4,6 @@
 pub mod avahi;
 pub mod firewall;
 pub mod groups;
-pub mod mac;
-pub mod names;
 mod text;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -15,7 +13,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Serialize;
 
-pub use mac::Mac;
+// Moved below `site` and `plan` (both use them); re-exported for the plan's readers.
+pub use crate::mac::{self, Mac};
+pub use crate::names;
 
 use crate::site::{Address4, GroupSpec, MacPolicy, Site, Trust};
 

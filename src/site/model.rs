@@ -115,7 +115,7 @@ pub enum MacPolicy {
     /// The field notes' scheme: `fe:ff:` + 4 bytes of the netns inode XOR 0xf0000000.
     Netns,
     /// Taken as given.
-    Literal(crate::plan::Mac),
+    Literal(crate::mac::Mac),
 }
 
 impl FromStr for MacPolicy {

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 
 use super::model::*;
-use crate::plan::names::{self, SITE_NAME_MAX, check_ifname, check_object_name};
+use crate::names::{self, SITE_NAME_MAX, check_ifname, check_object_name};
 
 /// One problem: the field's path and what is wrong, saying what would be valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
