@@ -2,7 +2,6 @@
 //! sockets (upcalls), a signalfd (SIGHUP reloads, SIGTERM/SIGINT stop) and the control
 //! socket; idle learned entries are swept on a timer.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -17,7 +16,7 @@ use super::forwarder::Forwarder;
 use super::{MrouteError, SOCKET_NAME, smcroute};
 use crate::netlink::LinkWatch;
 use crate::signals::{self, Signal, SignalFd};
-use crate::{firewall, plan, site};
+use crate::{firewall, jsonl, plan, site};
 
 /// Where the forwarder's configuration comes from (and is re-read from on reload).
 #[derive(Debug, Clone)]
@@ -131,25 +130,15 @@ pub fn serve(source: Source) -> Result<(), MrouteError> {
 }
 
 fn bind_control(path: &Path) -> Result<UnixListener, MrouteError> {
-    let err = |op, source| MrouteError::Control {
-        op,
+    jsonl::listen(path).map_err(|source| MrouteError::Control {
+        op: if source.kind() == std::io::ErrorKind::AddrInUse {
+            "another forwarder already answers on"
+        } else {
+            "binding"
+        },
         path: path.to_path_buf(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err("creating the directory of", e))?;
-    }
-    if UnixStream::connect(path).is_ok() {
-        return Err(err(
-            "another forwarder already answers on",
-            std::io::Error::from(std::io::ErrorKind::AddrInUse),
-        ));
-    }
-    let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path).map_err(|e| err("binding", e))?;
-    l.set_nonblocking(true)
-        .map_err(|e| err("making non-blocking", e))?;
-    Ok(l)
+    })
 }
 
 /// Bridge multicast snooping through netlink (`ip link`), which always acts in this
@@ -290,12 +279,8 @@ fn event_loop(
 }
 
 fn answer(stream: UnixStream, source: &Source, fwd: &mut Forwarder) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
     // A client that says nothing must not hold up upcalls for long.
-    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    let reply = match serde_json::from_str::<Request>(&line) {
+    jsonl::answer_one(stream, Duration::from_millis(500), |req| match req {
         Ok(Request::Status) => {
             let mut v = serde_json::to_value(fwd.status()).expect("status serializes");
             v["ok"] = true.into();
@@ -306,10 +291,7 @@ fn answer(stream: UnixStream, source: &Source, fwd: &mut Forwarder) -> std::io::
             "ok": false,
             "error": format!("{e}; send {{\"cmd\":\"status\"}} or {{\"cmd\":\"reload\"}}"),
         }),
-    };
-    let mut out = serde_json::to_vec(&reply).expect("reply serializes");
-    out.push(b'\n');
-    (&stream).write_all(&out)
+    })
 }
 
 /// Re-reads the configuration and applies the difference; an invalid file changes nothing.
