@@ -329,6 +329,7 @@ fn open_socket() -> Result<OwnedFd, NsError> {
     if fd < 0 {
         return Err(io(std::io::Error::last_os_error()));
     }
+    // SAFETY: fd is the new, valid (checked) duplicate, owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

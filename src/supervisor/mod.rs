@@ -135,6 +135,7 @@ fn pidfd(pid: u32) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::Owne
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: fd is the new, valid (checked) pidfd, owned by nothing else.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
     // SAFETY: the AsyncFd owns the fd and deregisters it before closing it.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
