@@ -1,4 +1,4 @@
-//! The command line of the contract (DESIGN.md): every subcommand and its flags.
+//! The command line of the contract (docs/contract.md): every subcommand and its flags.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

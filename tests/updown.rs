@@ -644,7 +644,7 @@ fn up_after_a_crash_removes_the_leftovers_first() {
 }
 
 /// A restarted reflector restarts the avahis of its untrusted VLANs once it runs again,
-/// so they do not keep what they learnt through it (the field notes: up to 75 minutes);
+/// so they do not keep what they learnt through it (up to 75 minutes: docs/architecture.md);
 /// VLANs it does not serve are left alone.
 #[test]
 fn a_restarted_reflector_refreshes_the_avahis_of_its_vlans() {

@@ -19,7 +19,7 @@ pub use crate::names;
 
 use crate::site::{Address4, GroupSpec, MacPolicy, Site, Trust};
 
-/// The UDP ports of the on-demand headend (DESIGN.md).
+/// The UDP ports of the on-demand headend (docs/architecture.md).
 pub const RTP_PORT: u16 = 5004;
 pub const RTCP_PORT: u16 = 5005;
 pub const SAP_PORT: u16 = 9875;

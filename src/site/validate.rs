@@ -20,7 +20,7 @@ pub struct Problem {
 pub const MAX_VIFS: usize = 32;
 /// RFC 3306 group ids carry a 31-bit service number.
 pub const MAX_SERVICE_NUMBER: u32 = 0x7fff_ffff;
-/// avahi's reflector misbehaves with longer filter lists (field notes).
+/// avahi's reflector misbehaves with longer filter lists (docs/architecture.md, "Facts").
 pub const MAX_REFLECT_FILTERS_LEN: usize = 255;
 
 struct Check {

@@ -477,7 +477,7 @@ impl Drop for Up {
     }
 }
 
-/// A client "host"'s own dbus and avahi (private /run, like the field notes), for
+/// A client "host"'s own dbus and avahi (a private /run, docs/architecture.md), for
 /// publishing and browsing from a namespace made with [`Sandbox::host`].
 pub struct ClientAvahi {
     pub group: Group,
