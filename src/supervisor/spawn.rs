@@ -136,6 +136,20 @@ pub fn command(
         .iter()
         .map(|c| libc::c_ulong::from(c.index()))
         .collect();
+    in_child_before_exec(&mut cmd, fds, stale, drop, parent);
+    Ok(cmd)
+}
+
+/// What the forked child does before exec: enter the namespaces (`fds`: net, mnt, uts),
+/// remove `stale` files there, die with the supervisor (`parent`: its pid as the child
+/// sees it), and drop the capabilities `drop` (indexes) from its bounding set.
+fn in_child_before_exec(
+    cmd: &mut std::process::Command,
+    fds: Option<(RawFd, RawFd, RawFd)>,
+    stale: Vec<std::ffi::CString>,
+    drop: Vec<libc::c_ulong>,
+    parent: libc::pid_t,
+) {
     // SAFETY: between fork and exec the closure only reads values computed before the fork
     // (fds, `stale`, `drop`, `parent`) and makes async-signal-safe system calls (setns,
     // chdir, unlink, prctl, getppid, capget/capset, _exit); it allocates nothing (an
@@ -184,7 +198,6 @@ pub fn command(
             Ok(())
         });
     }
-    Ok(cmd)
 }
 
 /// The unix socket a child listens on, if its argv says (`--address=unix:path=P`): it is
