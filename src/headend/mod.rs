@@ -1,0 +1,3 @@
+//! The on-demand headend: receivers' MLD/IGMP joins start streams (see issue 10).
+
+pub mod wire;
