@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod cli;
 pub mod firewall;
+pub mod headend;
 pub mod monitor;
 pub mod mroute;
 pub mod net;

@@ -1,0 +1,4 @@
+//! The on-demand headend.
+
+pub mod icy;
+pub mod playlist;
