@@ -1,3 +1,6 @@
-//! The on-demand headend: receivers' MLD/IGMP joins start streams (see issue 10).
+//! The on-demand headend: a receiver's MLD/IGMP join starts a stream, SAP is the menu, the
+//! last leave stops it.
 
+pub mod icy;
+pub mod playlist;
 pub mod wire;
