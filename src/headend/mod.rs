@@ -4,3 +4,4 @@
 pub mod icy;
 pub mod playlist;
 pub mod wire;
+pub mod service;
