@@ -3,5 +3,7 @@
 
 pub mod icy;
 pub mod playlist;
-pub mod wire;
+pub mod relay;
+pub mod rtcp;
 pub mod service;
+pub mod wire;

@@ -46,7 +46,9 @@ pub struct Listener {
 enum Proc {
     None,
     /// Asked to start (or running).
-    Up { since: Instant },
+    Up {
+        since: Instant,
+    },
     /// Asked to stop; its exit is still to come.
     Stopping,
 }
@@ -196,10 +198,7 @@ impl Services {
 
     /// Sources started and not yet exited.
     pub fn running_sources(&self) -> usize {
-        self.svcs
-            .values()
-            .filter(|s| s.proc != Proc::None)
-            .count()
+        self.svcs.values().filter(|s| s.proc != Proc::None).count()
     }
 
     pub fn status(&self) -> Vec<ServiceStatus> {
@@ -417,11 +416,9 @@ impl Services {
                 continue;
             }
             if matches!(s.proc, Proc::Up { .. })
-                && matches!(
-                    s.phase,
-                    Phase::Starting | Phase::Running | Phase::Lingering
-                )
-                && s.last_traffic.is_some_and(|t| now.duration_since(t) >= stall)
+                && matches!(s.phase, Phase::Starting | Phase::Running | Phase::Lingering)
+                && s.last_traffic
+                    .is_some_and(|t| now.duration_since(t) >= stall)
             {
                 out.push(Action::Log(format!(
                     "service {number} {:?}: no RTP from its source for {}: restarting it",
