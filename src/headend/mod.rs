@@ -1,3 +1,4 @@
 //! The on-demand headend: receivers' MLD/IGMP joins start streams (see issue 10).
 
+pub mod membership;
 pub mod wire;
