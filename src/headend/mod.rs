@@ -2,6 +2,7 @@
 //! last leave stops it.
 
 pub mod icy;
+pub mod membership;
 pub mod playlist;
 pub mod relay;
 pub mod rtcp;
