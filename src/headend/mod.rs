@@ -1,4 +1,6 @@
 //! The on-demand headend.
 
+pub mod http;
 pub mod icy;
 pub mod playlist;
+pub mod source;
