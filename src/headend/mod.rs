@@ -1,10 +1,12 @@
 //! The on-demand headend: a receiver's MLD/IGMP join starts a stream, SAP is the menu, the
 //! last leave stops it.
 
+pub mod http;
 pub mod icy;
 pub mod membership;
 pub mod playlist;
 pub mod relay;
 pub mod rtcp;
 pub mod service;
+pub mod source;
 pub mod wire;
