@@ -1,6 +1,7 @@
 //! The on-demand headend: a receiver's MLD/IGMP join starts a stream, SAP is the menu, the
 //! last leave stops it.
 
+pub mod announce;
 pub mod http;
 pub mod icy;
 pub mod membership;
