@@ -269,6 +269,8 @@ pub struct HeadendPlan {
     pub max_sources: u32,
     #[serde(with = "crate::site::duration")]
     pub stall: Duration,
+    #[serde(with = "crate::site::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub sap_interval: Option<Duration>,
     /// Answers `{"cmd":"status"}`; the supervisor's health check of the headend.
     pub control_socket: PathBuf,
     /// SDPs learnt from sources, kept so idle services are announced after a restart.
@@ -861,6 +863,7 @@ impl Builder<'_> {
             user: h.user.clone(),
             max_sources: h.max_sources,
             stall: h.stall,
+            sap_interval: h.sap_interval,
             control_socket: self.plan.state_dir.join("headend.sock"),
             sdp_dir: self.plan.state_dir.join("headend"),
             services,
@@ -874,7 +877,8 @@ impl Builder<'_> {
             self.plan.state_dir.display().to_string(),
         ];
         // Raw sockets for MLD/IGMP, multicast interfaces; setuid/setgid to start sources
-        // as an unprivileged user, and kill to stop them once they run as that user.
+        // as an unprivileged user, kill to stop them once they run as that user, chown to
+        // hand them the file they write their SDP to.
         let mut child = self_child(
             "headend",
             argv,
@@ -884,6 +888,7 @@ impl Builder<'_> {
                 "CAP_SETUID",
                 "CAP_SETGID",
                 "CAP_KILL",
+                "CAP_CHOWN",
             ],
         );
         child.health = Health::Control {

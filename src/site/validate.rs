@@ -673,6 +673,14 @@ fn check_headend_sources(c: &mut Check, h: &Headend) {
             ),
         );
     }
+    if let Some(d) = h.sap_interval
+        && d < Duration::from_secs(1)
+    {
+        c.err(
+            "headend.sap_interval",
+            "at least \"1s\"; the default is RFC 2974's (300 s or more)",
+        );
+    }
     if h.max_sources == 0 {
         c.err("headend.max_sources", "0 would never start a source");
     }
