@@ -45,8 +45,8 @@ use crate::mroute::kernel;
 pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// First of the private multicast routing tables the listeners take (one per interface
-/// and family), far from the ids routing daemons use.
-pub const TABLE_BASE: u32 = 0x6864_0000;
+/// and family), far from the ids routing daemons use; the kernel takes ids below 10^8.
+pub const TABLE_BASE: u32 = 68_640_000;
 
 /// What the headend hears from the listeners.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
