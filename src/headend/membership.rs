@@ -115,6 +115,8 @@ pub enum Why {
     Timeout,
     /// Our own addresses changed.
     OurAddresses,
+    /// The interface went away or was re-created.
+    InterfaceGone,
 }
 
 impl std::fmt::Display for Why {
@@ -124,6 +126,7 @@ impl std::fmt::Display for Why {
             Why::LastListenerGone => f.write_str("no answer to the last-listener queries"),
             Why::Timeout => f.write_str("listener timed out"),
             Why::OurAddresses => f.write_str("our addresses changed"),
+            Why::InterfaceGone => f.write_str("the interface went away"),
         }
     }
 }
@@ -265,6 +268,11 @@ impl Membership {
             pending: Vec::new(),
             reported_querier: (None, false),
         }
+    }
+
+    /// The address we query from.
+    pub fn address(&self) -> Option<IpAddr> {
+        self.me
     }
 
     pub fn family(&self) -> Family {

@@ -4,6 +4,7 @@
 pub mod announce;
 pub mod http;
 pub mod icy;
+pub mod listen;
 pub mod membership;
 pub mod playlist;
 pub mod relay;
