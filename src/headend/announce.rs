@@ -277,10 +277,10 @@ impl Announcer {
     }
 
     fn sock(&mut self, ifindex: u32, v6: bool) -> Option<&UdpSocket> {
-        if !self.sockets.contains_key(&(ifindex, v6)) {
+        if let std::collections::btree_map::Entry::Vacant(v) = self.sockets.entry((ifindex, v6)) {
             match socket(ifindex, v6) {
                 Ok(s) => {
-                    self.sockets.insert((ifindex, v6), s);
+                    v.insert(s);
                 }
                 Err(e) => {
                     debug!("SAP socket on ifindex {ifindex}: {e}");

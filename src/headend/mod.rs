@@ -9,6 +9,9 @@ pub mod membership;
 pub mod playlist;
 pub mod relay;
 pub mod rtcp;
+pub mod run;
 pub mod service;
 pub mod source;
 pub mod wire;
+
+pub use run::{HeadendError, main};

@@ -68,11 +68,11 @@ impl Counters {
         let mut r = self.receivers.lock().unwrap_or_else(|e| e.into_inner());
         for p in packets {
             match p {
-                rtcp::Packet::ReceiverReport { ssrc, .. } => {
-                    // Bounded: a flood of made-up SSRCs must not eat memory.
-                    if r.len() < 65_536 || r.contains_key(ssrc) {
-                        r.insert(*ssrc, now);
-                    }
+                // Bounded: a flood of made-up SSRCs must not eat memory.
+                rtcp::Packet::ReceiverReport { ssrc, .. }
+                    if r.len() < 65_536 || r.contains_key(ssrc) =>
+                {
+                    r.insert(*ssrc, now);
                 }
                 rtcp::Packet::Bye { ssrcs } => {
                     for s in ssrcs {

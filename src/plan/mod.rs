@@ -269,7 +269,10 @@ pub struct HeadendPlan {
     pub max_sources: u32,
     #[serde(with = "crate::site::duration")]
     pub stall: Duration,
-    #[serde(with = "crate::site::opt_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "crate::site::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sap_interval: Option<Duration>,
     /// Answers `{"cmd":"status"}`; the supervisor's health check of the headend.
     pub control_socket: PathBuf,

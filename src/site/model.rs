@@ -350,7 +350,11 @@ pub struct Headend {
     pub stall: Duration,
     /// Re-announce each service on the SAP menu this often; default: RFC 2974's (at
     /// least 300 s).
-    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sap_interval: Option<Duration>,
     #[serde(default)]
     pub service: Vec<Service>,
