@@ -155,7 +155,8 @@ fn receiver(sb: &Sandbox, host: &str, group: &str) -> UdpSocket {
             }
         };
         let u: UdpSocket = s.into();
-        u.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         u
     })
 }
@@ -173,14 +174,12 @@ fn rtp(u: &UdpSocket, bg: &Background) -> Vec<u8> {
     p
 }
 
-/// Drains what arrived; true if anything did within `quiet`.
-fn drain(u: &UdpSocket) -> bool {
+/// Drops what is queued already, so the next packet is a fresh one.
+fn drain(u: &UdpSocket) {
     let mut buf = [0u8; 2048];
-    let mut any = false;
-    while u.recv(&mut buf).is_ok() {
-        any = true;
-    }
-    any
+    u.set_nonblocking(true).unwrap();
+    while u.recv(&mut buf).is_ok() {}
+    u.set_nonblocking(false).unwrap();
 }
 
 #[test]
@@ -199,7 +198,11 @@ fn a_join_brings_rtp_one_leave_of_two_keeps_it_the_last_stops_it() {
     let pid = s["pid"].as_u64().expect("source pid");
     // The source runs as nobody.
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let uid = st.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    let uid = st
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
     assert!(uid.contains("65534"), "{uid}");
     let r2 = receiver(&sb, "h2", G1);
     rtp(&r2, &bg);
@@ -212,7 +215,9 @@ fn a_join_brings_rtp_one_leave_of_two_keeps_it_the_last_stops_it() {
     assert_eq!(service(&sb, 1)["pid"].as_u64(), Some(pid));
     drop(r2);
     wait_state(&sb, &bg, 1, "idle", T);
-    wait_until("the source to be gone", T, || (!pid_alive(pid)).then_some(()));
+    wait_until("the source to be gone", T, || {
+        (!pid_alive(pid)).then_some(())
+    });
     assert!(service(&sb, 1)["packets"].as_u64().unwrap() > 10);
 }
 
@@ -269,7 +274,15 @@ fn a_sap_client_finds_an_idle_service_and_plays_it() {
     let wav = sb.path("out.wav");
     let out = sb
         .in_host("h1", "timeout")
-        .args(["20", "ffmpeg", "-nostdin", "-loglevel", "warning", "-y", "-i"])
+        .args([
+            "20",
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "warning",
+            "-y",
+            "-i",
+        ])
         .arg("sap://[ff0e::2:7ffe]")
         .args(["-t", "2"])
         .arg(&wav)
@@ -282,7 +295,14 @@ fn a_sap_client_finds_an_idle_service_and_plays_it() {
         bg.logs()
     );
     let probe = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(&wav)
         .output()
         .expect("ffprobe");
