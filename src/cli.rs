@@ -74,7 +74,12 @@ pub enum Command {
     /// Unicast-to-multicast translator; a drop-in for the TreeDN translator.
     Translate(TranslateArgs),
     /// The on-demand headend alone.
-    Headend { site: PathBuf },
+    Headend {
+        site: PathBuf,
+        /// Where its control socket (headend.sock) and kept SDPs live; default the site's.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
     /// The multicast forwarder alone, from a site or an smcroute.conf.
     Mroute(MrouteArgs),
     /// The monitoring relay alone.
@@ -172,7 +177,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Mroute(args) => mroute(args),
         Command::Translate(args) => translate(&args),
         Command::Monitor { site } => monitor(&site),
-        Command::Headend { .. } => not_built("headend", 0),
+        Command::Headend { site, state_dir } => headend(&site, state_dir),
     }
 }
 
@@ -241,6 +246,29 @@ fn mroute(args: MrouteArgs) -> ExitCode {
         ask,
         json: args.json,
     })
+}
+
+fn headend(path: &std::path::Path, state_dir: Option<PathBuf>) -> ExitCode {
+    let loaded = match site::load(path) {
+        Ok(l) => l,
+        Err(errors) => return invalid(&errors),
+    };
+    let site = loaded.site.with_state_dir(state_dir);
+    let p = plan::plan(&site, &loaded.path);
+    let Some(h) = p.headend else {
+        eprintln!(
+            "appliance headend: {} has no [headend] section; nothing to do",
+            path.display()
+        );
+        return ExitCode::from(EXIT_INVALID);
+    };
+    match crate::headend::main(h) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("appliance headend: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn monitor(path: &std::path::Path) -> ExitCode {

@@ -180,6 +180,8 @@ pub enum Health {
     Running,
     /// `org.freedesktop.Avahi.Server.GetState` over this bus socket (inside the namespace) = 2.
     AvahiBus { bus: String },
+    /// `{"cmd":"status"}` on this control socket answers `"healthy": true`.
+    Control { socket: PathBuf },
 }
 
 /// Restart with exponential backoff; never a hot loop.
@@ -259,7 +261,58 @@ pub struct McJoin {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HeadendPlan {
     pub interfaces: Vec<String>,
+    pub prefix: ipnet::Ipv6Net,
+    pub ipv4_space: Option<ipnet::Ipv4Net>,
+    pub querier: QuerierPlan,
+    /// The unprivileged user sources run as.
+    pub user: String,
+    pub max_sources: u32,
+    #[serde(with = "crate::site::duration")]
+    pub stall: Duration,
+    #[serde(
+        with = "crate::site::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sap_interval: Option<Duration>,
+    /// Answers `{"cmd":"status"}`; the supervisor's health check of the headend.
+    pub control_socket: PathBuf,
+    /// SDPs learnt from sources, kept so idle services are announced after a restart.
+    pub sdp_dir: PathBuf,
     pub services: Vec<ServiceGroup>,
+    pub directories: Vec<DirectoryPlan>,
+}
+
+/// The MLD/IGMP querier's timers (RFC 9777 §9, RFC 3376 §8), all filled in.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QuerierPlan {
+    pub mode: crate::site::QuerierMode,
+    pub robustness: u8,
+    #[serde(with = "crate::site::duration")]
+    pub query_interval: Duration,
+    #[serde(with = "crate::site::duration")]
+    pub query_response_interval: Duration,
+    #[serde(with = "crate::site::duration")]
+    pub last_listener_interval: Duration,
+    pub last_listener_count: u8,
+    #[serde(with = "crate::site::duration")]
+    pub startup_query_interval: Duration,
+    pub startup_query_count: u8,
+}
+
+/// A block of service numbers filled at run time from a station list or command file.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DirectoryPlan {
+    pub name: String,
+    pub first: u32,
+    pub count: u64,
+    /// A file (absolute; relative ones are taken from the site file's directory) or URL.
+    pub playlist: Option<String>,
+    pub commands: Option<PathBuf>,
+    #[serde(
+        with = "crate::site::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub linger: Option<Duration>,
 }
 
 /// A headend service and the RFC 3306 group its receivers join.
@@ -272,6 +325,14 @@ pub struct ServiceGroup {
     pub rtcp_port: u16,
     pub sap_port: u16,
     pub source: ServiceSource,
+    /// The IPv4 group of IGMP receivers, with `ipv4_space`.
+    pub group4: Option<std::net::Ipv4Addr>,
+    #[serde(
+        with = "crate::site::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub linger: Option<Duration>,
+    pub warm: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -756,22 +817,87 @@ impl Builder<'_> {
                     (None, Some(url)) => ServiceSource::Url(url.clone()),
                     (None, None) => ServiceSource::Command(Vec::new()),
                 },
+                group4: h
+                    .ipv4_space
+                    .and_then(|space| groups::service_group4(space, s.number)),
+                linger: s.linger,
+                warm: s.warm,
             })
             .collect();
+        let base = self
+            .plan
+            .site_file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let directories = h
+            .directory
+            .iter()
+            .map(|d| DirectoryPlan {
+                name: d.name.clone(),
+                first: d.first,
+                count: crate::site::directory_block(d).map_or(0, |r| r.end - r.start),
+                playlist: d.playlist.as_ref().map(|p| {
+                    if p.contains("://") || Path::new(p).is_absolute() {
+                        p.clone()
+                    } else {
+                        base.join(p).display().to_string()
+                    }
+                }),
+                commands: d.commands.as_ref().map(|c| base.join(c)),
+                linger: d.linger,
+            })
+            .collect();
+        let rv = h.robustness;
         self.plan.headend = Some(HeadendPlan {
             interfaces: h.interfaces.clone(),
+            prefix: h.prefix.trunc(),
+            ipv4_space: h.ipv4_space.map(|n| n.trunc()),
+            querier: QuerierPlan {
+                mode: h.querier,
+                robustness: rv,
+                query_interval: h.query_interval,
+                query_response_interval: h.query_response_interval,
+                last_listener_interval: h.last_listener_interval,
+                last_listener_count: h.last_listener_count.unwrap_or(rv),
+                startup_query_interval: h.startup_query_interval.unwrap_or(h.query_interval / 4),
+                startup_query_count: h.startup_query_count.unwrap_or(rv),
+            },
+            user: h.user.clone(),
+            max_sources: h.max_sources,
+            stall: h.stall,
+            sap_interval: h.sap_interval,
+            control_socket: self.plan.state_dir.join("headend.sock"),
+            sdp_dir: self.plan.state_dir.join("headend"),
             services,
+            directories,
         });
         let argv = vec![
             "appliance".into(),
             "headend".into(),
             self.plan.site_file.display().to_string(),
+            "--state-dir".into(),
+            self.plan.state_dir.display().to_string(),
         ];
-        self.plan.children.push(self_child(
+        // Raw sockets for MLD/IGMP, multicast interfaces; setuid/setgid to start sources
+        // as an unprivileged user, kill to stop them once they run as that user, chown to
+        // hand them the file they write their SDP to.
+        let mut child = self_child(
             "headend",
             argv,
-            &["CAP_NET_ADMIN", "CAP_NET_RAW"],
-        ));
+            &[
+                "CAP_NET_ADMIN",
+                "CAP_NET_RAW",
+                "CAP_SETUID",
+                "CAP_SETGID",
+                "CAP_KILL",
+                "CAP_CHOWN",
+            ],
+        );
+        child.health = Health::Control {
+            socket: self.plan.state_dir.join("headend.sock"),
+        };
+        self.plan.children.push(child);
     }
 
     fn monitors(&mut self) {

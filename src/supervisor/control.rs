@@ -75,6 +75,10 @@ async fn answer(cmd: &str, tx: &mpsc::UnboundedSender<Msg>, dir: &Path) -> Value
             if mroute.exists() {
                 v["mroute"] = ask_mroute(&mroute).await;
             }
+            let headend = dir.join("headend.sock");
+            if headend.exists() {
+                v["headend"] = ask_status(&headend).await;
+            }
             v
         }
         "services" => {
@@ -102,6 +106,11 @@ async fn answer(cmd: &str, tx: &mpsc::UnboundedSender<Msg>, dir: &Path) -> Value
 
 /// What the multicast forwarder says about itself, passed through as it is.
 async fn ask_mroute(sock: &Path) -> Value {
+    ask_status(sock).await
+}
+
+/// `{"cmd":"status"}` to a child's control socket; its answer, or `{"error": …}`.
+pub async fn ask_status(sock: &Path) -> Value {
     let ask = Command {
         cmd: "status".into(),
     };

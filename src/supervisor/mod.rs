@@ -536,9 +536,9 @@ impl Sup {
     fn health_tick(&mut self) {
         let now = Instant::now();
         for c in &self.plan.children {
-            let Health::AvahiBus { bus } = &c.health else {
+            if matches!(c.health, Health::Running) {
                 continue;
-            };
+            }
             let Some(st) = self.state.get(&c.name) else {
                 continue;
             };
@@ -558,16 +558,29 @@ impl Sup {
             }
             r.last_check = Some(now);
             self.checking.insert(c.name.clone());
-            let addr = avahi::bus_of(r.pid, bus);
             let tx = self.tx.clone();
             let name = c.name.clone();
-            tokio::spawn(async move {
-                let ok = matches!(
-                    avahi::state(&addr, Duration::from_secs(2)).await,
-                    Ok(avahi::RUNNING)
-                );
-                let _ = tx.send(Msg::Decide(Event::Health { name, ok }));
-            });
+            match &c.health {
+                Health::AvahiBus { bus } => {
+                    let addr = avahi::bus_of(r.pid, bus);
+                    tokio::spawn(async move {
+                        let ok = matches!(
+                            avahi::state(&addr, Duration::from_secs(2)).await,
+                            Ok(avahi::RUNNING)
+                        );
+                        let _ = tx.send(Msg::Decide(Event::Health { name, ok }));
+                    });
+                }
+                Health::Control { socket } => {
+                    let socket = socket.clone();
+                    tokio::spawn(async move {
+                        let v = control::ask_status(&socket).await;
+                        let ok = v["healthy"].as_bool() == Some(true);
+                        let _ = tx.send(Msg::Decide(Event::Health { name, ok }));
+                    });
+                }
+                Health::Running => {}
+            }
         }
     }
 
