@@ -83,7 +83,12 @@ pub enum Command {
     /// The multicast forwarder alone, from a site or an smcroute.conf.
     Mroute(MrouteArgs),
     /// The monitoring relay alone.
-    Monitor { site: PathBuf },
+    Monitor {
+        site: PathBuf,
+        /// Where its control socket (monitor.sock) lives; default the site's state dir.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +168,9 @@ pub struct TranslateArgs {
     /// Where the flow-to-group map survives restarts.
     #[arg(long)]
     pub state_file: Option<PathBuf>,
+    /// A unix socket to answer `{"cmd":"status"}` on (the supervisor's health check).
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -176,7 +184,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Render { .. } => not_built("render", 0),
         Command::Mroute(args) => mroute(args),
         Command::Translate(args) => translate(&args),
-        Command::Monitor { site } => monitor(&site),
+        Command::Monitor { site, state_dir } => monitor(&site, state_dir),
         Command::Headend { site, state_dir } => headend(&site, state_dir),
     }
 }
@@ -203,6 +211,7 @@ impl TranslateArgs {
             sap_interval: self.sap_interval,
             menu: self.menu.clone(),
             state_file: self.state_file.clone(),
+            control_socket: self.control_socket.clone(),
             batch: 64,
         })
     }
@@ -271,12 +280,13 @@ fn headend(path: &std::path::Path, state_dir: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn monitor(path: &std::path::Path) -> ExitCode {
+fn monitor(path: &std::path::Path, state_dir: Option<PathBuf>) -> ExitCode {
     let loaded = match site::load(path) {
         Ok(l) => l,
         Err(errors) => return invalid(&errors),
     };
-    let p = plan::plan(&loaded.site, &loaded.path);
+    let site = loaded.site.with_state_dir(state_dir);
+    let p = plan::plan(&site, &loaded.path);
     match crate::monitor::main(&p) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -707,11 +707,12 @@ impl Builder<'_> {
                 "--state-dir".into(),
                 self.plan.state_dir.display().to_string(),
             ];
-            self.plan.children.push(self_child(
-                "mroute",
-                argv,
-                &["CAP_NET_ADMIN", "CAP_NET_RAW"],
-            ));
+            let mut child = self_child("mroute", argv, &["CAP_NET_ADMIN", "CAP_NET_RAW"]);
+            // It answers status there, VIFs compared with its configuration.
+            child.health = Health::Control {
+                socket: self.plan.state_dir.join("mroute.sock"),
+            };
+            self.plan.children.push(child);
         }
     }
 
@@ -779,9 +780,11 @@ impl Builder<'_> {
         } else {
             &[]
         };
-        self.plan
-            .children
-            .push(self_child("translate", argv, caps_kept));
+        let socket = self.plan.state_dir.join("translate.sock");
+        argv.extend(["--control-socket".into(), socket.display().to_string()]);
+        let mut child = self_child("translate", argv, caps_kept);
+        child.health = Health::Control { socket };
+        self.plan.children.push(child);
         self.plan.translator = Some(TranslatorPlan {
             unicast: t.unicast,
             space: t.space.trunc(),
@@ -933,6 +936,9 @@ impl Builder<'_> {
                 "appliance".into(),
                 "monitor".into(),
                 self.plan.site_file.display().to_string(),
+                // Its control socket, monitor.sock, lives beside the supervisor's.
+                "--state-dir".into(),
+                self.plan.state_dir.display().to_string(),
             ];
             // nft and the sysctls need CAP_NET_ADMIN; joining alone needs nothing.
             let kept: &[&str] = if self.monitor_fw.is_empty() {
@@ -940,7 +946,11 @@ impl Builder<'_> {
             } else {
                 &["CAP_NET_ADMIN"]
             };
-            self.plan.children.push(self_child("monitor", argv, kept));
+            let mut child = self_child("monitor", argv, kept);
+            child.health = Health::Control {
+                socket: self.plan.state_dir.join("monitor.sock"),
+            };
+            self.plan.children.push(child);
         }
     }
 

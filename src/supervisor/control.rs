@@ -120,6 +120,23 @@ pub async fn ask_status(sock: &Path) -> Value {
     }
 }
 
+/// A status answer read as health: healthy iff it says `"healthy": true`; else why (its
+/// `why`, its `error`, or that it said not healthy).
+pub fn health_of(v: &Value) -> (bool, Option<String>) {
+    if v["healthy"].as_bool() == Some(true) {
+        return (true, None);
+    }
+    let why = v["why"]
+        .as_str()
+        .or(v["error"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| match v.get("healthy") {
+            Some(h) => format!("its status says healthy: {h}"),
+            None => "its status does not say it is healthy".into(),
+        });
+    (false, Some(why))
+}
+
 /// Client side: sends one command and reads the answer (blocking).
 pub fn request(sock: &Path, cmd: &str, within: Duration) -> Result<Value, ControlError> {
     let ask = Command { cmd: cmd.into() };

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use caps::Capability;
 
 use crate::apply::Space;
-use crate::plan::{Child, Program};
+use crate::plan::{Child, Health, Program};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -129,7 +129,7 @@ pub fn command(
     let stale: Vec<std::ffi::CString> = (c.argv[0] == "avahi-daemon")
         .then(|| crate::plan::avahi::PID_FILE.to_string())
         .into_iter()
-        .chain(ready_socket(c))
+        .chain(ready_socket(c).map(|p| p.display().to_string()))
         .filter_map(|p| std::ffi::CString::new(p).ok())
         .collect();
     let drop: Vec<libc::c_ulong> = drop
@@ -141,7 +141,7 @@ pub fn command(
 }
 
 /// What the forked child does before exec: enter the namespaces (`fds`: net, mnt, uts),
-/// remove `stale` files there, die with the supervisor (`parent`: its pid as the child
+/// remove `stale` files (in its own mounts), die with the supervisor (`parent`: its pid as the child
 /// sees it), and drop the capabilities `drop` (indexes) from its bounding set.
 fn in_child_before_exec(
     cmd: &mut std::process::Command,
@@ -169,9 +169,9 @@ fn in_child_before_exec(
                 if libc::chdir(c"/".as_ptr()) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                for p in &stale {
-                    libc::unlink(p.as_ptr());
-                }
+            }
+            for p in &stale {
+                libc::unlink(p.as_ptr());
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -200,13 +200,36 @@ fn in_child_before_exec(
     }
 }
 
-/// The unix socket a child listens on, if its argv says (`--address=unix:path=P`): it is
-/// ready once that socket exists.
-pub fn ready_socket(c: &Child) -> Option<String> {
+/// The unix socket a child listens on: its control socket (`Health::Control`) or what its
+/// argv says (`--address=unix:path=P`). It is ready once that socket exists, and not
+/// ready (stopped, restarted with backoff) if it never does.
+pub fn ready_socket(c: &Child) -> Option<PathBuf> {
+    if let Health::Control { socket } = &c.health {
+        return Some(socket.clone());
+    }
     c.argv
         .iter()
         .find_map(|a| a.strip_prefix("--address=unix:path="))
-        .map(str::to_string)
+        .map(PathBuf::from)
+}
+
+/// The roles of this binary that the supervisor may start (`appliance ROLE …`).
+pub const ROLES: &[&str] = &["mroute", "translate", "monitor", "headend"];
+
+/// Why a child cannot be started by this build, if it cannot: one of the binary's own
+/// roles that it does not have. Such a child is never started and keeps the site
+/// unhealthy, naming the part.
+pub fn missing_part(c: &Child) -> Option<String> {
+    if c.program != Program::SelfExe {
+        return None;
+    }
+    let role = c.argv.get(1).map(String::as_str).unwrap_or("");
+    (!ROLES.contains(&role)).then(|| {
+        format!(
+            "this build of appliance has no part {role:?} (it has {})",
+            ROLES.join(", ")
+        )
+    })
 }
 
 /// Logs what an external child prints, one line at a time, under its name, so that the
