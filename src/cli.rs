@@ -76,7 +76,8 @@ pub enum Command {
     /// The on-demand headend alone.
     Headend {
         site: PathBuf,
-        /// Where its control socket (headend.sock) and kept SDPs live; default the site's.
+        /// The state dir: its control socket (headend.sock) and kept SDPs live in its parts/;
+        /// default the site's.
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },

@@ -94,7 +94,7 @@ fn headend(sb: &Sandbox, site: &Path, name: &str) -> Background {
 }
 
 fn status(sb: &Sandbox) -> Value {
-    let sock = sb.path("state/headend.sock");
+    let sock = sb.path("state/parts/headend.sock");
     let mut s = UnixStream::connect(&sock).unwrap_or_else(|e| panic!("{}: {e}", sock.display()));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"{\"cmd\":\"status\"}\n").unwrap();

@@ -30,6 +30,9 @@ pub struct Plan {
     pub site_file: PathBuf,
     pub state_dir: PathBuf,
     pub control_socket: PathBuf,
+    /// Where the parts that drop root (mroute, translate, monitor, headend) keep their
+    /// sockets and state: `<state_dir>/parts`, owned by [`PARTS_USER`], mode 0700.
+    pub parts_dir: PathBuf,
     pub bridges: Vec<Bridge>,
     pub namespaces: Vec<Namespace>,
     pub veths: Vec<VethPair>,
@@ -160,8 +163,13 @@ pub struct Child {
     pub argv: Vec<String>,
     /// Network namespace to run in (with its private mounts); None = the host's.
     pub netns: Option<String>,
-    /// Capabilities it keeps; every other one is dropped before exec.
+    /// Capabilities it keeps; every other one is dropped before exec. A child with a
+    /// `user` keeps them as ambient capabilities across its switch to that user.
     pub caps: Vec<String>,
+    /// The unprivileged user it runs as (set before exec: no supplementary groups,
+    /// `NoNewPrivs`); None: it starts as root and switches user itself, if at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Children that must be running before this one starts, and that restart it when they do.
     pub after: Vec<String>,
     /// Children whose restart restarts this one too, once they run again, without holding
@@ -382,6 +390,7 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
             site: name.clone(),
             site_file: site_file.to_path_buf(),
             control_socket: state_dir.join("control.sock"),
+            parts_dir: state_dir.join(PARTS_DIR),
             state_dir,
             bridges: Vec::new(),
             namespaces: Vec::new(),
@@ -516,6 +525,7 @@ impl Builder<'_> {
                 argv: avahi::argv(),
                 netns: Some(netns.clone()),
                 caps: caps(&avahi::CAPS),
+                user: None,
                 after: vec![dbus],
                 refresh_on: vec![],
                 restart: RestartPolicy::default(),
@@ -541,6 +551,7 @@ impl Builder<'_> {
                     .to_vec(),
                     netns: Some(netns),
                     caps: caps(&["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]),
+                    user: None,
                     after: vec![],
                     refresh_on: vec![],
                     restart: RestartPolicy::default(),
@@ -610,6 +621,7 @@ impl Builder<'_> {
                 argv: avahi::argv(),
                 netns: Some(netns),
                 caps: caps(&avahi::CAPS),
+                user: None,
                 after: vec![],
                 refresh_on: vec![],
                 restart: RestartPolicy::default(),
@@ -703,14 +715,14 @@ impl Builder<'_> {
                 "appliance".to_string(),
                 "mroute".into(),
                 self.plan.site_file.display().to_string(),
-                // Its control socket, mroute.sock, lives beside the supervisor's.
+                // Its control socket, mroute.sock, in the directory its user owns.
                 "--state-dir".into(),
-                self.plan.state_dir.display().to_string(),
+                self.plan.parts_dir.display().to_string(),
             ];
             let mut child = self_child("mroute", argv, &["CAP_NET_ADMIN", "CAP_NET_RAW"]);
             // It answers status there, VIFs compared with its configuration.
             child.health = Health::Control {
-                socket: self.plan.state_dir.join("mroute.sock"),
+                socket: self.plan.parts_dir.join("mroute.sock"),
             };
             self.plan.children.push(child);
         }
@@ -742,7 +754,7 @@ impl Builder<'_> {
         if let Some(i) = &t.interface {
             self.uses(i, "translator".into());
         }
-        let state_file = self.plan.state_dir.join("translator-flows.json");
+        let state_file = self.plan.parts_dir.join("translator-flows.json");
         let mut argv: Vec<String> = vec![
             "appliance".into(),
             "translate".into(),
@@ -775,12 +787,14 @@ impl Builder<'_> {
         if let Some(url) = &t.menu {
             argv.extend(["--menu".into(), url.clone()]);
         }
+        // CAP_NET_ADMIN for SO_RCVBUFFORCE/SO_SNDBUFFORCE, CAP_NET_BIND_SERVICE for a low
+        // port: it drops every capability itself once its sockets are set up.
         let caps_kept: &[&str] = if t.unicast.port() < 1024 {
-            &["CAP_NET_BIND_SERVICE"]
+            &["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"]
         } else {
-            &[]
+            &["CAP_NET_ADMIN"]
         };
-        let socket = self.plan.state_dir.join("translate.sock");
+        let socket = self.plan.parts_dir.join("translate.sock");
         argv.extend(["--control-socket".into(), socket.display().to_string()]);
         let mut child = self_child("translate", argv, caps_kept);
         child.health = Health::Control { socket };
@@ -870,8 +884,8 @@ impl Builder<'_> {
             max_sources: h.max_sources,
             stall: h.stall,
             sap_interval: h.sap_interval,
-            control_socket: self.plan.state_dir.join("headend.sock"),
-            sdp_dir: self.plan.state_dir.join("headend"),
+            control_socket: self.plan.parts_dir.join("headend.sock"),
+            sdp_dir: self.plan.parts_dir.join("headend"),
             services,
             directories,
         });
@@ -879,6 +893,7 @@ impl Builder<'_> {
             "appliance".into(),
             "headend".into(),
             self.plan.site_file.display().to_string(),
+            // Its socket and SDPs go under <state_dir>/parts (see HeadendPlan).
             "--state-dir".into(),
             self.plan.state_dir.display().to_string(),
         ];
@@ -898,7 +913,7 @@ impl Builder<'_> {
             ],
         );
         child.health = Health::Control {
-            socket: self.plan.state_dir.join("headend.sock"),
+            socket: self.plan.parts_dir.join("headend.sock"),
         };
         self.plan.children.push(child);
     }
@@ -936,9 +951,9 @@ impl Builder<'_> {
                 "appliance".into(),
                 "monitor".into(),
                 self.plan.site_file.display().to_string(),
-                // Its control socket, monitor.sock, lives beside the supervisor's.
+                // Its control socket, monitor.sock, in the directory its user owns.
                 "--state-dir".into(),
-                self.plan.state_dir.display().to_string(),
+                self.plan.parts_dir.display().to_string(),
             ];
             // nft and the sysctls need CAP_NET_ADMIN; joining alone needs nothing.
             let kept: &[&str] = if self.monitor_fw.is_empty() {
@@ -948,7 +963,7 @@ impl Builder<'_> {
             };
             let mut child = self_child("monitor", argv, kept);
             child.health = Health::Control {
-                socket: self.plan.state_dir.join("monitor.sock"),
+                socket: self.plan.parts_dir.join("monitor.sock"),
             };
             self.plan.children.push(child);
         }
@@ -983,6 +998,7 @@ fn dbus_child(name: &str, netns: &str) -> Child {
         netns: Some(netns.to_string()),
         // It switches to the messagebus user after binding its socket.
         caps: caps(&["CAP_SETGID", "CAP_SETUID"]),
+        user: None,
         after: vec![],
         refresh_on: vec![],
         restart: RestartPolicy::default(),
@@ -990,6 +1006,15 @@ fn dbus_child(name: &str, netns: &str) -> Child {
     }
 }
 
+/// The unprivileged system user the appliance's own network-facing parts run as
+/// (`scripts/install-deps` creates it).
+pub const PARTS_USER: &str = "appliance";
+
+/// The directory under the state dir that [`PARTS_USER`] owns.
+pub const PARTS_DIR: &str = "parts";
+
+/// One of the appliance's own parts: it runs as [`PARTS_USER`] with `kept` as ambient
+/// capabilities.
 fn self_child(role: &str, argv: Vec<String>, kept: &[&str]) -> Child {
     Child {
         name: role.to_string(),
@@ -997,6 +1022,7 @@ fn self_child(role: &str, argv: Vec<String>, kept: &[&str]) -> Child {
         argv,
         netns: None,
         caps: caps(kept),
+        user: Some(PARTS_USER.into()),
         after: vec![],
         refresh_on: vec![],
         restart: RestartPolicy::default(),

@@ -130,7 +130,11 @@ fn children(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
         } else {
             c.caps.join(",")
         };
-        write!(f, "  {:<18} in {place}; caps {caps}", c.name)?;
+        let user = c
+            .user
+            .as_deref()
+            .unwrap_or("root (switches user itself, if at all)");
+        write!(f, "  {:<18} in {place}; as {user}; caps {caps}", c.name)?;
         if !c.after.is_empty() {
             write!(f, "; after {}", c.after.join(", "))?;
         }

@@ -235,6 +235,22 @@ fn status_text(v: &Value) -> String {
                 _ => String::new(),
             }
         ));
+        if let Some(user) = c["user"].as_str() {
+            let caps: Vec<&str> = c["caps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str())
+                .collect();
+            out.push_str(&format!(
+                "    as {user}; caps {}\n",
+                if caps.is_empty() {
+                    "none".to_string()
+                } else {
+                    caps.join(",")
+                }
+            ));
+        }
         if let Some(why) = c["why"].as_str() {
             out.push_str(&format!("    why: {why}\n"));
         }
@@ -300,6 +316,7 @@ mod tests {
             "addresses": {"state": "tentative", "pending": ["fd00::1 on v1 in n1"]},
             "children": [
                 {"name": "mroute", "health": "unhealthy", "pid": 7, "restarts": 0,
+                 "user": "appliance", "caps": ["CAP_NET_ADMIN", "CAP_NET_RAW"],
                  "why": "no VIF/MIF in the kernel for br-b (Ipv4)"},
                 {"name": "headend", "health": "missing", "pid": null, "restarts": 0,
                  "why": "this build of appliance has no part \"headend\""},
@@ -317,5 +334,9 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("last exit: exit code 69"), "{t}");
+        assert!(
+            t.contains("as appliance; caps CAP_NET_ADMIN,CAP_NET_RAW"),
+            "{t}"
+        );
     }
 }

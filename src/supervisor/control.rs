@@ -71,11 +71,12 @@ async fn answer(cmd: &str, tx: &mpsc::UnboundedSender<Msg>, dir: &Path) -> Value
             let (o, r) = oneshot::channel();
             let _ = tx.send(Msg::Control(Request::Status(o)));
             let Ok(mut v) = r.await else { return gone() };
-            let mroute = dir.join("mroute.sock");
+            let parts = dir.join(crate::plan::PARTS_DIR);
+            let mroute = parts.join("mroute.sock");
             if mroute.exists() {
                 v["mroute"] = ask_mroute(&mroute).await;
             }
-            let headend = dir.join("headend.sock");
+            let headend = parts.join("headend.sock");
             if headend.exists() {
                 v["headend"] = ask_status(&headend).await;
             }

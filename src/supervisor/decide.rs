@@ -187,9 +187,8 @@ pub fn stop_waves(s: &State) -> Vec<Vec<String>> {
     let mut left: Vec<&ChildState> = s.children.iter().collect();
     let mut waves = vec![];
     while !left.is_empty() {
-        let needed = |c: &ChildState, left: &[&ChildState]| {
-            left.iter().any(|d| d.after.contains(&c.name))
-        };
+        let needed =
+            |c: &ChildState, left: &[&ChildState]| left.iter().any(|d| d.after.contains(&c.name));
         let (wave, rest): (Vec<&ChildState>, Vec<&ChildState>) =
             left.iter().partition(|c| !needed(c, &left));
         if wave.is_empty() {
@@ -423,6 +422,7 @@ mod tests {
             argv: vec!["true".into()],
             netns: None,
             caps: vec![],
+            user: None,
             after: after.iter().map(|s| s.to_string()).collect(),
             refresh_on: vec![],
             restart: RestartPolicy::default(),

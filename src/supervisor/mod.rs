@@ -101,6 +101,19 @@ pub fn preflight(plan: &Plan) -> Vec<String> {
     let mut problems = vec![];
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut seen = HashSet::new();
+    let mut users = HashSet::new();
+    for c in &plan.children {
+        if let Some(u) = &c.user
+            && users.insert(u.clone())
+            && !matches!(nix::unistd::User::from_name(u), Ok(Some(_)))
+        {
+            problems.push(format!(
+                "user {u} (for {}) does not exist: scripts/install-deps creates it \
+                 (useradd --system --no-create-home --shell /usr/sbin/nologin {u})",
+                c.name
+            ));
+        }
+    }
     for c in &plan.children {
         if c.program != crate::plan::Program::External || !seen.insert(c.argv[0].clone()) {
             continue;
@@ -228,6 +241,9 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
         plan.namespaces.len(),
         plan.veths.len()
     );
+    if let Err(e) = parts_dir(&plan) {
+        error!("{e}");
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     watch_dad(&plan, &built, &tx).await;
     if let Err(e) = control::serve(&plan.control_socket, tx.clone()) {
@@ -259,6 +275,41 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
     let down_waiters = sup.supervise(&mut rx, &mut signals).await;
     sup.tear_down(&mut rx, &mut signals, lock, down_waiters)
         .await
+}
+
+/// Makes `<state_dir>/parts`, where the parts that run as [`crate::plan::PARTS_USER`]
+/// keep their sockets and state: owned by that user, mode 0700 (not followed if a link).
+fn parts_dir(plan: &Plan) -> Result<(), UpError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let Some(user) = plan.children.iter().find_map(|c| c.user.as_ref()) else {
+        return Ok(());
+    };
+    let dir = &plan.parts_dir;
+    let io = |op, source| UpError::Io {
+        op,
+        object: dir.display().to_string(),
+        source,
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(io("creating", e));
+        }
+        _ => {}
+    }
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map_err(|e| io("opening", e))?;
+    let u = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| io("finding its user for", std::io::ErrorKind::NotFound.into()))?;
+    std::os::unix::fs::fchown(&f, Some(u.uid.as_raw()), Some(u.gid.as_raw()))
+        .map_err(|e| io("handing to its user", e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io("setting the mode of", e))?;
+    Ok(())
 }
 
 /// What an earlier `up` left in the state directory (it crashed or was killed) goes first.
@@ -388,6 +439,15 @@ impl Sup {
                 format!(" with {} error(s)", errors.len())
             }
         );
+        // The parts' sockets go; the translator's flows stay for the next up.
+        if let Ok(list) = std::fs::read_dir(&self.plan.parts_dir) {
+            for e in list.flatten() {
+                if e.path().extension().is_some_and(|x| x == "sock") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.plan.parts_dir);
         let _ = std::fs::remove_file(dir.join("lock"));
         let _ = std::fs::remove_dir(&dir);
         drop(lock);
@@ -682,8 +742,11 @@ impl Sup {
             .iter()
             .map(|c| {
                 let note = c.crash_loop.then_some("crash loop");
+                let planned = self.plan.children.iter().find(|p| p.name == c.name);
                 json!({
                     "name": c.name,
+                    "user": planned.map(|p| p.user.as_deref().unwrap_or("root")),
+                    "caps": planned.map(|p| &p.caps),
                     "pid": c.pid,
                     "phase": c.phase,
                     "restarts": c.restarts,
