@@ -60,7 +60,14 @@ pub fn lock(plan: &Plan) -> Result<Flock<File>, UpError> {
         object: dir.display().to_string(),
         source,
     })?;
+    // Only root lists or changes it; the parts' user may pass through to its own parts/.
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if let Some(u) = plan.children.iter().find_map(|c| c.user.as_ref())
+        && let Ok(Some(u)) = nix::unistd::User::from_name(u)
+        && std::os::unix::fs::chown(dir, Some(0), Some(u.gid.as_raw())).is_ok()
+    {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710));
+    }
     let path = dir.join("lock");
     let f = File::options()
         .create(true)
