@@ -339,3 +339,20 @@ fn not_built(what: &str, issue: u32) -> ExitCode {
     }
     ExitCode::from(EXIT_NOT_BUILT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The roles the supervisor may start (`spawn::ROLES`) are this binary's subcommands,
+    /// so a part it would call missing is truly missing.
+    #[test]
+    fn every_role_the_supervisor_starts_is_a_subcommand() {
+        for role in supervisor::spawn::ROLES {
+            let e = Cli::try_parse_from(["appliance", role, "--help"]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{role}: {e}");
+        }
+        let e = Cli::try_parse_from(["appliance", "no-such-part", "--help"]).unwrap_err();
+        assert_ne!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+    }
+}
