@@ -10,6 +10,7 @@ pub mod mroute;
 pub mod net;
 pub mod ns;
 pub mod plan;
+pub mod render;
 pub mod sap;
 pub mod sched;
 pub mod site;
