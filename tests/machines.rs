@@ -4,7 +4,6 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -94,9 +93,16 @@ fn a_rendered_vlan_machine_boots_in_its_namespace_and_answers_mdns() {
         opts = key(&mount_unit, "Options"),
     ));
     let console = sb.path("console");
+    // Without systemd as PID 1, systemd-nspawn makes its cgroups under its caller's: it
+    // gets one of its own (as `up` gives each machine), removed at the end.
+    let cg_name = format!("test-{}-{m}", std::process::id());
+    let enter: String = appliance::render::machine::prepare_cgroups(&cg_name)
+        .iter()
+        .map(|p| format!("echo $$ > '{}' && ", p.display()))
+        .collect();
     let mut cmd = sb.cmd("sh");
     cmd.arg("-c").arg(format!(
-        "exec nsenter --net={netns_path} -- {exec} >{} 2>&1",
+        "{enter}exec nsenter --net={netns_path} -- {exec} >{} 2>&1",
         console.display()
     ));
     let mut machine = Group::spawn(cmd, "systemd-nspawn");
@@ -181,10 +187,169 @@ fn a_rendered_vlan_machine_boots_in_its_namespace_and_answers_mdns() {
         Duration::from_secs(10),
         || in_netns(ino).is_empty().then_some(()),
     );
-    assert!(Path::new(&console).exists());
+    appliance::render::machine::remove_cgroups(&cg_name);
+    let left: Vec<_> = appliance::render::machine::cgroup_dirs(&cg_name)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
 }
 
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn status(sb: &Sandbox) -> Option<(i32, serde_json::Value)> {
+    let out = sb.appliance().args(["status", "--json"]).output().ok()?;
+    Some((
+        out.status.code()?,
+        serde_json::from_slice(&out.stdout).ok()?,
+    ))
+}
+
+fn child<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["children"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no child {name} in status: {v}"))
+}
+
+/// Directories named after a machine in any cgroup hierarchy.
+fn machine_cgroups() -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("appliance-lab-") {
+                out.push(e.path().display().to_string());
+            } else if d.components().count() < 5 {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// The example site with `avahi = "machines"`: `up` runs each VLAN's and the reflector's
+/// avahi as systemd-nspawn machines, reports them healthy over the machines' own buses,
+/// answers `services` from them, and `down` leaves nothing, machines included.
+#[test]
+fn up_with_machines_brings_the_example_healthy_and_down_leaves_nothing() {
+    require_program("systemd-nspawn");
+    let sb = Sandbox::new();
+    let text = std::fs::read_to_string(repo().join("site.toml"))
+        .unwrap()
+        .replacen(
+            "\ncreate_bridges = true",
+            "\navahi = \"machines\"\ncreate_bridges = true",
+            1,
+        );
+    let site = sb.write("site.toml", &text);
+    let mut up = common::Up::start(&sb, &site);
+    let v = wait_until(
+        "the site with machines to be healthy",
+        Duration::from_secs(60),
+        || {
+            if let Ok(Some(st)) = up.child.try_wait() {
+                panic!("appliance up exited ({st}):\n{}", up.log());
+            }
+            match status(&sb) {
+                Some((0, v)) => Some(v),
+                _ => None,
+            }
+        },
+    );
+    for name in ["avahi@iot", "avahi@guest"] {
+        assert_eq!(child(&v, name)["health"], "healthy", "{v}");
+    }
+    assert_eq!(child(&v, "reflector@media")["health"], "running", "{v}");
+    let names: Vec<&str> = v["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("dbus@")), "{names:?}");
+    // Each is systemd-nspawn, and the machine inside it boots systemd with its own /etc.
+    for (name, m) in [
+        ("avahi@iot", "lab-iot"),
+        ("reflector@media", "lab-refl-media"),
+    ] {
+        let pid = child(&v, name)["pid"].as_u64().unwrap() as u32;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim(), "systemd-nspawn", "{name}");
+        let init = appliance::render::machine::leader(pid).expect("the machine's init");
+        let host = std::fs::read_to_string(format!("/proc/{init}/root/etc/hostname")).unwrap();
+        assert_eq!(host.trim(), m);
+    }
+    assert_eq!(machine_cgroups().len() % 3, 0);
+    assert!(
+        !machine_cgroups().is_empty(),
+        "machines without cgroups of their own"
+    );
+    // `services` answers from the machine's avahi: a printer published on br-iot.
+    sb.host("iot1", "br-iot", &["10.20.2.10/24"]);
+    let iot1 = ClientAvahi::start(&sb, "iot1");
+    let _printer = iot1.publish("Printer", "_ipp._tcp", 631);
+    wait_until(
+        "appliance services to list the printer on iot",
+        Duration::from_secs(20),
+        || {
+            let out = sb.appliance().arg("services").output().ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("iot\t_ipp._tcp\tPrinter").then_some(text)
+        },
+    );
+    drop(iot1);
+    // A killed machine is restarted like a killed avahi.
+    let old = child(&v, "avahi@guest")["pid"].as_u64().unwrap() as i32;
+    unsafe { libc_kill(old, 9) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    wait_until(
+        "avahi@guest to be restarted and healthy",
+        Duration::from_secs(90),
+        || {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "avahi@guest not healthy again:\n{}\n{:?}",
+                up.log(),
+                status(&sb)
+            );
+            let (code, v) = status(&sb)?;
+            let c = child(&v, "avahi@guest");
+            (code == 0 && c["pid"].as_i64() != Some(old as i64) && c["restarts"] == 1).then_some(())
+        },
+    );
+    let out = sb.appliance().arg("down").arg(&site).output().unwrap();
+    check(&out, "appliance down");
+    let code = wait_until("up to exit", Duration::from_secs(30), || {
+        up.child.try_wait().ok().flatten()
+    });
+    assert_eq!(code.code(), Some(0), "{}", up.log());
+    let netns = sb.sh("ip netns list");
+    assert!(!netns.contains("lab-"), "{netns}");
+    assert_eq!(sb.sh("nft list tables").trim(), "");
+    let left = sb.processes();
+    assert!(left.is_empty(), "processes left in the sandbox: {left:?}");
+    let nspawns: Vec<(u32, String)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter_map(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains("--machine=lab-").then_some((p, cmd))
+        })
+        .collect();
+    assert!(nspawns.is_empty(), "machines left: {nspawns:?}");
+    assert!(
+        machine_cgroups().is_empty(),
+        "cgroups left: {:?}",
+        machine_cgroups()
+    );
 }

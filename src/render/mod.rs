@@ -6,6 +6,7 @@
 //! Writing the files (and removing those an older render left) is [`write`]'s job.
 
 pub mod cli;
+pub mod machine;
 mod write;
 
 use std::collections::BTreeMap;
@@ -211,19 +212,34 @@ fn site_dropin(plan: &Plan) -> String {
     } else {
         child_caps.join(" ")
     };
+    let machines = plan.avahi == crate::site::AvahiMode::Machines;
+    let (nnp, nnp_why, delegate) = if machines {
+        (
+            "no",
+            "The machines boot systemd, whose units may run set-user-ID helpers.",
+            "# systemd-nspawn makes each machine's cgroups under the unit's.\nDelegate=yes",
+        )
+    } else {
+        (
+            "yes",
+            "The children switch user with their capabilities, not through set-user-ID programs.",
+            "",
+        )
+    };
     fill(
         SITE_DROPIN,
         &[
             ("SITE", &plan.site),
             ("CHILD_CAPS", &child_caps),
             ("CAPS", &site_caps(plan).join(" ")),
-            (
-                "NNP_WHY",
-                "The children switch user with their capabilities, not through set-user-ID programs.",
-            ),
-            ("NNP", "yes"),
+            ("NNP_WHY", nnp_why),
+            ("NNP", nnp),
+            ("DELEGATE", delegate),
         ],
     )
+    .trim_end()
+    .to_string()
+        + "\n"
 }
 
 /// One VLAN's or reflector's machine: its settings, its unit drop-in, the mount of its root
@@ -231,9 +247,10 @@ fn site_dropin(plan: &Plan) -> String {
 fn machine(t: &mut Tree, plan: &Plan, ns: &Namespace) {
     let m = ns.name.as_str();
     let vars = [("MACHINE", m), ("SITE", plan.site.as_str())];
+    let etc = Path::new(MACHINES_DIR).join(m).join("etc");
     t.insert(
         Path::new(NSPAWN_DIR).join(format!("{m}.nspawn")),
-        RenderedFile::text(fill(NSPAWN, &vars)),
+        RenderedFile::text(nspawn_settings(&plan.site, m, &etc_dir(m))),
     );
     t.insert(
         Path::new(UNIT_DIR).join(format!("systemd-nspawn@{m}.service.d/appliance.conf")),
@@ -252,31 +269,55 @@ fn machine(t: &mut Tree, plan: &Plan, ns: &Namespace) {
         Path::new(UNIT_DIR).join(format!("local-fs.target.wants/{mount}.automount")),
         RenderedFile::link(&format!("/etc/systemd/system/{mount}.automount")),
     );
-    let etc = Path::new(MACHINES_DIR).join(m).join("etc");
+    for (rel, f) in machine_etc(&plan.site, ns) {
+        t.insert(etc.join(rel), f);
+    }
+}
+
+/// A machine's /etc in an image.
+pub fn etc_dir(machine: &str) -> String {
+    format!("/{MACHINES_DIR}/{machine}/etc")
+}
+
+/// The settings file of a machine whose /etc is `etc`.
+pub fn nspawn_settings(site: &str, machine: &str, etc: &str) -> String {
+    fill(
+        NSPAWN,
+        &[("MACHINE", machine), ("SITE", site), ("ETC", etc)],
+    )
+}
+
+/// A machine's own /etc, relative to it: the overlay's links, and its templates filled
+/// (avahi's config from the plan, host name, machine-id).
+pub fn machine_etc(site: &str, ns: &Namespace) -> Vec<(PathBuf, RenderedFile)> {
+    let m = ns.name.as_str();
     let conf = ns
         .files
         .iter()
         .find(|f| f.path == avahi::CONF_PATH)
         .map(|f| f.contents.as_str())
         .unwrap_or_default();
-    t.insert(
-        etc.join("avahi/avahi-daemon.conf"),
-        RenderedFile::text(fill(ETC_AVAHI, &[("AVAHI_CONF", conf)])),
-    );
-    t.insert(
-        etc.join("hostname"),
-        RenderedFile::text(fill(ETC_HOSTNAME, &[("HOSTNAME", &ns.hostname)])),
-    );
-    t.insert(
-        etc.join("machine-id"),
-        RenderedFile::text(fill(
-            ETC_MACHINE_ID,
-            &[("MACHINE_ID", &machine_id(&plan.site, m))],
-        )),
-    );
+    let mut out = vec![
+        (
+            PathBuf::from("avahi/avahi-daemon.conf"),
+            RenderedFile::text(fill(ETC_AVAHI, &[("AVAHI_CONF", conf)])),
+        ),
+        (
+            PathBuf::from("hostname"),
+            RenderedFile::text(fill(ETC_HOSTNAME, &[("HOSTNAME", &ns.hostname)])),
+        ),
+        (
+            PathBuf::from("machine-id"),
+            RenderedFile::text(fill(
+                ETC_MACHINE_ID,
+                &[("MACHINE_ID", &machine_id(site, m))],
+            )),
+        ),
+    ];
     for (path, target) in OVERLAY_LINKS {
-        t.insert(etc.join(path), RenderedFile::link(target));
+        out.push((PathBuf::from(path), RenderedFile::link(target)));
     }
+    out
 }
 
 /// networkd files for the bridges the site creates.

@@ -90,7 +90,21 @@ pub fn command(
         .chain(ready_socket(c))
         .filter_map(|p| std::ffi::CString::new(p).ok())
         .collect();
-    // SAFETY: only async-signal-safe calls (setns, chdir, prctl) between fork and exec.
+    // A machine gets cgroups of its own (see `render::machine::cgroup_dirs`); the child
+    // moves itself into them before exec.
+    let cgroups: Vec<std::ffi::CString> = match &c.netns {
+        Some(m) if crate::render::machine::is_machine(c) => {
+            crate::render::machine::prepare_cgroups(m)
+                .into_iter()
+                .filter_map(|p| {
+                    std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok()
+                })
+                .collect()
+        }
+        _ => vec![],
+    };
+    // SAFETY: only async-signal-safe calls (setns, chdir, prctl, open, write, close)
+    // between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if let Some((net, mnt, uts)) = fds {
@@ -109,6 +123,13 @@ pub fn command(
                 for p in &stale {
                     libc::unlink(p.as_ptr());
                 }
+            }
+            for p in &cgroups {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
