@@ -11,14 +11,14 @@ pub fn run(site_file: &Path, out: Option<PathBuf>, root: Option<PathBuf>) -> Exi
         (Some(d), None) => (d, Layout::Out),
         (None, Some(d)) => (d, Layout::Root),
         // clap's group makes exactly one of them required.
-        _ => return ExitCode::from(crate::cli::EXIT_INVALID),
+        _ => return ExitCode::from(crate::exit::EXIT_INVALID),
     };
     let loaded = match site::load(site_file) {
         Ok(l) => l,
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("appliance render: the site is invalid; nothing was written");
-            return ExitCode::from(crate::cli::EXIT_INVALID);
+            return ExitCode::from(crate::exit::EXIT_INVALID);
         }
     };
     let text = match std::fs::read_to_string(site_file) {
