@@ -99,12 +99,13 @@ pub const OVERLAY_LINKS: [(&str, &str); 3] = [
 ];
 
 /// What the supervisor itself needs, whatever its children keep (the site drop-in says why).
-pub const SUPERVISOR_CAPS: [&str; 6] = [
+pub const SUPERVISOR_CAPS: [&str; 7] = [
     "CAP_DAC_OVERRIDE",
     "CAP_KILL",
     "CAP_NET_ADMIN",
     "CAP_SETPCAP",
     "CAP_SYS_ADMIN",
+    "CAP_SYS_CHROOT",
     "CAP_SYS_PTRACE",
 ];
 
