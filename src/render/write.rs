@@ -200,3 +200,37 @@ fn prune(removed: &Path, dir: &Path, layout: Layout) {
         cur = d.parent();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a manifest line says, its place is under the target directory or none:
+        /// a render never removes anything outside it.
+        #[test]
+        fn a_manifest_entry_never_points_outside(line in "[a-z./\\\\ -]{0,40}") {
+            let dir = Path::new("/target");
+            for layout in [Layout::Root, Layout::Out] {
+                if let Some(p) = place(dir, layout, Path::new(&line)) {
+                    prop_assert!(p.starts_with(dir));
+                    prop_assert!(p.components().all(|c| !matches!(c, Component::ParentDir)));
+                    prop_assert!(p != dir);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn out_layout_sorts_by_kind() {
+        let d = Path::new("/o");
+        assert_eq!(
+            place(d, Layout::Out, Path::new("etc/systemd/system/a.service")),
+            Some(PathBuf::from("/o/units/a.service"))
+        );
+        assert_eq!(place(d, Layout::Out, Path::new("etc/passwd")), None);
+        assert_eq!(place(d, Layout::Root, Path::new("../x")), None);
+        assert_eq!(place(d, Layout::Root, Path::new("/etc/x")), None);
+    }
+}
