@@ -4,6 +4,7 @@
 pub mod avahi;
 pub mod firewall;
 pub mod groups;
+pub mod machine;
 mod text;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -42,7 +43,7 @@ pub struct Plan {
     pub translator: Option<TranslatorPlan>,
     pub monitors: Vec<MonitorPlan>,
     /// `[site] avahi`: with machines, each VLAN's and reflector's avahi is a systemd-nspawn
-    /// machine (see `render::machine`).
+    /// machine (see `machine`).
     #[serde(skip_serializing_if = "AvahiMode::is_children")]
     pub avahi: AvahiMode,
 }
@@ -362,7 +363,7 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
     b.monitors();
     b.finish_interfaces();
     if b.plan.avahi == AvahiMode::Machines {
-        crate::render::machine::into_machines(&mut b.plan);
+        machine::into_machines(&mut b.plan);
     }
     b.plan
 }

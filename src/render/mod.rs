@@ -2,7 +2,8 @@
 //! site file's text, copied as it is): systemd units, nspawn machines with their own
 //! `/etc`, systemd-networkd bridges, a sysctl.d file and an nftables ruleset. The words come
 //! from the repository's templates (`units/`, `nspawn/`, `network/`, `sysctl/`,
-//! `firewall/`, `overlays/`); this module only fills in their `@NAME@` placeholders.
+//! `firewall/`, `overlays/`); their `@NAME@` placeholders are filled with
+//! `plan::machine::fill`.
 //! Writing the files (and removing those an older render left) is [`write`]'s job.
 
 pub mod cli;
@@ -12,9 +13,9 @@ mod write;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
-use crate::plan::{Namespace, Plan, avahi};
+use crate::plan::machine::{EtcFile, machine_etc, nspawn_settings};
+pub use crate::plan::machine::{OVERLAY_LINKS, fill, machine_id, placeholders};
+use crate::plan::{Namespace, Plan};
 
 pub use write::{Layout, WriteError, WriteReport, manifest_path, write};
 
@@ -75,28 +76,10 @@ const SITE_DROPIN: &str = include_str!("../../units/appliance-site.conf");
 const NSPAWN_DROPIN: &str = include_str!("../../units/nspawn-machine.conf");
 const ROOT_MOUNT: &str = include_str!("../../units/machine-root.mount");
 const ROOT_AUTOMOUNT: &str = include_str!("../../units/machine-root.automount");
-const NSPAWN: &str = include_str!("../../nspawn/appliance-avahi.nspawn");
 const NETDEV: &str = include_str!("../../network/bridge.netdev");
 const NETWORK: &str = include_str!("../../network/bridge.network");
 const SYSCTL: &str = include_str!("../../sysctl/appliance.conf");
 const RULESET: &str = include_str!("../../firewall/ruleset.nft");
-const ETC_HOSTNAME: &str = include_str!("../../overlays/avahi/etc/hostname");
-const ETC_MACHINE_ID: &str = include_str!("../../overlays/avahi/etc/machine-id");
-const ETC_AVAHI: &str = include_str!("../../overlays/avahi/etc/avahi/avahi-daemon.conf");
-
-/// The links of `overlays/avahi/etc` (a test checks this list against the directory):
-/// dbus and avahi enabled, logind masked.
-pub const OVERLAY_LINKS: [(&str, &str); 3] = [
-    (
-        "systemd/system/multi-user.target.wants/avahi-daemon.service",
-        "/lib/systemd/system/avahi-daemon.service",
-    ),
-    (
-        "systemd/system/multi-user.target.wants/dbus.service",
-        "/lib/systemd/system/dbus.service",
-    ),
-    ("systemd/system/systemd-logind.service", "/dev/null"),
-];
 
 /// What the supervisor itself needs, whatever its children keep (the site drop-in says why).
 pub const SUPERVISOR_CAPS: [&str; 7] = [
@@ -271,6 +254,10 @@ fn machine(t: &mut Tree, plan: &Plan, ns: &Namespace) {
         RenderedFile::link(&format!("/etc/systemd/system/{mount}.automount")),
     );
     for (rel, f) in machine_etc(&plan.site, ns) {
+        let f = match f {
+            EtcFile::Text(s) => RenderedFile::text(s),
+            EtcFile::Link(target) => RenderedFile::link(&target),
+        };
         t.insert(etc.join(rel), f);
     }
 }
@@ -278,47 +265,6 @@ fn machine(t: &mut Tree, plan: &Plan, ns: &Namespace) {
 /// A machine's /etc in an image.
 pub fn etc_dir(machine: &str) -> String {
     format!("/{MACHINES_DIR}/{machine}/etc")
-}
-
-/// The settings file of a machine whose /etc is `etc`.
-pub fn nspawn_settings(site: &str, machine: &str, etc: &str) -> String {
-    fill(
-        NSPAWN,
-        &[("MACHINE", machine), ("SITE", site), ("ETC", etc)],
-    )
-}
-
-/// A machine's own /etc, relative to it: the overlay's links, and its templates filled
-/// (avahi's config from the plan, host name, machine-id).
-pub fn machine_etc(site: &str, ns: &Namespace) -> Vec<(PathBuf, RenderedFile)> {
-    let m = ns.name.as_str();
-    let conf = ns
-        .files
-        .iter()
-        .find(|f| f.path == avahi::CONF_PATH)
-        .map(|f| f.contents.as_str())
-        .unwrap_or_default();
-    let mut out = vec![
-        (
-            PathBuf::from("avahi/avahi-daemon.conf"),
-            RenderedFile::text(fill(ETC_AVAHI, &[("AVAHI_CONF", conf)])),
-        ),
-        (
-            PathBuf::from("hostname"),
-            RenderedFile::text(fill(ETC_HOSTNAME, &[("HOSTNAME", &ns.hostname)])),
-        ),
-        (
-            PathBuf::from("machine-id"),
-            RenderedFile::text(fill(
-                ETC_MACHINE_ID,
-                &[("MACHINE_ID", &machine_id(site, m))],
-            )),
-        ),
-    ];
-    for (path, target) in OVERLAY_LINKS {
-        out.push((PathBuf::from(path), RenderedFile::link(target)));
-    }
-    out
 }
 
 /// networkd files for the bridges the site creates.
@@ -351,17 +297,6 @@ fn network(t: &mut Tree, plan: &Plan) {
     }
 }
 
-/// A machine's `/etc/machine-id`: fixed for a site and machine name, 32 hex digits shaped
-/// as a version 4 UUID (as systemd makes them; see machine-id(5)).
-pub fn machine_id(site: &str, machine: &str) -> String {
-    let d = Sha256::digest(format!("appliance machine-id\0{site}\0{machine}").as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// A path as a unit name, as `systemd-escape --path` writes it (systemd.unit(5), "String
 /// Escaping for Inclusion in Unit Names").
 pub fn escape_path(path: &str) -> String {
@@ -382,54 +317,6 @@ pub fn escape_path(path: &str) -> String {
         }
     }
     out
-}
-
-/// Fills a template's `@NAME@` placeholders. Every placeholder of the template must be
-/// given (a template edited with a new one fails the render tests, not an image).
-pub fn fill(template: &str, vars: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(template.len() + 256);
-    let mut rest = template;
-    while let Some(start) = rest.find('@') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        let name_len = after
-            .bytes()
-            .take_while(|b| b.is_ascii_uppercase() || *b == b'_')
-            .count();
-        let value = (name_len > 0 && after[name_len..].starts_with('@'))
-            .then(|| &after[..name_len])
-            .and_then(|name| vars.iter().find(|(k, _)| *k == name));
-        match value {
-            Some((_, v)) => {
-                out.push_str(v);
-                rest = &after[name_len + 1..];
-            }
-            None => {
-                out.push('@');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The `@NAME@` placeholders left in a text (for tests: a rendered file has none).
-pub fn placeholders(text: &str) -> Vec<String> {
-    let mut found = vec![];
-    let mut rest = text;
-    while let Some(start) = rest.find('@') {
-        let after = &rest[start + 1..];
-        let n = after
-            .bytes()
-            .take_while(|b| b.is_ascii_uppercase() || *b == b'_')
-            .count();
-        if n > 0 && after[n..].starts_with('@') {
-            found.push(after[..n].to_string());
-        }
-        rest = after;
-    }
-    found
 }
 
 #[cfg(test)]
