@@ -182,7 +182,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Down { site, state_dir } => supervisor::commands::down(&site, state_dir),
         Command::Status { state_dir, json } => supervisor::commands::status(state_dir, json),
         Command::Services { state_dir } => supervisor::commands::services(state_dir),
-        Command::Render { .. } => not_built("render", 0),
+        Command::Render { site, target } => crate::render::cli::run(&site, target.out, target.root),
         Command::Mroute(args) => mroute(args),
         Command::Translate(args) => translate(&args),
         Command::Monitor { site, state_dir } => monitor(&site, state_dir),
@@ -327,17 +327,6 @@ fn invalid(errors: &site::SiteErrors) -> ExitCode {
     let n = errors.0.len();
     eprintln!("{n} error{}", if n == 1 { "" } else { "s" });
     ExitCode::from(EXIT_INVALID)
-}
-
-fn not_built(what: &str, issue: u32) -> ExitCode {
-    if issue > 0 {
-        eprintln!(
-            "appliance {what}: not built yet (tracked in issue #{issue}); nothing was changed"
-        );
-    } else {
-        eprintln!("appliance {what}: not built yet; nothing was changed");
-    }
-    ExitCode::from(EXIT_NOT_BUILT)
 }
 
 #[cfg(test)]

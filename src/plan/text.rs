@@ -144,7 +144,7 @@ fn children(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
         match &c.health {
             Health::AvahiBus { bus } => write!(f, "; health: avahi GetState over {bus}")?,
             Health::Control { socket } => write!(f, "; health: status over {}", socket.display())?,
-            Health::Running => {}
+            Health::MachineBus { .. } | Health::Running => {}
         }
         writeln!(
             f,

@@ -165,6 +165,19 @@ fn pidfd(pid: u32) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::Owne
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
 }
 
+/// The private bus of a child with a bus health check: in its own root, or in the root of
+/// the machine it runs (`avahi = "machines"`).
+fn bus_address(health: &Health, pid: u32) -> Option<String> {
+    match health {
+        Health::Running => None,
+        Health::AvahiBus { bus } => Some(avahi::bus_of(pid, bus)),
+        Health::MachineBus { bus } => {
+            crate::render::machine::leader(pid).map(|init| avahi::bus_of(init, bus))
+        }
+        Health::Control { .. } => None,
+    }
+}
+
 /// Messages into the supervisor's loop.
 pub enum Msg {
     Decide(Event),
@@ -429,6 +442,7 @@ impl Sup {
         let t = Instant::now();
         self.stop_all(rx, &mut signals.term, &mut signals.int).await;
         self.spawner.stop();
+        crate::render::machine::remove_all_cgroups(&self.plan);
         let dir = self.plan.state_dir.clone();
         // Our fds would keep the namespaces alive.
         self.built.spaces.clear();
@@ -576,6 +590,10 @@ impl Sup {
                     }));
                 });
                 let n = name.to_string();
+                let machine = c
+                    .netns
+                    .clone()
+                    .filter(|_| crate::render::machine::is_machine(&c));
                 let exited = pidfd(pid);
                 tokio::spawn(async move {
                     // Its pidfd turns readable when it exits; then wait() does not block.
@@ -583,6 +601,9 @@ impl Sup {
                         let _ = fd.readable().await;
                     }
                     let st = child.wait();
+                    if let Some(m) = machine {
+                        crate::render::machine::remove_cgroups(&m);
+                    }
                     let (code, signal) = match st {
                         Ok(s) => {
                             use std::os::unix::process::ExitStatusExt;
@@ -650,28 +671,28 @@ impl Sup {
             self.checking.insert(c.name.clone());
             let tx = self.tx.clone();
             let name = c.name.clone();
-            match &c.health {
-                Health::AvahiBus { bus } => {
-                    let addr = avahi::bus_of(r.pid, bus);
-                    tokio::spawn(async move {
-                        let (ok, why) = match avahi::state(&addr, Duration::from_secs(2)).await {
-                            Ok(avahi::RUNNING) => (true, None),
-                            Ok(st) => (false, Some(format!("avahi's state is {st}, not running"))),
-                            Err(e) => (false, Some(format!("asking avahi over its bus: {e}"))),
-                        };
-                        let _ = tx.send(Msg::Decide(Event::Health { name, ok, why }));
-                    });
-                }
-                Health::Control { socket } => {
-                    let socket = socket.clone();
-                    tokio::spawn(async move {
-                        let v = control::ask_status(&socket).await;
-                        let (ok, why) = control::health_of(&v);
-                        let _ = tx.send(Msg::Decide(Event::Health { name, ok, why }));
-                    });
-                }
-                Health::Running => {}
+            if let Health::Control { socket } = &c.health {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    let v = control::ask_status(&socket).await;
+                    let (ok, why) = control::health_of(&v);
+                    let _ = tx.send(Msg::Decide(Event::Health { name, ok, why }));
+                });
+                continue;
             }
+            let addr = bus_address(&c.health, r.pid);
+            tokio::spawn(async move {
+                let (ok, why) = match addr {
+                    Some(addr) => match avahi::state(&addr, Duration::from_secs(2)).await {
+                        Ok(avahi::RUNNING) => (true, None),
+                        Ok(st) => (false, Some(format!("avahi's state is {st}, not running"))),
+                        Err(e) => (false, Some(format!("asking avahi over its bus: {e}"))),
+                    },
+                    // A machine whose init is not there yet.
+                    None => (false, Some("its machine's init is not there yet".into())),
+                };
+                let _ = tx.send(Msg::Decide(Event::Health { name, ok, why }));
+            });
         }
     }
 
@@ -804,11 +825,11 @@ impl Sup {
             control::Request::Services(reply) => {
                 let mut buses = vec![];
                 for c in &self.plan.children {
-                    if let (Health::AvahiBus { bus }, Some(r)) =
-                        (&c.health, self.procs.get(&c.name))
+                    if let Some(r) = self.procs.get(&c.name)
+                        && let Some(bus) = bus_address(&c.health, r.pid)
                     {
                         let vlan = c.name.split('@').nth(1).unwrap_or(&c.name).to_string();
-                        buses.push((vlan, avahi::bus_of(r.pid, bus)));
+                        buses.push((vlan, bus));
                     }
                 }
                 let _ = reply.send(buses);
