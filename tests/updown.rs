@@ -516,8 +516,10 @@ fn readiness_goes_to_systemd_and_status_passes_mroute_through() {
     let (code, _) = status_json(&sb).expect("status");
     assert_eq!(code, 0);
 
-    // A multicast forwarder's socket in the state dir: its answer is passed through.
-    let sock = format!("/proc/{}/root/run/appliance/lab/mroute.sock", sb.pid);
+    // A multicast forwarder's socket in the parts' directory: its answer is passed through.
+    let parts = format!("/proc/{}/root/run/appliance/lab/parts", sb.pid);
+    std::fs::create_dir_all(&parts).unwrap();
+    let sock = format!("{parts}/mroute.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).expect("fake mroute.sock");
     let server = std::thread::spawn(move || {
         let (s, _) = listener.accept().unwrap();

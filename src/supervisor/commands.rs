@@ -200,6 +200,9 @@ fn status_text(v: &Value) -> String {
     for p in a["pending"].as_array().into_iter().flatten() {
         out.push_str(&format!("  still tentative: {}\n", s(p)));
     }
+    for e in a["errors"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  error: {}\n", s(e)));
+    }
     out.push_str("namespaces:\n");
     for n in v["namespaces"].as_array().into_iter().flatten() {
         out.push_str(&format!("  {:<20} {}\n", s(&n["name"]), s(&n["pin"])));
@@ -233,6 +236,31 @@ fn status_text(v: &Value) -> String {
                 _ => String::new(),
             }
         ));
+        if let Some(user) = c["user"].as_str() {
+            let caps: Vec<&str> = c["caps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str())
+                .collect();
+            out.push_str(&format!(
+                "    as {user}; caps {}\n",
+                if caps.is_empty() {
+                    "none".to_string()
+                } else {
+                    caps.join(",")
+                }
+            ));
+        }
+        if let Some(why) = c["why"].as_str() {
+            out.push_str(&format!("    why: {why}\n"));
+        }
+        if c["health"] != "healthy"
+            && c["health"] != "running"
+            && let Some(last) = c["last_exit"].as_str()
+        {
+            out.push_str(&format!("    last exit: {last}\n"));
+        }
     }
     if !v["mroute"].is_null() {
         out.push_str(&format!("mroute: {}\n", v["mroute"]));
@@ -275,5 +303,41 @@ pub fn services(given: Option<PathBuf>) -> ExitCode {
         ExitCode::from(EXIT_FAILED)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_says_why_a_part_is_unhealthy_or_missing() {
+        let v = serde_json::json!({
+            "site": "lab", "pid": 1, "healthy": false, "uptime_ms": 0, "state_dir": "/run/x",
+            "addresses": {"state": "tentative", "pending": ["fd00::1 on v1 in n1"]},
+            "children": [
+                {"name": "mroute", "health": "unhealthy", "pid": 7, "restarts": 0,
+                 "user": "appliance", "caps": ["CAP_NET_ADMIN", "CAP_NET_RAW"],
+                 "why": "no VIF/MIF in the kernel for br-b (Ipv4)"},
+                {"name": "headend", "health": "missing", "pid": null, "restarts": 0,
+                 "why": "this build of appliance has no part \"headend\""},
+                {"name": "translate", "health": "down", "pid": null, "restarts": 2,
+                 "last_exit": "exit code 69"},
+            ],
+        });
+        let t = status_text(&v);
+        assert!(t.contains("UNHEALTHY"), "{t}");
+        assert!(t.contains("addresses: tentative"), "{t}");
+        assert!(t.contains("still tentative: fd00::1"), "{t}");
+        assert!(t.contains("why: no VIF/MIF in the kernel for br-b"), "{t}");
+        assert!(
+            t.contains("missing") && t.contains("no part \"headend\""),
+            "{t}"
+        );
+        assert!(t.contains("last exit: exit code 69"), "{t}");
+        assert!(
+            t.contains("as appliance; caps CAP_NET_ADMIN,CAP_NET_RAW"),
+            "{t}"
+        );
     }
 }
