@@ -66,6 +66,7 @@ fn wait_count(sb: &Sandbox, n: usize, within: Duration) {
 }
 
 fn stop(sb: &Sandbox, mut child: Child) {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { kill(child.id() as i32, 15) };
     let _ = child.wait();
     wait_until("the kernel table to empty", Duration::from_secs(30), || {
@@ -73,6 +74,7 @@ fn stop(sb: &Sandbox, mut child: Child) {
     });
 }
 
+// SAFETY: these declarations match the C prototypes of their man pages (integers in, an integer out).
 unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }

@@ -20,26 +20,34 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use appliance::translate::{self, Config, Event, batch::Batch, control::Control, net};
+use appliance::translate::{self, Config, Event, batch::Batch, control::Control};
+use appliance::{signals, sockets as net};
 
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
+// SAFETY: every method forwards its arguments unchanged to the system allocator, which keeps GlobalAlloc's contract; the counting is atomics only.
 unsafe impl GlobalAlloc for Counting {
+    // SAFETY: the caller keeps GlobalAlloc's contract for these arguments; they are passed on as they are.
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        // SAFETY: the arguments come unchanged from our caller, who keeps GlobalAlloc's contract.
         unsafe { System.alloc(l) }
     }
+    // SAFETY: the caller keeps GlobalAlloc's contract for these arguments; they are passed on as they are.
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        // SAFETY: the arguments come unchanged from our caller, who keeps GlobalAlloc's contract.
         unsafe { System.dealloc(p, l) }
     }
+    // SAFETY: the caller keeps GlobalAlloc's contract for these arguments; they are passed on as they are.
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         LIVE.fetch_add(new, Ordering::Relaxed);
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        // SAFETY: the arguments come unchanged from our caller, who keeps GlobalAlloc's contract.
         unsafe { System.realloc(p, l, new) }
     }
 }
@@ -68,6 +76,7 @@ fn wall_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: clock_gettime(2) writes one timespec into `t`, which we own.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut t) };
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
@@ -79,23 +88,29 @@ fn recv_stamped(fd: i32, buf: &mut [u8]) -> Option<(u64, u64)> {
         iov_len: buf.len(),
     };
     let mut cbuf = [0u64; 16];
+    // SAFETY: a plain C struct of integers and pointers: all-zero is a valid value.
     let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
     h.msg_iov = &mut iov;
     h.msg_iovlen = 1;
     h.msg_control = cbuf.as_mut_ptr().cast();
     h.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: `h` points to `iov` and `cbuf`, both live and of the lengths given.
     let n = unsafe { libc::recvmsg(fd, &mut h, libc::MSG_DONTWAIT) };
     if n < 16 {
         return None;
     }
     let sent = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+    // SAFETY: `h` was filled by recvmsg and its control buffer is still live.
     let mut c = unsafe { libc::CMSG_FIRSTHDR(&h) };
     while !c.is_null() {
+        // SAFETY: c is non-null (checked) and points into the live control buffer.
         let cm = unsafe { &*c };
         if cm.cmsg_level == libc::SOL_SOCKET && cm.cmsg_type == libc::SO_TIMESTAMPNS {
+            // SAFETY: an SO_TIMESTAMPNS message carries one timespec; read_unaligned copes with any alignment.
             let ts: libc::timespec = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast()) };
             return Some((sent, ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64));
         }
+        // SAFETY: `h` was filled by recvmsg and its control buffer is still live.
         c = unsafe { libc::CMSG_NXTHDR(&h, c) };
     }
     None
@@ -133,21 +148,15 @@ impl Receiver {
             let mut one = vec![0u8; 65536];
             let fd = s.as_raw_fd();
             let on: libc::c_int = 1;
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_TIMESTAMPNS,
-                    (&on as *const libc::c_int).cast(),
-                    4,
-                )
-            };
+            appliance::sockets::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &on)
+                .expect("SO_TIMESTAMPNS");
             loop {
                 let mut p = libc::pollfd {
                     fd,
                     events: libc::POLLIN,
                     revents: 0,
                 };
+                // SAFETY: one live pollfd, count 1.
                 unsafe { libc::poll(&mut p, 1, 1000) };
                 if timing.load(Ordering::Relaxed) {
                     // One at a time with the kernel's receive timestamp: when the datagram
@@ -390,6 +399,7 @@ fn plain_batched(stop: Arc<AtomicBool>, ifindex: u32) -> SocketAddr {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            // SAFETY: one live pollfd, count 1.
             unsafe { libc::poll(&mut p, 1, 100) };
             loop {
                 let n = b.recv(ufd).unwrap();
@@ -491,12 +501,14 @@ fn memory_per_flow() -> (f64, f64) {
 }
 
 fn main() {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the translator benchmark makes a network namespace and must run as root");
         std::process::exit(1);
     }
     // A network namespace of our own: the machine's network is never touched.
     assert_eq!(
+        // SAFETY: unshare(2) with a constant flag; this process is single-threaded here.
         unsafe { libc::unshare(libc::CLONE_NEWNET) },
         0,
         "unshare(CLONE_NEWNET): {}",
@@ -529,7 +541,7 @@ fn main() {
         table + ctl
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let stop_fd = net::eventfd().unwrap();
+    let stop_fd = signals::eventfd().unwrap();
     let (ours_addr, ours_thread) = ours(&stop_fd);
     let relays = [
         ("appliance translate", ours_addr),
@@ -636,6 +648,6 @@ fn main() {
     }
 
     stop.store(true, Ordering::Relaxed);
-    net::signal_eventfd(&stop_fd);
+    signals::signal_eventfd(&stop_fd);
     let _ = ours_thread.join();
 }

@@ -1,4 +1,4 @@
-//! The command line of the contract (DESIGN.md): every subcommand and its flags.
+//! The command line of the contract (docs/contract.md): every subcommand and its flags.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -7,14 +7,13 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
+use crate::mroute;
 use crate::plan;
 use crate::site;
 use crate::supervisor;
+use crate::translate;
 
-/// Exit code of `check`/`plan` for an invalid site (and of clap for bad usage).
-pub const EXIT_INVALID: u8 = 2;
-/// Exit code of a subcommand whose part is not built yet.
-pub const EXIT_NOT_BUILT: u8 = 69;
+pub use crate::exit::{EXIT_INVALID, EXIT_NOT_BUILT};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -175,15 +174,42 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status { state_dir, json } => supervisor::commands::status(state_dir, json),
         Command::Services { state_dir } => supervisor::commands::services(state_dir),
         Command::Render { .. } => not_built("render", 0),
-        Command::Mroute(args) => crate::mroute::cli(args),
+        Command::Mroute(args) => mroute(args),
         Command::Translate(args) => translate(&args),
         Command::Monitor { site } => monitor(&site),
         Command::Headend { site, state_dir } => headend(&site, state_dir),
     }
 }
 
+impl TranslateArgs {
+    /// The translator's configuration from its flags; the unicast address defaults to that
+    /// of the interface holding the default route.
+    pub fn config(&self) -> Result<translate::Config, translate::TranslateError> {
+        let ip = match self.unicast_nif_ip {
+            Some(ip) => ip,
+            None => translate::default_unicast_ip()?,
+        };
+        Ok(translate::Config {
+            unicast: std::net::SocketAddr::new(ip, self.unicast_port),
+            space: self.multicast_addr_space.trunc(),
+            port: self.multicast_port,
+            interface: self.multicast_interface.clone(),
+            ttl: self.ttl,
+            idle: self.idle,
+            allow: self.allow.clone(),
+            max_flows: self.max_flows,
+            new_flows_per_sec: self.new_flows_per_second,
+            sap: !self.no_sap,
+            sap_interval: self.sap_interval,
+            menu: self.menu.clone(),
+            state_file: self.state_file.clone(),
+            batch: 64,
+        })
+    }
+}
+
 fn translate(args: &TranslateArgs) -> ExitCode {
-    match crate::translate::main(args) {
+    match args.config().and_then(translate::main) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("appliance translate: {e}");
@@ -213,6 +239,36 @@ fn headend(path: &std::path::Path, state_dir: Option<PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Maps the flags of `appliance mroute` onto what the forwarder is asked to do.
+fn mroute(args: MrouteArgs) -> ExitCode {
+    let source = match (args.site, args.smcroute_conf) {
+        (Some(path), _) => mroute::run::Source::Site {
+            path,
+            state_dir: args.state_dir,
+        },
+        (None, Some(file)) => mroute::run::Source::Smcroute {
+            file,
+            state_dir: args
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(mroute::SMCROUTE_STATE_DIR)),
+            cache: Default::default(),
+        },
+        (None, None) => unreachable!("clap requires one of them"),
+    };
+    let ask = if args.status {
+        Some(mroute::control::Request::Status)
+    } else if args.reload {
+        Some(mroute::control::Request::Reload)
+    } else {
+        None
+    };
+    mroute::main(mroute::Invocation {
+        source,
+        ask,
+        json: args.json,
+    })
 }
 
 fn monitor(path: &std::path::Path) -> ExitCode {

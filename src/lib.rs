@@ -4,15 +4,21 @@
 
 pub mod apply;
 pub mod cli;
+pub mod exit;
 pub mod firewall;
 pub mod headend;
+pub mod jsonl;
+pub mod mac;
 pub mod monitor;
 pub mod mroute;
-pub mod net;
+pub mod names;
+pub mod netlink;
 pub mod ns;
 pub mod plan;
 pub mod sap;
 pub mod sched;
+pub mod signals;
 pub mod site;
+pub mod sockets;
 pub mod supervisor;
 pub mod translate;

@@ -124,6 +124,7 @@ impl Mroute {
 
     /// SIGTERM, and the exit code.
     fn stop(mut self) -> i32 {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
         unsafe { kill(self.child.id() as i32, 15) };
         let st = wait_until("appliance mroute to exit", Duration::from_secs(10), || {
             self.child.try_wait().ok().flatten()
@@ -139,6 +140,7 @@ impl Drop for Mroute {
     }
 }
 
+// SAFETY: these declarations match the C prototypes of their man pages (integers in, an integer out).
 unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
@@ -569,6 +571,7 @@ fn reload_removes_one_route_and_keeps_the_others_flowing_without_loss() {
 
     // Reload 2, by SIGHUP: the template Y goes; its learned entry becomes a stop entry.
     site(&sb, "tr", RELOAD_ROUTES);
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { kill(m.child.id() as i32, 1) };
     m.wait_entry("10.1.0.10", "239.4.4.4", "stop");
     let after_y = seq.load(Ordering::SeqCst);
@@ -823,6 +826,7 @@ fn smcroute_conf_gives_the_same_kernel_table_as_smcroute() {
         "{err}"
     );
 
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { kill(smc.id() as i32, 15) };
     wait_until("smcrouted to exit", Duration::from_secs(10), || {
         smc.try_wait().ok().flatten()
@@ -1027,6 +1031,7 @@ fn smcroute_conf_reload_by_sighup_changes_only_the_edited_route() {
     );
     m.wait_entry("10.1.0.10", "239.1.1.2", "configured");
     sb.write("smcroute.conf", &text("239.1.1.9"));
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { kill(m.child.id() as i32, 1) };
     let e = m.wait_entry("10.1.0.10", "239.1.1.9", "configured");
     assert!(

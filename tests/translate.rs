@@ -620,6 +620,7 @@ fn ipv6_sources_and_an_ipv6_space() {
     let sap = in_netns(&sb, Some("rx"), || {
         let a: std::net::Ipv6Addr = "ff0e::2:7ffe".parse().unwrap();
         let s = UdpSocket::bind(SocketAddr::new(a.into(), 9875)).unwrap();
+        // SAFETY: a NUL-terminated literal, alive for the whole program.
         let idx = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
         s.join_multicast_v6(&a, idx).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(200)))
@@ -647,6 +648,7 @@ fn ipv6_sources_and_an_ipv6_space() {
     assert!(g.segments()[0] == 0xff3e, "{g}");
     let r = in_netns(&sb, Some("rx"), move || {
         let s = UdpSocket::bind(SocketAddr::new(g.into(), 9002)).unwrap();
+        // SAFETY: a NUL-terminated literal, alive for the whole program.
         let idx = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
         s.join_multicast_v6(&g, idx).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(200)))

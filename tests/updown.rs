@@ -188,6 +188,7 @@ fn killed_avahi_and_dbus_are_restarted_and_healthy_again() {
     // Children keep only the plan's capabilities: avahi CHOWN+SETGID+SETUID, dbus SETGID+SETUID.
     assert_eq!(cap_bounding(avahi), 0xc1);
     assert_eq!(cap_bounding(child_pid(&v, "dbus@iot").unwrap()), 0xc0);
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc_kill(avahi as i32, 9) };
     let v = wait_until(
         "avahi to be restarted and healthy",
@@ -202,6 +203,7 @@ fn killed_avahi_and_dbus_are_restarted_and_healthy_again() {
 
     let dbus = child_pid(&v, "dbus@iot").expect("dbus pid");
     let avahi = child_pid(&v, "avahi@iot").expect("avahi pid");
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc_kill(dbus as i32, 9) };
     let v = wait_until(
         "dbus, then its avahi, to be restarted and healthy",
@@ -246,6 +248,7 @@ fn cap_bounding(pid: u32) -> u64 {
     u64::from_str_radix(hex, 16).unwrap()
 }
 
+// SAFETY: these declarations match the C prototypes of their man pages (integers in, an integer out).
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
@@ -386,6 +389,7 @@ fn down_after_the_supervisor_was_killed_leaves_nothing_and_twice_is_fine() {
     assert!(err.contains("already running"), "{err}");
     assert_eq!(status_json(&sb).map(|s| s.0), Some(0));
 
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc_kill(up.pid as i32, 9) };
     let _ = up.child.wait();
     // The children die with it, even those that switched user (dbus, avahi): they run in
@@ -556,6 +560,7 @@ fn down_after_a_partial_up_leaves_nothing() {
         let out = sb.try_sh("ls /run/netns");
         (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
     });
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc_kill(up.pid as i32, 9) };
     let _ = up.child.wait();
     let down = sb.appliance().arg("down").arg(&site).output().unwrap();
@@ -588,6 +593,7 @@ fn a_stuck_avahi_makes_status_exit_1_until_it_answers_again() {
     let mut up = Up::start(&sb, &site);
     let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
     let avahi = child_pid(&v, "avahi@iot").expect("avahi pid");
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc_kill(avahi as i32, 19) }; // SIGSTOP: alive, but its bus calls go unanswered
     let v = wait_until("status to say unhealthy", Duration::from_secs(15), || {
         let (code, v) = status_json(&sb)?;
@@ -598,6 +604,7 @@ fn a_stuck_avahi_makes_status_exit_1_until_it_answers_again() {
     let text = sb.appliance().arg("status").output().unwrap();
     assert_eq!(text.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&text.stdout).contains("UNHEALTHY"));
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc_kill(avahi as i32, 18) }; // SIGCONT
     let v = wait_healthy(&sb, &mut up, Duration::from_secs(15));
     assert_eq!(
@@ -615,6 +622,7 @@ fn up_after_a_crash_removes_the_leftovers_first() {
     let mut up = Up::start(&sb, &site);
     wait_healthy(&sb, &mut up, Duration::from_secs(20));
     let mac_before = sb.sh("ip -n lab-iot -o link show dev iot");
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc_kill(up.pid as i32, 9) };
     let _ = up.child.wait();
     // The namespace and veth are still there; a new up takes over without duplicates.
@@ -636,7 +644,7 @@ fn up_after_a_crash_removes_the_leftovers_first() {
 }
 
 /// A restarted reflector restarts the avahis of its untrusted VLANs once it runs again,
-/// so they do not keep what they learnt through it (the field notes: up to 75 minutes);
+/// so they do not keep what they learnt through it (up to 75 minutes: docs/architecture.md);
 /// VLANs it does not serve are left alone.
 #[test]
 fn a_restarted_reflector_refreshes_the_avahis_of_its_vlans() {
@@ -675,6 +683,7 @@ vlans = ["a", "b"]
         pid(&v, "avahi@b"),
         pid(&v, "avahi@c"),
     );
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc_kill(refl as i32, 9) };
     let v = wait_until(
         "the reflector and the avahis of a and b to be back, healthy",

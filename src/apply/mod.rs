@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::net::{self, NetError, Netlink};
+use crate::netlink::{self, NetError, Netlink};
 use crate::ns::{self, NsError};
 use crate::plan::{Mac, MacSpec, Plan};
 pub use record::Record;
@@ -58,6 +58,23 @@ fn save(rec: &Record, plan: &Plan) -> Result<(), ApplyError> {
 /// Makes the plan's bridges, namespaces and veths, recording each in `rec` first.
 pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
     let host = Netlink::host()?;
+    build_bridges(&host, plan, rec).await?;
+    let mut spaces = HashMap::new();
+    for n in &plan.namespaces {
+        spaces.insert(n.name.clone(), build_namespace(n, plan, rec).await?);
+    }
+    for v in &plan.veths {
+        let space = spaces
+            .get(&v.netns)
+            .expect("the plan names only its own namespaces");
+        build_veth(&host, v, space, plan, rec).await?;
+    }
+    Ok(Built { spaces })
+}
+
+/// Checks the bridges the plan needs: makes the missing ones it may create, and refuses
+/// (naming them all, before making anything) when others are missing.
+async fn build_bridges(host: &Netlink, plan: &Plan, rec: &mut Record) -> Result<(), ApplyError> {
     let mut missing = vec![];
     for b in &plan.bridges {
         if host.index(&b.name).await?.is_none() {
@@ -76,121 +93,129 @@ pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
         Record::add(&mut rec.bridges, b.name.clone());
         save(rec, plan)?;
         match host.add_bridge(&b.name).await {
-            Err(e) if !net::already(&e) => return Err(e.into()),
+            Err(e) if !netlink::already(&e) => return Err(e.into()),
             _ => info!("bridge {}: created", b.name),
         }
     }
+    Ok(())
+}
 
-    let mut spaces = HashMap::new();
-    for n in &plan.namespaces {
-        Record::add(&mut rec.netns, n.pin.clone());
-        save(rec, plan)?;
-        let (net, made) = ns::create_netns(&n.name)?;
-        let private = ns::create_private(&n.name, &n.hostname, n.mounts.clone(), n.files.clone())?;
-        let nl = Netlink::in_netns(&net, &n.name)?;
-        if let Some(lo) = nl.index("lo").await? {
-            nl.set_up(lo, "lo").await?;
-        }
-        info!(
-            "namespace {}: {} at {}, private mounts {} ({})",
-            n.name,
-            if made { "created" } else { "found" },
-            n.pin.display(),
-            "made",
-            n.mounts
-                .iter()
-                .map(|m| match m {
-                    crate::plan::Mount::Tmpfs { target, .. } => format!("tmpfs {target}"),
-                    crate::plan::Mount::Bind { target, .. } => format!("bind {target}"),
-                    crate::plan::Mount::Overlay { target, .. } => format!("overlay {target}"),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        spaces.insert(
-            n.name.clone(),
-            Space {
-                net,
-                mnt: private.mnt,
-                uts: private.uts,
-            },
-        );
+/// Makes (or finds) one namespace: its pinned network namespace with `lo` up, and its
+/// private mount and UTS namespaces.
+async fn build_namespace(
+    n: &crate::plan::Namespace,
+    plan: &Plan,
+    rec: &mut Record,
+) -> Result<Space, ApplyError> {
+    Record::add(&mut rec.netns, n.pin.clone());
+    save(rec, plan)?;
+    let (net, made) = ns::create_netns(&n.name)?;
+    let private = ns::create_private(&n.name, &n.hostname, n.mounts.clone(), n.files.clone())?;
+    let nl = Netlink::in_netns(&net, &n.name)?;
+    if let Some(lo) = nl.index("lo").await? {
+        nl.set_up(lo, "lo").await?;
     }
+    info!(
+        "namespace {}: {} at {}, private mounts {} ({})",
+        n.name,
+        if made { "created" } else { "found" },
+        n.pin.display(),
+        "made",
+        n.mounts
+            .iter()
+            .map(|m| match m {
+                crate::plan::Mount::Tmpfs { target, .. } => format!("tmpfs {target}"),
+                crate::plan::Mount::Bind { target, .. } => format!("bind {target}"),
+                crate::plan::Mount::Overlay { target, .. } => format!("overlay {target}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Space {
+        net,
+        mnt: private.mnt,
+        uts: private.uts,
+    })
+}
 
-    for v in &plan.veths {
-        let space = spaces
-            .get(&v.netns)
-            .expect("the plan names only its own namespaces");
-        Record::add(&mut rec.veths, v.host.clone());
-        save(rec, plan)?;
-        let peer_mac = match v.peer_mac {
-            MacSpec::Fixed(m) => m,
-            MacSpec::NetnsInode => {
-                Mac::from_netns_inode(ns::inode(&ns::netns_path(&v.netns)).unwrap_or(0))
-            }
-        };
-        let inside = Netlink::in_netns(&space.net, &v.netns)?;
-        if host.index(&v.host).await?.is_none() {
-            host.add_veth(
-                &v.host,
-                v.host_mac,
-                &v.peer,
-                Some(peer_mac),
-                space.net.as_raw_fd(),
-            )
-            .await?;
+/// Makes one veth pair: the host end on its bridge, the peer in its namespace with its
+/// MAC and addresses, both up.
+async fn build_veth(
+    host: &Netlink,
+    v: &crate::plan::VethPair,
+    space: &Space,
+    plan: &Plan,
+    rec: &mut Record,
+) -> Result<(), ApplyError> {
+    Record::add(&mut rec.veths, v.host.clone());
+    save(rec, plan)?;
+    let peer_mac = match v.peer_mac {
+        MacSpec::Fixed(m) => m,
+        MacSpec::NetnsInode => {
+            Mac::from_netns_inode(ns::inode(&ns::netns_path(&v.netns)).unwrap_or(0))
         }
-        let hi = host.index(&v.host).await?.ok_or_else(|| NetError::Kernel {
-            op: "finding veth",
-            object: v.host.clone(),
+    };
+    let inside = Netlink::in_netns(&space.net, &v.netns)?;
+    if host.index(&v.host).await?.is_none() {
+        host.add_veth(
+            &v.host,
+            v.host_mac,
+            &v.peer,
+            Some(peer_mac),
+            space.net.as_raw_fd(),
+        )
+        .await?;
+    }
+    let hi = host.index(&v.host).await?.ok_or_else(|| NetError::Kernel {
+        op: "finding veth",
+        object: v.host.clone(),
+        errno: nix::Error::ENODEV,
+    })?;
+    let bi = host
+        .index(&v.bridge)
+        .await?
+        .ok_or_else(|| NetError::Kernel {
+            op: "finding bridge",
+            object: v.bridge.clone(),
             errno: nix::Error::ENODEV,
         })?;
-        let bi = host
-            .index(&v.bridge)
-            .await?
-            .ok_or_else(|| NetError::Kernel {
-                op: "finding bridge",
-                object: v.bridge.clone(),
-                errno: nix::Error::ENODEV,
-            })?;
-        host.attach_up(hi, &v.host, bi, &v.bridge).await?;
-        let pi = inside
-            .index(&v.peer)
-            .await?
-            .ok_or_else(|| NetError::Kernel {
-                op: "finding veth peer",
-                object: format!("{} in {}", v.peer, v.netns),
-                errno: nix::Error::ENODEV,
-            })?;
-        for a in &v.addresses {
-            inside
-                .add_address(pi, &v.peer, a.addr(), a.prefix_len())
-                .await?;
-        }
-        inside.set_up(pi, &v.peer).await?;
-        info!(
-            "veth {} ({}) on {} <-> {} ({}) in {}{}",
-            v.host,
-            v.host_mac,
-            v.bridge,
-            v.peer,
-            peer_mac,
-            v.netns,
-            if v.addresses.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " with {}",
-                    v.addresses
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
-        );
+    host.attach_up(hi, &v.host, bi, &v.bridge).await?;
+    let pi = inside
+        .index(&v.peer)
+        .await?
+        .ok_or_else(|| NetError::Kernel {
+            op: "finding veth peer",
+            object: format!("{} in {}", v.peer, v.netns),
+            errno: nix::Error::ENODEV,
+        })?;
+    for a in &v.addresses {
+        inside
+            .add_address(pi, &v.peer, a.addr(), a.prefix_len())
+            .await?;
     }
-    Ok(Built { spaces })
+    inside.set_up(pi, &v.peer).await?;
+    info!(
+        "veth {} ({}) on {} <-> {} ({}) in {}{}",
+        v.host,
+        v.host_mac,
+        v.bridge,
+        v.peer,
+        peer_mac,
+        v.netns,
+        if v.addresses.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " with {}",
+                v.addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    Ok(())
 }
 
 /// One VLAN namespace's veth whose IPv6 addresses must pass duplicate address detection
@@ -250,7 +275,7 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
                     for (a, p, d) in &addrs {
                         let at = format!("{a}/{p} on {} in {}", c.peer, c.netns);
                         match d {
-                            net::Dad::Failed => {
+                            netlink::Dad::Failed => {
                                 let what = format!(
                                     "{at}: another host on bridge {} has it (duplicate address detection failed)",
                                     c.bridge
@@ -259,8 +284,8 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
                                     found.conflicts.push(what);
                                 }
                             }
-                            net::Dad::Tentative => tentative.push(at),
-                            net::Dad::Done => {}
+                            netlink::Dad::Tentative => tentative.push(at),
+                            netlink::Dad::Done => {}
                         }
                     }
                     if tentative.len() > before {

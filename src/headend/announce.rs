@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::relay::Output;
 use crate::plan::RTP_PORT;
 use crate::sap::{self, Media, SapPacket, Sdp};
-use crate::translate::net as mnet;
+use crate::sockets as mnet;
 
 /// Hop limit / TTL of SAP packets (RFC 2974 §3: the scope bounds them, not the TTL).
 pub const SAP_HOPS: u8 = 255;

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use super::rtcp;
 use super::service::Listener;
 use crate::plan::{RTCP_PORT, RTP_PORT};
-use crate::translate::net as mnet;
+use crate::sockets as mnet;
 
 /// Hop limit / TTL of the relayed RTP and RTCP: the groups are site-wide.
 pub const HOPS: u8 = 32;

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
@@ -575,45 +574,43 @@ impl Headend {
     }
 }
 
-/// `{"cmd":"status"}` on the control socket (mode 0600), one JSON answer per line.
+/// A request on the control socket.
+#[derive(serde::Deserialize)]
+struct Request {
+    cmd: String,
+}
+
+/// `{"cmd":"status"}` on the control socket (JSON lines, mode 0600).
 fn serve_control(path: &Path, tx: mpsc::UnboundedSender<Msg>) -> Result<(), HeadendError> {
     let err = |source| HeadendError::Control {
         path: path.display().to_string(),
         source,
     };
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(err)?;
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    let listener = crate::jsonl::listen(path).map_err(err)?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(err)?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let tx = tx.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = tokio::io::BufReader::new(r).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let cmd = serde_json::from_str::<Value>(&line)
-                        .ok()
-                        .and_then(|v| v["cmd"].as_str().map(str::to_string));
-                    let answer = match cmd.as_deref() {
-                        Some("status") => {
-                            let (o, r) = oneshot::channel();
-                            let _ = tx.send(Msg::Status(o));
-                            r.await
-                                .unwrap_or_else(|_| json!({"error": "the headend is stopping"}))
+            tokio::spawn(crate::jsonl::serve_lines(
+                stream,
+                move |r: Result<Request, serde_json::Error>| {
+                    let tx = tx.clone();
+                    async move {
+                        match r {
+                            Ok(r) if r.cmd == "status" => {
+                                let (o, rx) = oneshot::channel();
+                                let _ = tx.send(Msg::Status(o));
+                                rx.await
+                                    .unwrap_or_else(|_| json!({"error": "the headend is stopping"}))
+                            }
+                            Ok(r) => {
+                                json!({"error": format!("unknown command {:?}: use status", r.cmd)})
+                            }
+                            Err(e) => json!({"error": format!("not a request: {e}")}),
                         }
-                        _ => json!({"error": "unknown request: use {\"cmd\":\"status\"}"}),
-                    };
-                    let mut text = answer.to_string();
-                    text.push('\n');
-                    if w.write_all(text.as_bytes()).await.is_err() {
-                        break;
                     }
-                }
-            });
+                },
+            ));
         }
     });
     Ok(())

@@ -9,13 +9,14 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::firewall::{self, FirewallError};
+use crate::netlink::LinkWatch;
 use crate::plan::{MonitorPlan, Plan, Sysctl};
-use crate::translate::net;
+use crate::{signals, sockets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
@@ -55,7 +56,7 @@ impl Membership {
     /// Joins again if the interface appeared or was re-created (a new index); true then.
     pub fn refresh(&mut self) -> bool {
         let m = &self.monitor;
-        let now = net::ifindex(&m.interface);
+        let now = sockets::ifindex(&m.interface);
         if now == self.joined_on() {
             return false;
         }
@@ -107,42 +108,8 @@ fn join(group: IpAddr, ifindex: u32) -> io::Result<Socket> {
         Type::DGRAM,
         Some(Protocol::UDP),
     )?;
-    net::join(&s, group, ifindex)?;
+    sockets::join(&s, group, ifindex)?;
     Ok(s)
-}
-
-/// A netlink socket that hears links come and go.
-fn link_events() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket/bind calls on a fresh fd we own.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            libc::NETLINK_ROUTE,
-        );
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let owned = OwnedFd::from_raw_fd(fd);
-        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
-        sa.nl_family = libc::AF_NETLINK as u16;
-        sa.nl_groups = libc::RTMGRP_LINK as u32;
-        if libc::bind(
-            fd,
-            (&sa as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        ) < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(owned)
-    }
-}
-
-fn drain(fd: RawFd) {
-    let mut buf = [0u8; 16384];
-    // SAFETY: reading into a local buffer.
-    while unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) } > 0 {}
 }
 
 /// `/proc/sys` path of a sysctl key; the interface part of `net.ipv4.conf.IF.x` may hold dots.
@@ -192,11 +159,11 @@ pub fn main(plan: &Plan) -> Result<(), MonitorError> {
     if plan.monitors.is_empty() {
         return Err(MonitorError::Nothing(plan.site.clone()));
     }
-    let stop = net::block_termination_signals().map_err(|source| MonitorError::Io {
+    let stop = signals::block_termination().map_err(|source| MonitorError::Io {
         what: "creating a signalfd for SIGTERM/SIGINT".into(),
         source,
     })?;
-    let links = link_events().map_err(|source| MonitorError::Io {
+    let links = LinkWatch::open().map_err(|source| MonitorError::Io {
         what: "opening a netlink socket for link events".into(),
         source,
     })?;
@@ -244,12 +211,12 @@ pub fn main(plan: &Plan) -> Result<(), MonitorError> {
             // SAFETY: two valid pollfds. The timeout is a safety net for missed events.
             unsafe { libc::poll(fds.as_mut_ptr(), 2, 5000) };
             if fds[1].revents != 0 {
-                let sig = net::read_signal(&stop).unwrap_or(0);
-                tracing::info!("signal {sig}: leaving the groups and undoing the rules");
+                let sig = signals::next(&stop).map_or("a signal", |s| s.as_str());
+                tracing::info!("{sig}: leaving the groups and undoing the rules");
                 break;
             }
             if fds[0].revents != 0 {
-                drain(links.as_raw_fd());
+                links.drain();
             }
             let mut rejoined = false;
             for m in &mut members {

@@ -2,8 +2,6 @@
 //! `{"cmd":"status"}` answers VIFs and every (S,G) entry with counters and origin;
 //! `{"cmd":"reload"}` re-reads the configuration and applies only the difference.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,27 +18,10 @@ pub enum Request {
 
 /// Sends one request and returns the answer (`{"ok":true,…}` or `{"ok":false,"error":…}`).
 pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value, MrouteError> {
-    let err = |op, source| MrouteError::Control {
-        op,
+    crate::jsonl::request(socket, req, Duration::from_secs(30)).map_err(|e| MrouteError::Control {
+        op: e.op,
         path: socket.to_path_buf(),
-        source,
-    };
-    let mut s = UnixStream::connect(socket).map_err(|e| err("connecting to", e))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| err("setting a timeout on", e))?;
-    let mut line = serde_json::to_string(req).expect("request serializes");
-    line.push('\n');
-    s.write_all(line.as_bytes())
-        .map_err(|e| err("writing to", e))?;
-    let mut answer = String::new();
-    BufReader::new(s)
-        .read_line(&mut answer)
-        .map_err(|e| err("reading from", e))?;
-    serde_json::from_str(&answer).map_err(|e| {
-        err(
-            "parsing the answer of",
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        )
+        source: e.source,
     })
 }
 

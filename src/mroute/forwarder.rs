@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::MrouteError;
-use super::config::{Config, Iface, Resolution};
+use super::config::{Config, Iface, Resolution, Route};
 use super::kernel::{self, MAXVIFS, TTL_NOT_OUTPUT};
-use super::sys::{self, Counters, Family, JoinSocket, RouteSocket, Upcall};
+use super::sys::{Counters, Family, JoinSocket, RouteSocket, Upcall};
 
 /// Most (S,G) entries per family: learned and stop entries past this are not installed.
 pub const MAX_ENTRIES: usize = 200_000;
@@ -63,9 +63,79 @@ struct Vif {
     threshold: u8,
 }
 
+/// The kernel writes of a [`Table`]: the routing socket in the forwarder; a recorder in
+/// the property test that compares a delta sync with a full one.
+trait RouteWrite {
+    fn add_vif(&self, vifi: u16, ifindex: u32, threshold: u8) -> std::io::Result<()>;
+    fn del_vif(&self, vifi: u16) -> std::io::Result<()>;
+    fn add_mfc(&self, s: IpAddr, g: IpAddr, iif: u16, ttls: &[u8; MAXVIFS]) -> std::io::Result<()>;
+    fn del_mfc(&self, s: IpAddr, g: IpAddr, iif: u16) -> std::io::Result<()>;
+}
+
+impl RouteWrite for RouteSocket {
+    fn add_vif(&self, vifi: u16, ifindex: u32, threshold: u8) -> std::io::Result<()> {
+        RouteSocket::add_vif(self, vifi, ifindex, threshold)
+    }
+    fn del_vif(&self, vifi: u16) -> std::io::Result<()> {
+        RouteSocket::del_vif(self, vifi)
+    }
+    fn add_mfc(&self, s: IpAddr, g: IpAddr, iif: u16, ttls: &[u8; MAXVIFS]) -> std::io::Result<()> {
+        RouteSocket::add_mfc(self, s, g, iif, ttls)
+    }
+    fn del_mfc(&self, s: IpAddr, g: IpAddr, iif: u16) -> std::io::Result<()> {
+        RouteSocket::del_mfc(self, s, g, iif)
+    }
+}
+
+/// Which entries a sync looks at.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Every route and every entry.
+    Every,
+    /// A reload that changed only `removed` (old) into `added` (new) routes: the (S,G)
+    /// entries those routes name, and learned ones only when a template changed.
+    Routes {
+        removed: &'a [Arc<Route>],
+        added: &'a [Arc<Route>],
+    },
+}
+
+/// The kernel writes a sync decided, made after every entry is decided.
+#[derive(Default)]
+struct Install {
+    /// Replaced entries whose input changes: deleted from the old input first.
+    leave: Vec<(IpAddr, IpAddr, u16)>,
+    remove: Vec<(IpAddr, IpAddr, u16)>,
+    /// New or replacing entries (true: replaces one).
+    add: Vec<((IpAddr, IpAddr), Entry, bool)>,
+    /// Static (S,G)s already decided by an earlier route in this sync.
+    planned: std::collections::HashSet<(IpAddr, IpAddr)>,
+}
+
+type Run = std::ops::Range<usize>;
+
+/// The run of routes that differs between `a` and `b` (after their common prefix and
+/// suffix), as index ranges of each.
+fn changed_run(a: &[Arc<Route>], b: &[Arc<Route>]) -> (Run, Run) {
+    let same = |x: &Arc<Route>, y: &Arc<Route>| Arc::ptr_eq(x, y) || x == y;
+    let prefix = a.iter().zip(b).take_while(|(x, y)| same(x, y)).count();
+    let suffix = a[prefix..]
+        .iter()
+        .rev()
+        .zip(b[prefix..].iter().rev())
+        .take_while(|(x, y)| same(x, y))
+        .count();
+    (prefix..a.len() - suffix, prefix..b.len() - suffix)
+}
+
+/// The (S,G) of a static route.
+fn static_key(r: &Route) -> (IpAddr, IpAddr) {
+    (r.source.expect("static").addr(), r.group.addr())
+}
+
 /// One family's routing socket and what the forwarder put into it.
-struct Table {
-    sock: RouteSocket,
+struct Table<K = RouteSocket> {
+    sock: K,
     vifs: Vec<Option<Vif>>,
     entries: HashMap<(IpAddr, IpAddr), Entry>,
     generation: u64,
@@ -159,23 +229,12 @@ impl Forwarder {
 
     /// When `new` differs from the running configuration only in a run of routes (one
     /// changed, added or removed among many), the old and new index ranges of that run.
-    fn delta(&self, new: &Config) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    fn delta(&self, new: &Config) -> Option<(Run, Run)> {
         let old = &self.config;
         if old.vifs != new.vifs || old.mifs != new.mifs || self.v4.is_none() && self.v6.is_none() {
             return None;
         }
-        let (a, b) = (&old.routes, &new.routes);
-        let same = |x: &Arc<super::config::Route>, y: &Arc<super::config::Route>| {
-            Arc::ptr_eq(x, y) || x == y
-        };
-        let prefix = a.iter().zip(b).take_while(|(x, y)| same(x, y)).count();
-        let suffix = a[prefix..]
-            .iter()
-            .rev()
-            .zip(b[prefix..].iter().rev())
-            .take_while(|(x, y)| same(x, y))
-            .count();
-        let (ro, rn) = (prefix..a.len() - suffix, prefix..b.len() - suffix);
+        let (ro, rn) = changed_run(&old.routes, &new.routes);
         // Many changes: a full pass is as cheap and simpler.
         (ro.len() + rn.len() <= 64).then_some((ro, rn))
     }
@@ -251,14 +310,15 @@ impl Forwarder {
             }
             if let Some(t) = slot.as_mut() {
                 match &delta {
-                    Some((ro, rn)) => {
-                        if t.sync_vifs(fam, &new, &mut ch)? {
-                            t.sync_entries(fam, &new, &mut ch)?;
-                        } else {
-                            let removed = &self.config.routes[ro.clone()];
-                            t.sync_delta(fam, &new, removed, &new.routes[rn.clone()], &mut ch)?;
-                        }
+                    // Only a run of routes changed and no VIF did: look at their entries only.
+                    Some((ro, rn)) if !t.sync_vifs(fam, &new, &mut ch)? => {
+                        let scope = Scope::Routes {
+                            removed: &self.config.routes[ro.clone()],
+                            added: &new.routes[rn.clone()],
+                        };
+                        t.sync_entries(fam, &new, scope, &mut ch)?;
                     }
+                    Some(_) => t.sync_entries(fam, &new, Scope::Every, &mut ch)?,
                     None => t.sync(fam, &new, &mut ch)?,
                 }
             }
@@ -278,14 +338,14 @@ impl Forwarder {
         // Memberships die with their interface: one whose interface is gone or was
         // re-created (another index) is dropped here and joined again below.
         self.joins
-            .retain(|k, s| want.contains(k) && sys::ifindex(&k.0) == Some(s.ifindex));
+            .retain(|k, s| want.contains(k) && crate::sockets::ifindex(&k.0) == Some(s.ifindex));
         ch.left += before - self.joins.len();
         for k in want {
             if self.joins.contains_key(&k) {
                 continue;
             }
             let (on, group, source) = &k;
-            let Some(ix) = sys::ifindex(on) else {
+            let Some(ix) = crate::sockets::ifindex(on) else {
                 tracing::warn!(
                     "joining {group} on {on}: no such interface; joined when it appears"
                 );
@@ -413,7 +473,7 @@ impl Forwarder {
     }
 }
 
-impl Table {
+impl<K: RouteWrite> Table<K> {
     fn vif_of(&self, name: &str) -> Option<u16> {
         self.vifs
             .iter()
@@ -506,7 +566,7 @@ impl Table {
     /// Makes this family's VIFs and entries match `cfg`.
     fn sync(&mut self, fam: Family, cfg: &Config, ch: &mut Changes) -> Result<(), MrouteError> {
         self.sync_vifs(fam, cfg, ch)?;
-        self.sync_entries(fam, cfg, ch)
+        self.sync_entries(fam, cfg, Scope::Every, ch)
     }
 
     /// Makes the VIFs match `cfg`; true when any was added or removed.
@@ -524,7 +584,8 @@ impl Table {
             if let Some(v) = v {
                 let still = want.iter().find(|w| w.name == v.name);
                 let same = still.is_some_and(|w| {
-                    w.threshold == v.threshold && sys::ifindex(&w.name) == Some(v.ifindex)
+                    w.threshold == v.threshold
+                        && crate::sockets::ifindex(&w.name) == Some(v.ifindex)
                 });
                 if !same {
                     gone.push(i as u16);
@@ -546,7 +607,7 @@ impl Table {
             });
         }
         for w in missing {
-            let Some(ifindex) = sys::ifindex(&w.name) else {
+            let Some(ifindex) = crate::sockets::ifindex(&w.name) else {
                 tracing::warn!(
                     "{fam} {} for {}: no such interface; routes through it wait until it appears",
                     fam.vif(),
@@ -582,199 +643,81 @@ impl Table {
         Ok(before != (ch.vifs_added, ch.vifs_removed))
     }
 
-    /// A reload that changed only `removed` (old) into `added` (new) routes: only the
-    /// (S,G) entries those routes name are looked at, and learned entries only when a
-    /// template changed. Same result as `sync_entries`, without a pass over every route.
-    fn sync_delta(
-        &mut self,
-        fam: Family,
-        cfg: &Config,
-        removed: &[Arc<super::config::Route>],
-        added: &[Arc<super::config::Route>],
-        ch: &mut Changes,
-    ) -> Result<(), MrouteError> {
-        let before = ch.added + ch.changed;
-        let key = |r: &super::config::Route| (r.source.expect("static").addr(), r.group.addr());
-        let changed = || removed.iter().chain(added).filter(|r| r.family() == fam);
-        let mut keys: Vec<(IpAddr, IpAddr)> = changed()
-            .filter(|r| r.is_static())
-            .map(|r| key(r))
-            .collect();
-        keys.sort();
-        keys.dedup();
-        for k in keys {
-            let (s, g) = k;
-            // The first configured route for (S,G) whose input is a VIF wins, as in a full sync.
-            let want = cfg
-                .routes
-                .iter()
-                .filter(|r| r.family() == fam && r.is_static() && key(r) == k)
-                .find_map(|r| self.vif_of(&r.from).map(|iif| (iif, self.ttls(&r.to), r)));
-            match (want, self.entries.get_mut(&k)) {
-                (Some((iif, ttls, r)), Some(e)) if e.iif == iif && e.ttls == ttls => {
-                    e.origin = Origin::Configured;
-                    if e.why != r.origin {
-                        e.why = r.origin.clone();
-                    }
-                }
-                (Some((iif, ttls, r)), old) => {
-                    let old_iif = old.map(|e| e.iif);
-                    if old_iif.is_some_and(|o| o != iif) {
-                        let _ = self.sock.del_mfc(s, g, old_iif.unwrap_or(0));
-                    }
-                    let e = Entry::new(
-                        iif,
-                        ttls,
-                        Origin::Configured,
-                        r.origin.clone(),
-                        self.generation,
-                    );
-                    self.install(s, g, e).map_err(|err| MrouteError::Mfc {
-                        op: format!("adding ({s},{g})"),
-                        source: err,
-                    })?;
-                    if old_iif.is_some() {
-                        ch.changed += 1;
-                    } else {
-                        ch.added += 1;
-                    }
-                }
-                (None, Some(e)) if e.origin == Origin::Configured => {
-                    let iif = e.iif;
-                    self.entries.remove(&k);
-                    if let Err(err) = self.sock.del_mfc(s, g, iif) {
-                        tracing::warn!("removing ({s},{g}): {err}");
-                    }
-                    ch.removed += 1;
-                }
-                (None, _) => {}
-            }
-        }
-        if changed().any(|r| !r.is_static()) {
-            let learned: Vec<(IpAddr, IpAddr)> = self
-                .entries
-                .iter()
-                .filter(|(_, e)| e.origin != Origin::Configured)
-                .map(|(k, _)| *k)
-                .collect();
-            for (s, g) in learned {
-                let iif = self.entries[&(s, g)].iif;
-                match self.resolve(cfg, iif, s, g) {
-                    Some(e) => {
-                        let old = &self.entries[&(s, g)];
-                        if e.ttls != old.ttls || e.origin != old.origin {
-                            self.install(s, g, e).map_err(|err| MrouteError::Mfc {
-                                op: format!("replacing ({s},{g})"),
-                                source: err,
-                            })?;
-                            ch.changed += 1;
-                        } else if let Some(o) = self.entries.get_mut(&(s, g)) {
-                            o.why = e.why;
-                        }
-                    }
-                    None => {
-                        self.entries.remove(&(s, g));
-                        let _ = self.sock.del_mfc(s, g, iif);
-                        ch.removed += 1;
-                    }
-                }
-            }
-        }
-        ch.kept += self
-            .entries
-            .len()
-            .saturating_sub(ch.added + ch.changed - before);
-        Ok(())
-    }
-
-    /// Makes the (S,G) entries match `cfg`, looking at every route and entry.
+    /// Makes the (S,G) entries in `scope` match `cfg`. Every entry is decided the same way
+    /// ([`Table::confirm_static`], then [`Table::recheck`]); a [`Scope::Routes`] sync only
+    /// looks at fewer of them, with the same result as a full one.
     fn sync_entries(
         &mut self,
         fam: Family,
         cfg: &Config,
+        scope: Scope<'_>,
         ch: &mut Changes,
     ) -> Result<(), MrouteError> {
-        // 2. Static entries: one lookup per configured route; an unchanged entry is only
-        // marked with this sync's generation (20,000 unchanged routes allocate nothing).
+        let before = ch.added + ch.changed;
+        // An unchanged entry is only marked with this sync's generation (20,000 unchanged
+        // routes allocate nothing).
         self.generation += 1;
         let generation = self.generation;
-        let mut install: Vec<((IpAddr, IpAddr), Entry, bool)> = Vec::new();
-        for r in cfg
-            .routes
-            .iter()
-            .filter(|r| r.family() == fam && r.is_static())
-        {
-            let Some(iif) = self.vif_of(&r.from) else {
-                continue;
-            };
-            let key = (r.source.expect("static").addr(), r.group.addr());
-            let ttls = self.ttls(&r.to);
-            match self.entries.get_mut(&key) {
-                // The first of two routes for one (S,G) wins.
-                Some(e) if e.generation == generation => {}
-                Some(e) if e.iif == iif && e.ttls == ttls => {
-                    e.generation = generation;
-                    if e.origin != Origin::Configured || e.why != r.origin {
-                        e.origin = Origin::Configured;
-                        e.why = r.origin.clone();
-                    }
-                    ch.kept += 1;
+        let statics = |r: &&Arc<Route>| r.family() == fam && r.is_static();
+        let mut install = Install::default();
+        // 1. Static entries: the first configured route for an (S,G) whose input is a VIF.
+        let relearn = match scope {
+            Scope::Every => {
+                for r in cfg.routes.iter().filter(statics) {
+                    self.confirm_static(r, generation, &mut install);
                 }
-                found => {
-                    let old_iif = found.map(|e| {
-                        e.generation = generation;
-                        e.iif
-                    });
-                    let e = Entry::new(iif, ttls, Origin::Configured, r.origin.clone(), generation);
-                    if old_iif.is_some_and(|o| o != iif) {
-                        let _ = self.sock.del_mfc(key.0, key.1, old_iif.unwrap_or(0));
+                true
+            }
+            Scope::Routes { removed, added } => {
+                let changed = || removed.iter().chain(added).filter(statics);
+                let mut keys: Vec<(IpAddr, IpAddr)> = changed().map(|r| static_key(r)).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let first = cfg
+                        .routes
+                        .iter()
+                        .filter(statics)
+                        .find(|r| static_key(r) == k && self.vif_of(&r.from).is_some());
+                    match first {
+                        Some(r) => self.confirm_static(r, generation, &mut install),
+                        None => self.recheck(k, cfg, generation, &mut install),
                     }
-                    install.push((key, e, old_iif.is_some()));
                 }
+                // Learned and stop entries depend on the templates only.
+                removed
+                    .iter()
+                    .chain(added)
+                    .any(|r| r.family() == fam && !r.is_static())
+            }
+        };
+        // 2. Entries no configured route confirmed: configured ones go, learned and stop
+        // ones are resolved again against the new templates.
+        if relearn {
+            let unconfirmed: Vec<(IpAddr, IpAddr)> = self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.generation != generation)
+                .filter(|(_, e)| matches!(scope, Scope::Every) || e.origin != Origin::Configured)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in unconfirmed {
+                self.recheck(key, cfg, generation, &mut install);
             }
         }
-        // Entries no configured route confirmed: configured ones go, learned and stop ones
-        // are resolved again against the new templates.
-        let unconfirmed: Vec<(IpAddr, IpAddr)> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.generation != generation)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in unconfirmed {
-            let (s, g) = key;
-            let old = &self.entries[&key];
-            let new = if old.origin == Origin::Configured {
-                None
-            } else {
-                self.resolve(cfg, old.iif, s, g)
-            };
-            let old = self.entries.get_mut(&key).expect("present");
-            match new {
-                Some(e) if e.iif == old.iif && e.ttls == old.ttls => {
-                    old.generation = generation;
-                    old.origin = e.origin;
-                    old.why = e.why;
-                    ch.kept += 1;
-                }
-                Some(e) => {
-                    if e.iif != old.iif {
-                        let _ = self.sock.del_mfc(s, g, old.iif);
-                    }
-                    install.push((key, e, true));
-                }
-                None => {
-                    let iif = old.iif;
-                    self.entries.remove(&key);
-                    if let Err(err) = self.sock.del_mfc(s, g, iif) {
-                        tracing::warn!("removing ({s},{g}): {err}");
-                    }
-                    ch.removed += 1;
-                }
-            }
+        // 3. The kernel writes: replaced entries leave their old input first.
+        for (s, g, iif) in install.leave {
+            let _ = self.sock.del_mfc(s, g, iif);
         }
-        self.entries.reserve(install.len());
-        for ((s, g), mut e, replaces) in install {
+        for (s, g, iif) in install.remove {
+            self.entries.remove(&(s, g));
+            if let Err(err) = self.sock.del_mfc(s, g, iif) {
+                tracing::warn!("removing ({s},{g}): {err}");
+            }
+            ch.removed += 1;
+        }
+        self.entries.reserve(install.add.len());
+        for ((s, g), mut e, replaces) in install.add {
             e.generation = generation;
             let from = self.vif_name(e.iif);
             self.install(s, g, e).map_err(|err| MrouteError::Mfc {
@@ -787,7 +730,89 @@ impl Table {
                 ch.added += 1;
             }
         }
+        ch.kept += self
+            .entries
+            .len()
+            .saturating_sub(ch.added + ch.changed - before);
         Ok(())
+    }
+
+    /// Static route `r` wants its (S,G) from its input VIF to its outputs: an entry that
+    /// already is so is confirmed, any other is planned. Later routes for an (S,G) already
+    /// decided in this sync are ignored (the first wins).
+    fn confirm_static(&mut self, r: &Route, generation: u64, install: &mut Install) {
+        let Some(iif) = self.vif_of(&r.from) else {
+            return;
+        };
+        let key = static_key(r);
+        if install.planned.contains(&key) {
+            return;
+        }
+        let ttls = self.ttls(&r.to);
+        match self.entries.get_mut(&key) {
+            Some(e) if e.generation == generation => {}
+            Some(e) if e.iif == iif && e.ttls == ttls => {
+                e.generation = generation;
+                if e.origin != Origin::Configured || e.why != r.origin {
+                    e.origin = Origin::Configured;
+                    e.why = r.origin.clone();
+                }
+            }
+            found => {
+                let old_iif = found.map(|e| {
+                    e.generation = generation;
+                    e.iif
+                });
+                if let Some(o) = old_iif.filter(|o| *o != iif) {
+                    install.leave.push((key.0, key.1, o));
+                }
+                let e = Entry::new(iif, ttls, Origin::Configured, r.origin.clone(), generation);
+                install.planned.insert(key);
+                install.add.push((key, e, old_iif.is_some()));
+            }
+        }
+    }
+
+    /// An entry no static route wants: a configured one goes; a learned or stop one is
+    /// resolved again and kept, replaced or removed.
+    fn recheck(
+        &mut self,
+        key: (IpAddr, IpAddr),
+        cfg: &Config,
+        generation: u64,
+        install: &mut Install,
+    ) {
+        let (s, g) = key;
+        let Some(old) = self.entries.get(&key) else {
+            return;
+        };
+        if old.generation == generation {
+            return;
+        }
+        let new = if old.origin == Origin::Configured {
+            None
+        } else {
+            self.resolve(cfg, old.iif, s, g)
+        };
+        let old = self.entries.get_mut(&key).expect("present");
+        match new {
+            Some(e) if e.iif == old.iif && e.ttls == old.ttls => {
+                old.generation = generation;
+                old.origin = e.origin;
+                old.why = e.why;
+            }
+            Some(e) => {
+                old.generation = generation;
+                if e.iif != old.iif {
+                    install.leave.push((s, g, old.iif));
+                }
+                install.add.push((key, e, true));
+            }
+            None => {
+                old.generation = generation;
+                install.remove.push((s, g, old.iif));
+            }
+        }
     }
 
     fn remove_vif(&mut self, fam: Family, i: u16, ch: &mut Changes) -> Result<(), MrouteError> {
@@ -819,5 +844,206 @@ impl Table {
         self.vifs[i as usize] = None;
         ch.vifs_removed += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::net::Ipv4Addr;
+
+    use ipnet::IpNet;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mroute::config::Iface;
+
+    /// A kernel write, as the recorder saw it.
+    #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+    enum Op {
+        AddMfc(IpAddr, IpAddr, u16, Vec<u8>),
+        DelMfc(IpAddr, IpAddr, u16),
+        AddVif(u16, u32),
+        DelVif(u16),
+    }
+
+    /// Records the writes instead of making them (the test runs unprivileged).
+    #[derive(Default)]
+    struct Recorder(RefCell<Vec<Op>>);
+
+    impl RouteWrite for Recorder {
+        fn add_vif(&self, vifi: u16, ifindex: u32, _: u8) -> std::io::Result<()> {
+            self.0.borrow_mut().push(Op::AddVif(vifi, ifindex));
+            Ok(())
+        }
+        fn del_vif(&self, vifi: u16) -> std::io::Result<()> {
+            self.0.borrow_mut().push(Op::DelVif(vifi));
+            Ok(())
+        }
+        fn add_mfc(
+            &self,
+            s: IpAddr,
+            g: IpAddr,
+            iif: u16,
+            ttls: &[u8; MAXVIFS],
+        ) -> std::io::Result<()> {
+            self.0
+                .borrow_mut()
+                .push(Op::AddMfc(s, g, iif, ttls.to_vec()));
+            Ok(())
+        }
+        fn del_mfc(&self, s: IpAddr, g: IpAddr, iif: u16) -> std::io::Result<()> {
+            self.0.borrow_mut().push(Op::DelMfc(s, g, iif));
+            Ok(())
+        }
+    }
+
+    const VIFS: [&str; 4] = ["a", "b", "c", "d"];
+
+    fn config(routes: Vec<Arc<Route>>) -> Config {
+        Config {
+            table: None,
+            expire: Duration::from_secs(60),
+            vifs: VIFS
+                .iter()
+                .map(|n| Iface {
+                    name: n.to_string(),
+                    threshold: 1,
+                })
+                .collect(),
+            mifs: vec![],
+            routes,
+            joins: vec![],
+            firewall: None,
+            snooping: vec![],
+            state_dir: Default::default(),
+        }
+    }
+
+    /// A table whose VIFs 0..4 are a, b, c, d, set up from `cfg` and then `upcalls`.
+    fn table(cfg: &Config, upcalls: &[(u16, u8, u8)]) -> Table<Recorder> {
+        let mut t = Table {
+            sock: Recorder::default(),
+            vifs: VIFS
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    Some(Vif {
+                        name: n.to_string(),
+                        ifindex: i as u32 + 10,
+                        threshold: 1,
+                    })
+                })
+                .collect(),
+            entries: HashMap::new(),
+            generation: 0,
+        };
+        t.sync_entries(Family::Ipv4, cfg, Scope::Every, &mut Changes::default())
+            .unwrap();
+        for &(vif, s, g) in upcalls {
+            t.upcall(
+                cfg,
+                Upcall {
+                    kind: kernel::MSG_NOCACHE,
+                    vif,
+                    source: source(s),
+                    group: group(g),
+                },
+            );
+        }
+        t.sock.0.borrow_mut().clear();
+        t
+    }
+
+    fn source(i: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + i % 3))
+    }
+
+    fn group(i: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(239, 1, 1, 1 + i % 3))
+    }
+
+    /// Few sources, groups and interfaces, so routes collide and shadow each other; "x"
+    /// is not a VIF.
+    fn route() -> impl Strategy<Value = Arc<Route>> {
+        let from = prop::sample::select(vec!["a", "b", "c", "x"]);
+        let to = prop::collection::vec(
+            (prop::sample::select(vec!["a", "b", "c", "d", "x"]), 1u8..4),
+            0..3,
+        );
+        (from, 0u8..4, 0u8..4, any::<bool>(), to, 0u32..1000).prop_map(
+            |(from, s, g, template, to, n)| {
+                let (source, grp) = if template {
+                    (
+                        (s != 3).then(|| IpNet::new(source(s), 24).unwrap()),
+                        IpNet::new(group(g), 30).unwrap(),
+                    )
+                } else {
+                    (
+                        Some(IpNet::new(source(s), 32).unwrap()),
+                        IpNet::new(group(g), 32).unwrap(),
+                    )
+                };
+                Arc::new(Route {
+                    origin: format!("route {n}"),
+                    from: from.to_string(),
+                    source,
+                    group: grp,
+                    to: to.into_iter().map(|(n, t)| (n.to_string(), t)).collect(),
+                })
+            },
+        )
+    }
+
+    type Seen = (
+        Vec<Op>,
+        BTreeMap<(IpAddr, IpAddr), (u16, Vec<u8>, Origin, String)>,
+        [usize; 4],
+    );
+
+    fn seen(t: &Table<Recorder>, ch: &Changes) -> Seen {
+        let mut ops = t.sock.0.borrow().clone();
+        ops.sort();
+        let entries = t
+            .entries
+            .iter()
+            .map(|(k, e)| (*k, (e.iif, e.ttls.to_vec(), e.origin, e.why.clone())))
+            .collect();
+        (ops, entries, [ch.added, ch.changed, ch.removed, ch.kept])
+    }
+
+    proptest! {
+        /// A reload that changed a run of routes writes to the kernel exactly what a full
+        /// sync writes, and leaves the same entries and counts.
+        #[test]
+        fn a_delta_sync_writes_what_a_full_sync_writes(
+            old in prop::collection::vec(route(), 0..10),
+            cut in 0usize..10,
+            drop in 0usize..4,
+            insert in prop::collection::vec(route(), 0..4),
+            upcalls in prop::collection::vec((0u16..4, 0u8..4, 0u8..4), 0..8),
+        ) {
+            let cut = cut.min(old.len());
+            let drop = drop.min(old.len() - cut);
+            let mut routes = old[..cut].to_vec();
+            routes.extend(insert);
+            routes.extend_from_slice(&old[cut + drop..]);
+            let (old_cfg, new_cfg) = (config(old), config(routes));
+            let (ro, rn) = changed_run(&old_cfg.routes, &new_cfg.routes);
+
+            let mut full = table(&old_cfg, &upcalls);
+            let mut ch_full = Changes::default();
+            full.sync_entries(Family::Ipv4, &new_cfg, Scope::Every, &mut ch_full).unwrap();
+
+            let mut delta = table(&old_cfg, &upcalls);
+            let mut ch_delta = Changes::default();
+            let scope = Scope::Routes {
+                removed: &old_cfg.routes[ro],
+                added: &new_cfg.routes[rn],
+            };
+            delta.sync_entries(Family::Ipv4, &new_cfg, scope, &mut ch_delta).unwrap();
+
+            prop_assert_eq!(seen(&delta, &ch_delta), seen(&full, &ch_full));
+        }
     }
 }

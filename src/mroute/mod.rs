@@ -73,41 +73,33 @@ pub enum MrouteError {
     #[error("{op}: {source}")]
     Signal {
         op: &'static str,
-        source: nix::Error,
+        source: std::io::Error,
     },
 }
 
+/// What `appliance mroute` is asked to do: serve a source, or ask the running forwarder.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The site or smcroute.conf served (and where its control socket lives).
+    pub source: run::Source,
+    /// Ask the running forwarder this instead of starting one.
+    pub ask: Option<control::Request>,
+    /// Print a status answer as JSON.
+    pub json: bool,
+}
+
 /// `appliance mroute (SITE | --smcroute-conf FILE) [--status [--json] | --reload]`.
-pub fn cli(args: crate::cli::MrouteArgs) -> std::process::ExitCode {
+pub fn main(inv: Invocation) -> std::process::ExitCode {
+    use crate::exit::{EXIT_FAILED, EXIT_INVALID, EXIT_NOT_RUNNING};
     use std::process::ExitCode;
-    let source = match (args.site, args.smcroute_conf) {
-        (Some(path), _) => run::Source::Site {
-            path,
-            state_dir: args.state_dir,
-        },
-        (None, Some(file)) => run::Source::Smcroute {
-            file,
-            state_dir: args
-                .state_dir
-                .unwrap_or_else(|| PathBuf::from(SMCROUTE_STATE_DIR)),
-            cache: Default::default(),
-        },
-        (None, None) => unreachable!("clap requires one of them"),
-    };
-    let ask = if args.status {
-        Some(control::Request::Status)
-    } else if args.reload {
-        Some(control::Request::Reload)
-    } else {
-        None
-    };
+    let Invocation { source, ask, json } = inv;
     if let Some(req) = ask {
         let answer = source
             .socket()
             .and_then(|sock| control::request(&sock, &req));
         return match answer {
             Ok(v) if v["ok"] == true => {
-                if req == control::Request::Status && !args.json {
+                if req == control::Request::Status && !json {
                     print!("{}", control::render(&v));
                 } else {
                     println!("{v}");
@@ -119,11 +111,11 @@ pub fn cli(args: crate::cli::MrouteArgs) -> std::process::ExitCode {
                     "appliance mroute: {}",
                     v["error"].as_str().unwrap_or("failed")
                 );
-                ExitCode::from(1)
+                ExitCode::from(EXIT_FAILED)
             }
             Err(e) => {
                 eprintln!("appliance mroute: {e}");
-                ExitCode::from(3)
+                ExitCode::from(EXIT_NOT_RUNNING)
             }
         };
     }
@@ -131,11 +123,11 @@ pub fn cli(args: crate::cli::MrouteArgs) -> std::process::ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ MrouteError::Load(_)) => {
             eprintln!("{e}");
-            ExitCode::from(crate::cli::EXIT_INVALID)
+            ExitCode::from(EXIT_INVALID)
         }
         Err(e) => {
             eprintln!("appliance mroute: {e}");
-            ExitCode::from(1)
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }

@@ -2,7 +2,6 @@
 //! sockets (upcalls), a signalfd (SIGHUP reloads, SIGTERM/SIGINT stop) and the control
 //! socket; idle learned entries are swept on a timer.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -10,14 +9,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::config::Config;
 use super::control::Request;
 use super::forwarder::Forwarder;
 use super::{MrouteError, SOCKET_NAME, smcroute};
-use crate::{firewall, plan, site};
+use crate::netlink::LinkWatch;
+use crate::signals::{self, Signal, SignalFd};
+use crate::{firewall, jsonl, plan, site};
 
 /// Where the forwarder's configuration comes from (and is re-read from on reload).
 #[derive(Debug, Clone)]
@@ -85,18 +84,12 @@ fn sweep_interval(expire: Duration) -> Duration {
 
 /// Runs the forwarder until SIGTERM or SIGINT.
 pub fn serve(source: Source) -> Result<(), MrouteError> {
-    let mut mask = SigSet::empty();
-    for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
-        mask.add(s);
-    }
-    mask.thread_block().map_err(|source| MrouteError::Signal {
-        op: "blocking SIGHUP, SIGTERM and SIGINT",
-        source,
-    })?;
-    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|source| MrouteError::Signal {
-            op: "opening a signalfd",
-            source,
+    let sigfd =
+        signals::block(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT]).map_err(|source| {
+            MrouteError::Signal {
+                op: "blocking SIGHUP, SIGTERM and SIGINT (signalfd)",
+                source,
+            }
         })?;
 
     keep_heap();
@@ -137,25 +130,15 @@ pub fn serve(source: Source) -> Result<(), MrouteError> {
 }
 
 fn bind_control(path: &Path) -> Result<UnixListener, MrouteError> {
-    let err = |op, source| MrouteError::Control {
-        op,
+    jsonl::listen(path).map_err(|source| MrouteError::Control {
+        op: if source.kind() == std::io::ErrorKind::AddrInUse {
+            "another forwarder already answers on"
+        } else {
+            "binding"
+        },
         path: path.to_path_buf(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err("creating the directory of", e))?;
-    }
-    if UnixStream::connect(path).is_ok() {
-        return Err(err(
-            "another forwarder already answers on",
-            std::io::Error::from(std::io::ErrorKind::AddrInUse),
-        ));
-    }
-    let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path).map_err(|e| err("binding", e))?;
-    l.set_nonblocking(true)
-        .map_err(|e| err("making non-blocking", e))?;
-    Ok(l)
+    })
 }
 
 /// Bridge multicast snooping through netlink (`ip link`), which always acts in this
@@ -203,7 +186,7 @@ fn event_loop(
 ) -> Result<(), MrouteError> {
     use std::os::fd::AsFd;
     let mut next_sweep = Instant::now() + sweep_interval(fwd.config().expire);
-    let links = super::sys::LinkWatch::open().map_err(|e| MrouteError::Control {
+    let links = LinkWatch::open().map_err(|e| MrouteError::Control {
         op: "watching links (netlink RTMGRP_LINK) for",
         path: PathBuf::from("the forwarder's interfaces"),
         source: e,
@@ -215,11 +198,7 @@ fn event_loop(
             let mut fds = vec![
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-                // SAFETY: `links` outlives this poll.
-                PollFd::new(
-                    unsafe { BorrowedFd::borrow_raw(links.fd()) },
-                    PollFlags::POLLIN,
-                ),
+                PollFd::new(links.as_fd(), PollFlags::POLLIN),
             ];
             for (_, fd) in &upcall_fds {
                 // SAFETY: the forwarder owns these sockets and outlives this poll.
@@ -236,7 +215,7 @@ fn event_loop(
                 Err(source) => {
                     return Err(MrouteError::Signal {
                         op: "polling",
-                        source,
+                        source: source.into(),
                     });
                 }
             }
@@ -269,18 +248,17 @@ fn event_loop(
             }
         }
         if ready[0] {
-            while let Ok(Some(info)) = sigfd.read_signal() {
-                match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGHUP) => {
+            while let Some(sig) = signals::next(sigfd) {
+                match sig {
+                    Signal::SIGHUP => {
                         let answer = reload(source, &mut fwd);
                         tracing::info!("SIGHUP: {answer}");
                         fwd.drop_retired();
                     }
-                    Ok(s) => {
+                    s => {
                         tracing::info!("{s}: stopping");
                         return Ok(());
                     }
-                    Err(_) => {}
                 }
             }
         }
@@ -301,12 +279,8 @@ fn event_loop(
 }
 
 fn answer(stream: UnixStream, source: &Source, fwd: &mut Forwarder) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
     // A client that says nothing must not hold up upcalls for long.
-    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    let reply = match serde_json::from_str::<Request>(&line) {
+    jsonl::answer_one(stream, Duration::from_millis(500), |req| match req {
         Ok(Request::Status) => {
             let mut v = serde_json::to_value(fwd.status()).expect("status serializes");
             v["ok"] = true.into();
@@ -317,10 +291,7 @@ fn answer(stream: UnixStream, source: &Source, fwd: &mut Forwarder) -> std::io::
             "ok": false,
             "error": format!("{e}; send {{\"cmd\":\"status\"}} or {{\"cmd\":\"reload\"}}"),
         }),
-    };
-    let mut out = serde_json::to_vec(&reply).expect("reply serializes");
-    out.push(b'\n');
-    (&stream).write_all(&out)
+    })
 }
 
 /// Re-reads the configuration and applies the difference; an invalid file changes nothing.

@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::kernel::{self, zeroed};
+use crate::sockets::setsockopt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,24 +66,6 @@ pub struct RouteSocket {
     pub family: Family,
 }
 
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, val: &T) -> io::Result<()> {
-    // SAFETY: `val` points to a live value of the size we pass.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (val as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 pub fn sin6(a: Ipv6Addr) -> libc::sockaddr_in6 {
     let mut s: libc::sockaddr_in6 = zeroed();
     s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
@@ -119,26 +102,21 @@ impl RouteSocket {
                     .map_err(|e| annotate(e, "opening a raw ICMPv6 socket"))?;
                 // Upcalls bypass the filter; block every ICMPv6 message so only they arrive.
                 let block_all = [u32::MAX; 8];
-                setsockopt(
-                    s.as_raw_fd(),
-                    libc::IPPROTO_ICMPV6,
-                    kernel::ICMP6_FILTER,
-                    &block_all,
-                )
-                .map_err(|e| annotate(e, "setting ICMP6_FILTER"))?;
+                setsockopt(&s, libc::IPPROTO_ICMPV6, kernel::ICMP6_FILTER, &block_all)
+                    .map_err(|e| annotate(e, "setting ICMP6_FILTER"))?;
                 (s, libc::IPPROTO_IPV6)
             }
         };
         sock.set_nonblocking(true)?;
         if let Some(t) = table {
-            setsockopt(sock.as_raw_fd(), level, kernel::MRT_TABLE, &t)
+            setsockopt(&sock, level, kernel::MRT_TABLE, &t)
                 .map_err(|e| annotate(e, &format!("selecting table {t} (MRT_TABLE)")))?;
         }
         let one: libc::c_int = 1;
         // EADDRINUSE here: another multicast router holds the API; the caller says so.
-        setsockopt(sock.as_raw_fd(), level, kernel::MRT_INIT, &one)?;
+        setsockopt(&sock, level, kernel::MRT_INIT, &one)?;
         // Ask for WRONGVIF upcalls: a source that moved is re-resolved.
-        setsockopt(sock.as_raw_fd(), level, kernel::MRT_ASSERT, &one)
+        setsockopt(&sock, level, kernel::MRT_ASSERT, &one)
             .map_err(|e| annotate(e, "enabling MRT_ASSERT"))?;
         Ok(RouteSocket { sock, family })
     }
@@ -162,14 +140,14 @@ impl RouteSocket {
                 v.vifc_flags = kernel::VIFF_USE_IFINDEX;
                 v.vifc_threshold = threshold;
                 v.vifc_lcl_ifindex = ifindex as libc::c_int;
-                setsockopt(self.fd(), self.level(), kernel::MRT_ADD_VIF, &v)
+                setsockopt(&self.sock, self.level(), kernel::MRT_ADD_VIF, &v)
             }
             Family::Ipv6 => {
                 let mut m: kernel::mif6ctl = zeroed();
                 m.mif6c_mifi = vifi;
                 m.vifc_threshold = threshold;
                 m.mif6c_pifi = ifindex as u16;
-                setsockopt(self.fd(), self.level(), kernel::MRT6_ADD_MIF, &m)
+                setsockopt(&self.sock, self.level(), kernel::MRT6_ADD_MIF, &m)
             }
         }
     }
@@ -179,11 +157,11 @@ impl RouteSocket {
             Family::Ipv4 => {
                 let mut v: kernel::vifctl = zeroed();
                 v.vifc_vifi = vifi;
-                setsockopt(self.fd(), self.level(), kernel::MRT_DEL_VIF, &v)
+                setsockopt(&self.sock, self.level(), kernel::MRT_DEL_VIF, &v)
             }
             Family::Ipv6 => {
                 let mifi: u16 = vifi;
-                setsockopt(self.fd(), self.level(), kernel::MRT6_DEL_MIF, &mifi)
+                setsockopt(&self.sock, self.level(), kernel::MRT6_DEL_MIF, &mifi)
             }
         }
     }
@@ -230,7 +208,7 @@ impl RouteSocket {
                 } else {
                     kernel::MRT_DEL_MFC
                 };
-                setsockopt(self.fd(), self.level(), op, &m)
+                setsockopt(&self.sock, self.level(), op, &m)
             }
             (Family::Ipv6, IpAddr::V6(s), IpAddr::V6(g)) => {
                 let mut m: kernel::mf6cctl = zeroed();
@@ -247,7 +225,7 @@ impl RouteSocket {
                 } else {
                     kernel::MRT6_DEL_MFC
                 };
-                setsockopt(self.fd(), self.level(), op, &m)
+                setsockopt(&self.sock, self.level(), op, &m)
             }
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -373,14 +351,14 @@ impl JoinSocket {
                 let mut r: kernel::group_req = zeroed();
                 r.gr_interface = ifindex;
                 r.gr_group = storage(group);
-                setsockopt(sock.as_raw_fd(), level, kernel::MCAST_JOIN_GROUP, &r)?;
+                setsockopt(&sock, level, kernel::MCAST_JOIN_GROUP, &r)?;
             }
             Some(s) => {
                 let mut r: kernel::group_source_req = zeroed();
                 r.gsr_interface = ifindex;
                 r.gsr_group = storage(group);
                 r.gsr_source = storage(s);
-                setsockopt(sock.as_raw_fd(), level, kernel::MCAST_JOIN_SOURCE_GROUP, &r)?;
+                setsockopt(&sock, level, kernel::MCAST_JOIN_SOURCE_GROUP, &r)?;
             }
         }
         Ok(JoinSocket { sock, ifindex })
@@ -411,73 +389,4 @@ fn storage(a: IpAddr) -> libc::sockaddr_storage {
         }
     }
     ss
-}
-
-/// The index of a network interface in this namespace, None if there is none by that name.
-pub fn ifindex(name: &str) -> Option<u32> {
-    nix::net::if_::if_nametoindex(name).ok()
-}
-
-/// A netlink socket that becomes readable when a link appears, goes or changes
-/// (RTMGRP_LINK), so VIFs and joins follow interfaces that are re-created.
-pub struct LinkWatch {
-    fd: std::os::fd::OwnedFd,
-}
-
-impl LinkWatch {
-    pub fn open() -> io::Result<LinkWatch> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let mut addr: libc::sockaddr_nl = zeroed();
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = libc::RTMGRP_LINK as u32;
-        // SAFETY: binding to the address we built, of the size we pass.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(LinkWatch { fd })
-    }
-
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    /// Reads every waiting notification; true if there was any.
-    pub fn drain(&self) -> bool {
-        let mut buf = [0u8; 8192];
-        let mut any = false;
-        loop {
-            // SAFETY: reading into a buffer we own, of the length we pass.
-            let n = unsafe { libc::recv(self.fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n <= 0 {
-                let e = io::Error::last_os_error();
-                // ENOBUFS: notifications were lost; a resync covers them all anyway.
-                if n < 0 && e.raw_os_error() == Some(libc::ENOBUFS) {
-                    any = true;
-                    continue;
-                }
-                return any;
-            }
-            any = true;
-        }
-    }
 }

@@ -4,8 +4,6 @@
 pub mod avahi;
 pub mod firewall;
 pub mod groups;
-pub mod mac;
-pub mod names;
 mod text;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -15,11 +13,13 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Serialize;
 
-pub use mac::Mac;
+// Moved below `site` and `plan` (both use them); re-exported for the plan's readers.
+pub use crate::mac::{self, Mac};
+pub use crate::names;
 
 use crate::site::{Address4, GroupSpec, MacPolicy, Site, Trust};
 
-/// The UDP ports of the on-demand headend (DESIGN.md).
+/// The UDP ports of the on-demand headend (docs/architecture.md).
 pub const RTP_PORT: u16 = 5004;
 pub const RTCP_PORT: u16 = 5005;
 pub const SAP_PORT: u16 = 9875;

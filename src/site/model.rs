@@ -1,4 +1,4 @@
-//! The serde types of `site.toml`: exactly the keys of the contract in DESIGN.md,
+//! The serde types of `site.toml`: exactly the keys of the contract in docs/contract.md,
 //! plus a few optional ones an operator needs. Unknown keys are errors.
 
 use std::collections::BTreeMap;
@@ -112,10 +112,11 @@ pub enum MacPolicy {
     /// Locally administered unicast, hashed from (site, vlan, role): survives re-creation.
     #[default]
     Stable,
-    /// The field notes' scheme: `fe:ff:` + 4 bytes of the netns inode XOR 0xf0000000.
+    /// The manual setup's scheme: `fe:ff:` + 4 bytes of the netns inode XOR 0xf0000000
+    /// (docs/architecture.md).
     Netns,
     /// Taken as given.
-    Literal(crate::plan::Mac),
+    Literal(crate::mac::Mac),
 }
 
 impl FromStr for MacPolicy {

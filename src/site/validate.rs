@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::model::*;
-use crate::plan::names::{self, SITE_NAME_MAX, check_ifname, check_object_name};
+use crate::names::{self, SITE_NAME_MAX, check_ifname, check_object_name};
 
 /// One problem: the field's path and what is wrong, saying what would be valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub struct Problem {
 pub const MAX_VIFS: usize = 32;
 /// RFC 3306 group ids carry a 31-bit service number.
 pub const MAX_SERVICE_NUMBER: u32 = 0x7fff_ffff;
-/// avahi's reflector misbehaves with longer filter lists (field notes).
+/// avahi's reflector misbehaves with longer filter lists (docs/architecture.md, "Facts").
 pub const MAX_REFLECT_FILTERS_LEN: usize = 255;
 
 struct Check {
@@ -321,60 +321,71 @@ fn check_service_type(s: &str) -> Result<(), String> {
     }
 }
 
+/// One `[[multicast.route]]`; `seen` holds the (from, source, group) of the routes
+/// before it.
+fn check_route<'a>(
+    c: &mut Check,
+    i: usize,
+    r: &'a Route,
+    seen: &mut BTreeMap<(&'a str, Option<IpAddr>, GroupSpec), usize>,
+) {
+    let p = format!("multicast.route[{i}]");
+    c.result(format!("{p}.from"), check_ifname(&r.from));
+    c.result(format!("{p}.group"), check_routable_group(&r.group));
+    if let Some(src) = r.source {
+        c.result(format!("{p}.source"), check_source(src, r.group.0.addr()));
+    }
+    if r.to.is_empty() {
+        c.err(
+            format!("{p}.to"),
+            "name at least one interface to forward to",
+        );
+    }
+    let mut outs = BTreeSet::new();
+    for (j, t) in r.to.iter().enumerate() {
+        c.result(format!("{p}.to[{j}]"), check_ifname(t));
+        if *t == r.from {
+            c.err(
+                format!("{p}.to[{j}]"),
+                format!(
+                    "{t:?} is the route's own from; multicast is never sent back where it came from"
+                ),
+            );
+        }
+        if !outs.insert(t) {
+            c.err(format!("{p}.to[{j}]"), format!("{t:?} is listed twice"));
+        }
+    }
+    if r.ttl_threshold > 1 && r.group.0.addr().is_ipv6() {
+        c.err(
+            format!("{p}.ttl_threshold"),
+            "the kernel's IPv6 multicast routes have no per-output hop-limit threshold \
+             (they forward hop limit >= 2 everywhere); leave it at 1 for IPv6 groups",
+        );
+    }
+    if r.ttl_threshold == 0 {
+        c.err(
+            format!("{p}.ttl_threshold"),
+            "0 would forward TTL-1 packets off their link; use 1 (forward TTL >= 2) or more",
+        );
+    }
+    let key = (r.from.as_str(), r.source, r.group);
+    if let Some(first) = seen.insert(key, i) {
+        c.err(
+            format!("{p}.group"),
+            format!(
+                "multicast.route[{first}] has the same from, source and group; merge their to lists"
+            ),
+        );
+    }
+}
+
 fn check_multicast(c: &mut Check, m: &Multicast) {
     let mut ifaces_v4 = BTreeSet::new();
     let mut ifaces_v6 = BTreeSet::new();
     let mut seen = BTreeMap::new();
     for (i, r) in m.route.iter().enumerate() {
-        let p = format!("multicast.route[{i}]");
-        c.result(format!("{p}.from"), check_ifname(&r.from));
-        c.result(format!("{p}.group"), check_routable_group(&r.group));
-        if let Some(src) = r.source {
-            c.result(format!("{p}.source"), check_source(src, r.group.0.addr()));
-        }
-        if r.to.is_empty() {
-            c.err(
-                format!("{p}.to"),
-                "name at least one interface to forward to",
-            );
-        }
-        let mut outs = BTreeSet::new();
-        for (j, t) in r.to.iter().enumerate() {
-            c.result(format!("{p}.to[{j}]"), check_ifname(t));
-            if *t == r.from {
-                c.err(
-                    format!("{p}.to[{j}]"),
-                    format!(
-                        "{t:?} is the route's own from; multicast is never sent back where it came from"
-                    ),
-                );
-            }
-            if !outs.insert(t) {
-                c.err(format!("{p}.to[{j}]"), format!("{t:?} is listed twice"));
-            }
-        }
-        if r.ttl_threshold > 1 && r.group.0.addr().is_ipv6() {
-            c.err(
-                format!("{p}.ttl_threshold"),
-                "the kernel's IPv6 multicast routes have no per-output hop-limit threshold \
-                 (they forward hop limit >= 2 everywhere); leave it at 1 for IPv6 groups",
-            );
-        }
-        if r.ttl_threshold == 0 {
-            c.err(
-                format!("{p}.ttl_threshold"),
-                "0 would forward TTL-1 packets off their link; use 1 (forward TTL >= 2) or more",
-            );
-        }
-        let key = (r.from.as_str(), r.source, r.group);
-        if let Some(first) = seen.insert(key, i) {
-            c.err(
-                format!("{p}.group"),
-                format!(
-                    "multicast.route[{first}] has the same from, source and group; merge their to lists"
-                ),
-            );
-        }
+        check_route(c, i, r, &mut seen);
         let set = if r.group.0.addr().is_ipv4() {
             &mut ifaces_v4
         } else {

@@ -11,10 +11,8 @@ use crate::apply::{self, Record};
 use crate::plan::{self, Plan};
 use crate::site;
 
-/// `status`: no site runs in that state directory.
-pub const EXIT_NOT_RUNNING: u8 = 3;
-/// `status`: something is unhealthy; also `up`/`down` failures.
-pub const EXIT_FAILED: u8 = 1;
+use crate::exit::EXIT_INVALID;
+pub use crate::exit::{EXIT_FAILED, EXIT_NOT_RUNNING};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -28,7 +26,7 @@ fn load(path: &Path, state_dir: Option<PathBuf>) -> Result<Plan, ExitCode> {
         Ok(l) => Ok(plan::plan(&l.site.with_state_dir(state_dir), &l.path)),
         Err(errors) => {
             eprintln!("{errors}");
-            Err(ExitCode::from(crate::cli::EXIT_INVALID))
+            Err(ExitCode::from(EXIT_INVALID))
         }
     }
 }
@@ -129,7 +127,7 @@ fn state_dir(given: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            Err(ExitCode::from(crate::cli::EXIT_INVALID))
+            Err(ExitCode::from(EXIT_INVALID))
         }
     }
 }

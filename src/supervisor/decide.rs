@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cli::EXIT_NOT_BUILT;
+use crate::exit::EXIT_NOT_BUILT;
 use crate::plan::RestartPolicy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -135,6 +135,7 @@ fn pidfd(pid: u32) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::Owne
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: fd is the new, valid (checked) pidfd, owned by nothing else.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
     // SAFETY: the AsyncFd owns the fd and deregisters it before closing it.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
@@ -175,23 +176,28 @@ struct Sup {
     last_status: String,
 }
 
+/// SIGTERM and SIGINT as tokio streams: both tear the site down.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+}
+
 /// Runs `up` to the end: returns the exit code.
 pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
     let started = Instant::now();
     // First, while few fds are open: the PID namespace's init is a fork that keeps copies.
     let spawner = spawner::Spawner::start();
-    let dir = plan.state_dir.clone();
-    if let Some(old) = Record::load(&dir) {
-        info!(
-            "found what an earlier up (pid {}) left in {}: removing it first",
-            old.pid,
-            dir.display()
-        );
-        for e in apply::teardown(&plan.site, Some(&plan), &dir).await {
-            warn!("removing leftovers: {e}");
-        }
-        let _ = std::fs::create_dir_all(&dir);
-    }
+    remove_leftovers(&plan).await;
     let mut record = Record {
         site: plan.site.clone(),
         pid: std::process::id(),
@@ -201,20 +207,14 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
         "site {}: up from {} (state in {})",
         plan.site,
         plan.site_file.display(),
-        dir.display()
+        plan.state_dir.display()
     );
     notify::send(&format!("STATUS=building site {}", plan.site));
     let built = match apply::build(&plan, &mut record).await {
         Ok(b) => b,
         Err(e) => {
             error!("up failed: {e}");
-            info!("removing what was made");
-            for e in apply::teardown(&plan.site, Some(&plan), &dir).await {
-                error!("teardown: {e}");
-            }
-            drop(lock);
-            let _ = std::fs::remove_file(dir.join("lock"));
-            let _ = std::fs::remove_dir(&dir);
+            undo_failed_build(&plan, lock).await;
             return 1;
         }
     };
@@ -225,21 +225,7 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
         plan.veths.len()
     );
     let (tx, mut rx) = mpsc::unbounded_channel();
-    // IPv6 addresses are unusable until duplicate address detection is done (a second or
-    // two): the site is not ready before, and an address another host has is reported.
-    match apply::dad_checks(&plan, &built).await {
-        Ok(checks) => {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let s = apply::settle(checks, DAD_WAIT).await;
-                let _ = tx.send(Msg::Settled(s));
-            });
-        }
-        Err(e) => {
-            warn!("not waiting for IPv6 duplicate address detection: {e}");
-            let _ = tx.send(Msg::Settled(apply::Settled::default()));
-        }
-    }
+    watch_dad(&plan, &built, &tx).await;
     if let Err(e) = control::serve(&plan.control_socket, tx.clone()) {
         error!("{e}");
     }
@@ -260,72 +246,142 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
         settled: None,
         last_status: String::new(),
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .expect("SIGINT handler");
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut down_waiters = vec![];
-    sup.handle(Event::Begin);
-    loop {
-        tokio::select! {
-            Some(m) = rx.recv() => match m {
-                Msg::Decide(ev) => {
-                    if sup.handle(ev) {
-                        break;
-                    }
-                }
-                Msg::KillIfStill { name, pid } => sup.kill_if_still(&name, pid),
-                Msg::Control(control::Request::Down(reply)) => {
-                    info!("down asked over the control socket");
-                    down_waiters.push(reply);
-                    sup.handle(Event::Shutdown);
-                    break;
-                }
-                Msg::Control(r) => sup.answer(r),
-                Msg::Settled(s) => sup.settled(s),
-            },
-            _ = term.recv() => {
-                info!("SIGTERM: tearing the site down");
-                sup.handle(Event::Shutdown);
-                break;
-            }
-            _ = int.recv() => {
-                info!("SIGINT: tearing the site down");
-                sup.handle(Event::Shutdown);
-                break;
-            }
-            _ = tick.tick() => sup.health_tick(),
-        }
+    let mut signals = StopSignals::new();
+    let down_waiters = sup.supervise(&mut rx, &mut signals).await;
+    sup.tear_down(&mut rx, &mut signals, lock, down_waiters)
+        .await
+}
+
+/// What an earlier `up` left in the state directory (it crashed or was killed) goes first.
+async fn remove_leftovers(plan: &Plan) {
+    let dir = &plan.state_dir;
+    let Some(old) = Record::load(dir) else {
+        return;
+    };
+    info!(
+        "found what an earlier up (pid {}) left in {}: removing it first",
+        old.pid,
+        dir.display()
+    );
+    for e in apply::teardown(&plan.site, Some(plan), dir).await {
+        warn!("removing leftovers: {e}");
     }
-    notify::send("STOPPING=1\nSTATUS=tearing down");
-    let t = Instant::now();
-    sup.stop_all(&mut rx, &mut term, &mut int).await;
-    sup.spawner.stop();
-    let dir = sup.plan.state_dir.clone();
-    // Our fds would keep the namespaces alive.
-    sup.built.spaces.clear();
-    let errors = apply::teardown(&sup.plan.site, Some(&sup.plan), &dir).await;
-    for e in &errors {
+    let _ = std::fs::create_dir_all(dir);
+}
+
+/// A build that failed half-way: remove what it made, and the state directory.
+async fn undo_failed_build(plan: &Plan, lock: Flock<File>) {
+    let dir = &plan.state_dir;
+    info!("removing what was made");
+    for e in apply::teardown(&plan.site, Some(plan), dir).await {
         error!("teardown: {e}");
     }
-    info!(
-        "site {}: down in {} ms{}",
-        sup.plan.site,
-        t.elapsed().as_millis(),
-        if errors.is_empty() {
-            String::new()
-        } else {
-            format!(" with {} error(s)", errors.len())
-        }
-    );
-    let _ = std::fs::remove_file(dir.join("lock"));
-    let _ = std::fs::remove_dir(&dir);
     drop(lock);
-    for w in down_waiters {
-        let _ = w.send(json!({"ok": errors.is_empty(), "errors": errors}));
+    let _ = std::fs::remove_file(dir.join("lock"));
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// IPv6 addresses are unusable until duplicate address detection is done (a second or
+/// two): the site is not ready before, and an address another host has is reported. The
+/// loop hears the outcome as [`Msg::Settled`].
+async fn watch_dad(plan: &Plan, built: &Built, tx: &mpsc::UnboundedSender<Msg>) {
+    match apply::dad_checks(plan, built).await {
+        Ok(checks) => {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let s = apply::settle(checks, DAD_WAIT).await;
+                let _ = tx.send(Msg::Settled(s));
+            });
+        }
+        Err(e) => {
+            warn!("not waiting for IPv6 duplicate address detection: {e}");
+            let _ = tx.send(Msg::Settled(apply::Settled::default()));
+        }
     }
-    if errors.is_empty() { 0 } else { 1 }
+}
+
+impl Sup {
+    /// The supervisor's loop, until the decisions, a signal or `down` end it; returns who
+    /// asked for `down` over the control socket (they get the outcome of the teardown).
+    async fn supervise(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+        signals: &mut StopSignals,
+    ) -> Vec<tokio::sync::oneshot::Sender<Value>> {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut down_waiters = vec![];
+        self.handle(Event::Begin);
+        loop {
+            tokio::select! {
+                Some(m) = rx.recv() => match m {
+                    Msg::Decide(ev) => {
+                        if self.handle(ev) {
+                            break;
+                        }
+                    }
+                    Msg::KillIfStill { name, pid } => self.kill_if_still(&name, pid),
+                    Msg::Control(control::Request::Down(reply)) => {
+                        info!("down asked over the control socket");
+                        down_waiters.push(reply);
+                        self.handle(Event::Shutdown);
+                        break;
+                    }
+                    Msg::Control(r) => self.answer(r),
+                    Msg::Settled(s) => self.settled(s),
+                },
+                _ = signals.term.recv() => {
+                    info!("SIGTERM: tearing the site down");
+                    self.handle(Event::Shutdown);
+                    break;
+                }
+                _ = signals.int.recv() => {
+                    info!("SIGINT: tearing the site down");
+                    self.handle(Event::Shutdown);
+                    break;
+                }
+                _ = tick.tick() => self.health_tick(),
+            }
+        }
+        down_waiters
+    }
+
+    /// Stops the children, removes the site and the state directory; returns the exit code.
+    async fn tear_down(
+        mut self,
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+        signals: &mut StopSignals,
+        lock: Flock<File>,
+        down_waiters: Vec<tokio::sync::oneshot::Sender<Value>>,
+    ) -> u8 {
+        notify::send("STOPPING=1\nSTATUS=tearing down");
+        let t = Instant::now();
+        self.stop_all(rx, &mut signals.term, &mut signals.int).await;
+        self.spawner.stop();
+        let dir = self.plan.state_dir.clone();
+        // Our fds would keep the namespaces alive.
+        self.built.spaces.clear();
+        let errors = apply::teardown(&self.plan.site, Some(&self.plan), &dir).await;
+        for e in &errors {
+            error!("teardown: {e}");
+        }
+        info!(
+            "site {}: down in {} ms{}",
+            self.plan.site,
+            t.elapsed().as_millis(),
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(" with {} error(s)", errors.len())
+            }
+        );
+        let _ = std::fs::remove_file(dir.join("lock"));
+        let _ = std::fs::remove_dir(&dir);
+        drop(lock);
+        for w in down_waiters {
+            let _ = w.send(json!({"ok": errors.is_empty(), "errors": errors}));
+        }
+        if errors.is_empty() { 0 } else { 1 }
+    }
 }
 
 impl Sup {

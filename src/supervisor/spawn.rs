@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::str::FromStr;
 
-use caps::{CapSet, Capability};
+use caps::Capability;
 
 use crate::apply::Space;
 use crate::plan::{Child, Program};
@@ -38,6 +38,48 @@ fn dropped(c: &Child) -> Result<Vec<Capability>, SpawnError> {
     let mut all: Vec<Capability> = caps::all().into_iter().collect();
     all.sort_by_key(|c| c.index());
     Ok(all.into_iter().filter(|c| !keep.contains(c)).collect())
+}
+
+/// capget(2)/capset(2)'s header and data (linux/capability.h, version 3: two data words).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empties this thread's inheritable set with raw capget/capset: no allocation, so it may
+/// run between fork and exec (the `caps` crate allocates on its error paths). Best effort.
+fn clear_inheritable() {
+    let mut head = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget/capset read and write exactly a version-3 header and two data words,
+    // all live locals of the kernel's layout.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut head, data.as_mut_ptr()) != 0 {
+            return;
+        }
+        for d in &mut data {
+            d.inheritable = 0;
+        }
+        libc::syscall(libc::SYS_capset, &mut head, data.as_ptr());
+    }
 }
 
 /// The command that starts `c`: run it with [`super::spawner::Spawner::spawn`].
@@ -90,7 +132,28 @@ pub fn command(
         .chain(ready_socket(c))
         .filter_map(|p| std::ffi::CString::new(p).ok())
         .collect();
-    // SAFETY: only async-signal-safe calls (setns, chdir, prctl) between fork and exec.
+    let drop: Vec<libc::c_ulong> = drop
+        .iter()
+        .map(|c| libc::c_ulong::from(c.index()))
+        .collect();
+    in_child_before_exec(&mut cmd, fds, stale, drop, parent);
+    Ok(cmd)
+}
+
+/// What the forked child does before exec: enter the namespaces (`fds`: net, mnt, uts),
+/// remove `stale` files there, die with the supervisor (`parent`: its pid as the child
+/// sees it), and drop the capabilities `drop` (indexes) from its bounding set.
+fn in_child_before_exec(
+    cmd: &mut std::process::Command,
+    fds: Option<(RawFd, RawFd, RawFd)>,
+    stale: Vec<std::ffi::CString>,
+    drop: Vec<libc::c_ulong>,
+    parent: libc::pid_t,
+) {
+    // SAFETY: between fork and exec the closure only reads values computed before the fork
+    // (fds, `stale`, `drop`, `parent`) and makes async-signal-safe system calls (setns,
+    // chdir, unlink, prctl, getppid, capget/capset, _exit); it allocates nothing (an
+    // io::Error from errno does not allocate).
     unsafe {
         cmd.pre_exec(move || {
             if let Some((net, mnt, uts)) = fds {
@@ -117,17 +180,24 @@ pub fn command(
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
-            let _ = caps::clear(None, CapSet::Ambient);
-            let _ = caps::clear(None, CapSet::Inheritable);
+            // Ambient and inheritable capabilities are cleared best effort; the bounding
+            // set must shrink, or the child does not start.
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
+            clear_inheritable();
             for cap in &drop {
-                if caps::drop(None, CapSet::Bounding, *cap).is_err() {
+                if libc::prctl(libc::PR_CAPBSET_DROP, *cap, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
             Ok(())
         });
     }
-    Ok(cmd)
 }
 
 /// The unix socket a child listens on, if its argv says (`--address=unix:path=P`): it is

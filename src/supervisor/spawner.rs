@@ -9,6 +9,7 @@
 //! `unshare(CLONE_NEWPID)` changes where the calling thread's children go and forbids it
 //! to make threads, so it happens on this dedicated thread, which only forks.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, Command};
 use std::sync::mpsc;
 
@@ -68,6 +69,8 @@ impl Spawner {
     /// Kills the PID namespace's init (and so whatever is left inside) and reaps it.
     pub fn stop(&mut self) {
         if let Some(pid) = self.init.take() {
+            // SAFETY: kill and waitpid take plain integers; `pid` is our own child, not yet
+            // reaped (only this call reaps it), so the pid cannot have been reused.
             unsafe {
                 libc::kill(pid as i32, libc::SIGKILL);
                 libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
@@ -82,16 +85,54 @@ impl Drop for Spawner {
     }
 }
 
+/// A pidfd of process `pid` (pidfd_open(2)): it polls readable once the process exited,
+/// whatever PID namespace the poller is in.
+fn pidfd_open(pid: libc::pid_t) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes plain integers and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is the new, valid (checked) pidfd, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// True once the process of `pidfd` has exited. Async-signal-safe (one poll(2), no
+/// allocation), so a forked child may call it.
+fn exited(pidfd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd, count 1, no wait.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLIN != 0 }
+}
+
 /// Forks the namespace's init: it dies with the supervisor and reaps orphans.
 fn fork_init(supervisor: libc::pid_t) -> Option<u32> {
-    // SAFETY: the child only makes async-signal-safe calls (prctl, getppid, wait, pause,
-    // _exit) and never returns.
+    // Inside the new PID namespace getppid() is 0 whoever the parent is, so the init
+    // watches the supervisor through a pidfd taken before the fork.
+    let watch = pidfd_open(supervisor)
+        .map_err(|e| {
+            warn!(
+                "pidfd_open of the supervisor: {e}; its death before the init's prctl goes unseen"
+            )
+        })
+        .ok();
+    // -1: poll(2) ignores it, and `exited` says no.
+    let watch_fd = watch.as_ref().map_or(-1, |w| w.as_raw_fd());
+    // SAFETY: the child only makes async-signal-safe calls (prctl, poll, signal, wait,
+    // pause, _exit) on values computed before the fork, and never returns.
     match unsafe { libc::fork() } {
         0 => unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // Its parent is outside the namespace: getppid() is 0 while it lives.
-            if libc::getppid() != 0 && libc::getppid() != supervisor {
+            // The supervisor died between fork and prctl: nothing would kill us later.
+            if exited(watch_fd) {
                 libc::_exit(0);
+            }
+            if watch_fd >= 0 {
+                libc::close(watch_fd);
             }
             libc::signal(libc::SIGTERM, libc::SIG_IGN);
             libc::signal(libc::SIGINT, libc::SIG_IGN);
@@ -109,5 +150,22 @@ fn fork_init(supervisor: libc::pid_t) -> Option<u32> {
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parent_watch_sees_a_process_exit() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let fd = pidfd_open(child.id() as libc::pid_t).expect("pidfd_open");
+        assert!(!exited(fd.as_raw_fd()), "a live process reads as exited");
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        assert!(exited(fd.as_raw_fd()), "an exited process reads as alive");
+        let me = pidfd_open(std::process::id() as libc::pid_t).expect("pidfd_open self");
+        assert!(!exited(me.as_raw_fd()));
     }
 }

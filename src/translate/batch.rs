@@ -23,7 +23,8 @@ pub struct Batch {
     queued: usize,
 }
 
-// The raw pointers inside point into the Batch's own vectors.
+// SAFETY: the raw pointers inside point only into the Batch's own heap vectors, which
+// move with it (the Box and Vecs never reallocate after `new`); nothing else shares them.
 unsafe impl Send for Batch {}
 
 impl Batch {
@@ -49,6 +50,7 @@ impl Batch {
         let base = b.bufs.as_mut_ptr();
         for i in 0..slots {
             b.recv_iov[i] = libc::iovec {
+                // SAFETY: i < slots, so the offset stays inside `bufs` (slots * SLOT bytes).
                 iov_base: unsafe { base.add(i * SLOT) }.cast(),
                 iov_len: SLOT,
             };
@@ -73,6 +75,8 @@ impl Batch {
             h.msg_flags = 0;
             self.recv_hdr[i].msg_len = 0;
         }
+        // SAFETY: every header points at this Batch's own live iovec, address and buffer
+        // slot, of the lengths set above; `slots` headers exist.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -133,6 +137,8 @@ impl Batch {
         let mut failed = 0;
         let mut last = None;
         while at < self.queued {
+            // SAFETY: the `queued - at` headers from `at` were filled by `push` and point at
+            // this Batch's own live buffers and addresses.
             let n = unsafe {
                 libc::sendmmsg(
                     fd,
@@ -226,6 +232,7 @@ mod tests {
 
     #[test]
     fn sockaddr_round_trip() {
+        // SAFETY: a plain C struct of integers and pointers: all-zero is a valid value.
         let mut s: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         for a in ["192.0.2.7:31380", "[2001:db8::7]:9", "[::ffff:10.0.0.1]:5"] {
             let a: SocketAddr = a.parse().unwrap();

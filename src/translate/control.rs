@@ -15,8 +15,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::flows::Refusal;
 use super::menu::{Menu, MenuJob};
-use super::{Bound, Config, Event, TranslateError, net};
+use super::{Bound, Config, Event, TranslateError};
 use crate::sap::{self, SapPacket, Sdp};
+use crate::sockets as net;
 
 /// An announced flow.
 /// Kept small (the SDP is rendered when sent): there may be 100,000 of them.

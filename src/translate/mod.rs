@@ -11,7 +11,6 @@ pub mod batch;
 pub mod control;
 pub mod flows;
 pub mod menu;
-pub mod net;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +22,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::sched;
+use crate::{sched, signals, sockets};
 use batch::Batch;
 use flows::{Admit, FlowTable, Limits, Refusal, Space, TICKS_PER_SEC, Tick};
 
@@ -86,31 +85,19 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_args(a: &crate::cli::TranslateArgs) -> Result<Config, TranslateError> {
-        let ip = match a.unicast_nif_ip {
-            Some(ip) => ip,
-            None => net::default_route_address().map_err(TranslateError::DefaultAddress)?,
-        };
-        if let Some(m) = &a.menu {
+    /// The checks clap cannot make: a menu URL the control thread can use.
+    pub fn check(&self) -> Result<(), TranslateError> {
+        if let Some(m) = &self.menu {
             menu::MenuUrl::parse(m).ok_or_else(|| TranslateError::MenuUrl(m.clone()))?;
         }
-        Ok(Config {
-            unicast: SocketAddr::new(ip, a.unicast_port),
-            space: a.multicast_addr_space.trunc(),
-            port: a.multicast_port,
-            interface: a.multicast_interface.clone(),
-            ttl: a.ttl,
-            idle: a.idle,
-            allow: a.allow.clone(),
-            max_flows: a.max_flows,
-            new_flows_per_sec: a.new_flows_per_second,
-            sap: !a.no_sap,
-            sap_interval: a.sap_interval,
-            menu: a.menu.clone(),
-            state_file: a.state_file.clone(),
-            batch: 64,
-        })
+        Ok(())
     }
+}
+
+/// The original's default unicast address: that of the interface holding the IPv4 default
+/// route.
+pub fn default_unicast_ip() -> Result<IpAddr, TranslateError> {
+    sockets::default_route_address().map_err(TranslateError::DefaultAddress)
 }
 
 /// The translator's sockets, bound (so capabilities can be dropped right after).
@@ -130,7 +117,7 @@ pub fn bind(cfg: &Config) -> Result<Bound, TranslateError> {
     let space = Space::new(cfg.space)?;
     let ifindex = match &cfg.interface {
         Some(name) => {
-            net::ifindex(name).ok_or_else(|| TranslateError::NoInterface(name.clone()))?
+            sockets::ifindex(name).ok_or_else(|| TranslateError::NoInterface(name.clone()))?
         }
         None => 0,
     };
@@ -163,14 +150,14 @@ pub fn bind(cfg: &Config) -> Result<Bound, TranslateError> {
         m.bind(&SocketAddr::new(cfg.unicast.ip(), 0).into())
             .map_err(sock_err("binding multicast socket to", cfg.unicast.ip()))?;
     }
-    net::set_multicast(&m, v6, cfg.ttl, ifindex).map_err(sock_err(
+    sockets::set_multicast(&m, v6, cfg.ttl, ifindex).map_err(sock_err(
         "setting TTL and interface of multicast socket for",
         cfg.space,
     ))?;
     let source = if same_family {
         cfg.unicast.ip()
     } else {
-        net::interface_address(cfg.interface.as_deref(), v6).unwrap_or(if v6 {
+        sockets::interface_address(cfg.interface.as_deref(), v6).unwrap_or(if v6 {
             IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
         } else {
             IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
@@ -186,7 +173,6 @@ pub fn bind(cfg: &Config) -> Result<Bound, TranslateError> {
 
 /// Socket buffers sized for bursts; as root the limit of rmem_max does not apply.
 fn big_buffers(s: &Socket, recv: bool) {
-    let fd = s.as_raw_fd();
     let size = SOCKET_BUFFER as libc::c_int;
     let (force, plain) = if recv {
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)
@@ -194,17 +180,7 @@ fn big_buffers(s: &Socket, recv: bool) {
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)
     };
     for opt in [force, plain] {
-        // SAFETY: setsockopt with a c_int value of the right size.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        if r == 0 {
+        if sockets::setsockopt(s, libc::SOL_SOCKET, opt, &size).is_ok() {
             break;
         }
     }
@@ -280,7 +256,7 @@ impl Engine {
             interface: cfg
                 .interface
                 .as_ref()
-                .map(|n| (n.clone(), net::ifindex(n).unwrap_or(0))),
+                .map(|n| (n.clone(), sockets::ifindex(n).unwrap_or(0))),
             ttl: cfg.ttl,
             events,
             refused: HashMap::new(),
@@ -417,9 +393,9 @@ impl Engine {
         let Some((name, index)) = &mut self.interface else {
             return;
         };
-        if let Some(now) = net::ifindex(name)
+        if let Some(now) = sockets::ifindex(name)
             && now != *index
-            && net::set_multicast(msock, self.table.space.net.addr().is_ipv6(), self.ttl, now)
+            && sockets::set_multicast(msock, self.table.space.net.addr().is_ipv6(), self.ttl, now)
                 .is_ok()
         {
             tracing::info!("multicast interface {name} is back as index {now}; sending by it");
@@ -490,10 +466,10 @@ pub fn drop_capabilities() -> Result<(), TranslateError> {
 }
 
 /// `appliance translate`: bind, drop capabilities, run until SIGTERM/SIGINT.
-pub fn main(args: &crate::cli::TranslateArgs) -> Result<(), TranslateError> {
-    let stop = net::block_termination_signals()
+pub fn main(cfg: Config) -> Result<(), TranslateError> {
+    let stop = signals::block_termination()
         .map_err(sock_err("creating a signalfd for", "SIGTERM/SIGINT"))?;
-    let cfg = Config::from_args(args)?;
+    cfg.check()?;
     let bound = bind(&cfg)?;
     let saved = cfg
         .state_file

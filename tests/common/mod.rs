@@ -24,6 +24,7 @@ pub fn repo() -> PathBuf {
 /// Integration tests that build namespaces need root. Without it they fail, saying why:
 /// a skipped test must never look like a passed one.
 pub fn require_root() {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
     let uid = unsafe { libc_geteuid() };
     assert_eq!(
         uid, 0,
@@ -32,6 +33,7 @@ pub fn require_root() {
     );
 }
 
+// SAFETY: these declarations match the C prototypes of their man pages (integers in, an integer out).
 unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
@@ -220,6 +222,7 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         // Processes left in the sandbox's namespace (a failed test's daemons) die with it.
         for pid in self.processes() {
+            // SAFETY: kill(2) takes plain integers and touches no memory of ours.
             unsafe { kill(pid as i32, 9) };
         }
         let _ = self.holder.kill();
@@ -228,6 +231,7 @@ impl Drop for Sandbox {
     }
 }
 
+// SAFETY: these declarations match the C prototypes of their man pages (integers in, an integer out).
 unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
@@ -271,6 +275,7 @@ impl Sandbox {
         let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
         std::thread::spawn(move || {
             const CLONE_NEWNET: i32 = 0x4000_0000;
+            // SAFETY: setns(2) on an fd we own; it moves only the calling thread.
             let r = unsafe { setns(ns.as_raw_fd(), CLONE_NEWNET) };
             assert_eq!(
                 r,
@@ -294,6 +299,7 @@ pub fn in_netns<T: Send + 'static>(
     sb.in_netns(host, f)
 }
 
+// SAFETY: these declarations match the C prototypes of their man pages (integers in, an integer out).
 unsafe extern "C" {
     fn setns(fd: i32, nstype: i32) -> i32;
 }
@@ -365,6 +371,7 @@ impl Background {
     /// Sends a signal (by pid) and waits for the exit status.
     pub fn signal(&mut self, sig: i32) -> std::process::ExitStatus {
         // nsenter passes signals on to the program it runs.
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
         unsafe { kill(self.child.id() as i32, sig) };
         self.child.wait().expect("wait")
     }
@@ -404,6 +411,7 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
         unsafe { kill(-(self.pid as i32), 9) };
         let _ = self.child.wait();
     }
@@ -440,6 +448,7 @@ impl Up {
 
     /// SIGTERM and wait for it to exit; returns its exit code.
     pub fn stop(&mut self) -> Option<i32> {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
         unsafe { kill(self.pid as i32, 15) };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -447,6 +456,7 @@ impl Up {
                 return st.code();
             }
             if Instant::now() > deadline {
+                // SAFETY: kill(2) takes plain integers and touches no memory of ours.
                 unsafe { kill(self.pid as i32, 9) };
                 let _ = self.child.wait();
                 panic!(
@@ -467,7 +477,7 @@ impl Drop for Up {
     }
 }
 
-/// A client "host"'s own dbus and avahi (private /run, like the field notes), for
+/// A client "host"'s own dbus and avahi (a private /run, docs/architecture.md), for
 /// publishing and browsing from a namespace made with [`Sandbox::host`].
 pub struct ClientAvahi {
     pub group: Group,

@@ -1,18 +1,19 @@
-//! Small socket and interface helpers that std and socket2 lack: multicast by interface
-//! index, interface addresses, the default route's interface, and a signalfd for a clean
-//! SIGTERM. Shared with the monitor relay.
+//! Socket and interface helpers that std and socket2 lack: a typed `setsockopt` for any
+//! option (multicast routing, raw IGMP/MLD, buffers), multicast by interface index,
+//! interface indexes and addresses, and the default route's interface. Used by the
+//! translator, the monitor relay and the multicast forwarder.
 
 use std::ffi::CString;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use socket2::Socket;
 
-/// Index of interface `name`.
+/// Index of interface `name` in this network namespace, None if there is none.
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
-    // SAFETY: a valid C string.
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
 }
@@ -56,11 +57,20 @@ pub fn join(s: &Socket, group: IpAddr, ifindex: u32) -> io::Result<()> {
     }
 }
 
-fn setsockopt<T>(s: &Socket, level: i32, opt: i32, v: &T) -> io::Result<()> {
-    // SAFETY: `v` is a valid T of the size we pass.
+/// setsockopt(2) of option `opt` at `level` to the value `v`, passed with its exact size.
+/// `T` must be the type the kernel expects for that option (an int, `ip_mreqn`,
+/// `vifctl`, ...): the kernel checks the length, not the layout.
+pub fn setsockopt<T>(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: &T,
+) -> io::Result<()> {
+    // SAFETY: `v` points to a live T and the length passed is exactly its size, so the
+    // kernel reads only memory we own.
     let r = unsafe {
         libc::setsockopt(
-            s.as_raw_fd(),
+            fd.as_raw_fd(),
             level,
             opt,
             (v as *const T).cast(),
@@ -87,17 +97,21 @@ pub fn addresses() -> Vec<(String, IpAddr)> {
         // SAFETY: p is a node of the list getifaddrs returned.
         let ifa = unsafe { &*p };
         if !ifa.ifa_addr.is_null() {
+            // SAFETY: getifaddrs gives every node a NUL-terminated name.
             let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
                 .to_string_lossy()
                 .into_owned();
+            // SAFETY: ifa_addr is non-null (checked) and points to a sockaddr.
             let fam = unsafe { (*ifa.ifa_addr).sa_family } as i32;
             if fam == libc::AF_INET {
+                // SAFETY: sa_family AF_INET means the sockaddr is a sockaddr_in.
                 let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
                 out.push((
                     name,
                     IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
                 ));
             } else if fam == libc::AF_INET6 {
+                // SAFETY: sa_family AF_INET6 means the sockaddr is a sockaddr_in6.
                 let a = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
                 out.push((name, IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr))));
             }
@@ -138,56 +152,4 @@ pub fn default_route_address() -> Result<IpAddr, String> {
         .ok_or("there is no IPv4 default route; give --unicast-nif-ip")?;
     interface_address(Some(&iface), false)
         .ok_or_else(|| format!("interface {iface} has no IPv4 address; give --unicast-nif-ip"))
-}
-
-/// Blocks SIGTERM and SIGINT in this thread (and the threads it starts later) and returns
-/// a signalfd that becomes readable when one arrives.
-pub fn block_termination_signals() -> io::Result<OwnedFd> {
-    // SAFETY: plain signal-set manipulation on a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
-}
-
-/// Which signal a readable signalfd holds (consumes it).
-pub fn read_signal(fd: &OwnedFd) -> Option<u32> {
-    // SAFETY: reading one signalfd_siginfo into a buffer of its size.
-    unsafe {
-        let mut info: libc::signalfd_siginfo = std::mem::zeroed();
-        let n = libc::read(
-            fd.as_raw_fd(),
-            (&mut info as *mut libc::signalfd_siginfo).cast(),
-            std::mem::size_of::<libc::signalfd_siginfo>(),
-        );
-        (n == std::mem::size_of::<libc::signalfd_siginfo>() as isize).then_some(info.ssi_signo)
-    }
-}
-
-/// An eventfd: a stop switch for the data path when it runs in-process (the benchmark).
-pub fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd with constant flags.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Makes an eventfd readable.
-pub fn signal_eventfd(fd: &OwnedFd) {
-    let one: u64 = 1;
-    // SAFETY: writing 8 bytes to an eventfd.
-    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
 }

@@ -1,6 +1,10 @@
 //! Links and addresses over rtnetlink. A [`Netlink`] is bound to the namespace its socket
 //! was opened in (on a throwaway thread), so no call depends on the caller's namespace.
 
+pub mod links;
+
+pub use links::LinkWatch;
+
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
@@ -8,8 +12,8 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
+use crate::mac::Mac;
 use crate::ns::{self, NsError};
-use crate::plan::Mac;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -325,6 +329,7 @@ fn open_socket() -> Result<OwnedFd, NsError> {
     if fd < 0 {
         return Err(io(std::io::Error::last_os_error()));
     }
+    // SAFETY: fd is the new, valid (checked) duplicate, owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -22,7 +22,8 @@ impl Mac {
         Mac([0x02, d[0], d[1], d[2], d[3], d[4]])
     }
 
-    /// The field notes' scheme: `fe:ff:` + the netns inode XOR 0xf0000000, big-endian.
+    /// The manual setup's scheme: `fe:ff:` + the netns inode XOR 0xf0000000, big-endian
+    /// (docs/architecture.md).
     /// Not stable across re-creation of the namespace; kept for those who rely on it.
     pub fn from_netns_inode(inode: u64) -> Mac {
         let v = (inode as u32) ^ 0xf000_0000;
