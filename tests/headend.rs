@@ -371,3 +371,77 @@ fn a_killed_source_is_restarted_while_someone_listens() {
     drain(&r);
     rtp(&r, &bg);
 }
+
+/// The supervisor's status, from its control socket.
+fn site_status(sb: &Sandbox) -> Option<Value> {
+    let sock = sb.path("state/control.sock");
+    let mut s = UnixStream::connect(&sock).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+fn child<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["children"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no child {name}: {v}"))
+}
+
+#[test]
+fn the_supervisor_restarts_a_killed_headend_which_finds_its_listeners_again() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    lan(&sb, &["h1"]);
+    let site = site(&sb, "", &tone(1, ""));
+    let up = Up::start(&sb, &site);
+    let v = wait_until(
+        "the headend healthy under up",
+        Duration::from_secs(30),
+        || {
+            let v = site_status(&sb)?;
+            (child(&v, "headend")["health"] == "healthy").then_some(v)
+        },
+    );
+    let pid = child(&v, "headend")["pid"].as_u64().unwrap();
+    let r = receiver(&sb, "h1", G1);
+    let logs = || up.log();
+    let mut buf = [0u8; 2048];
+    wait_until(&format!("RTP under up\n{}", logs()), T, || {
+        r.recv(&mut buf).ok()
+    });
+    assert_eq!(ffmpegs(&sb), 1);
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    // A new headend; its startup queries find the receiver, and the stream comes back.
+    wait_until("a new headend", Duration::from_secs(30), || {
+        let v = site_status(&sb)?;
+        let c = child(&v, "headend");
+        (c["pid"].as_u64().is_some_and(|p| p != pid) && c["health"] == "healthy").then_some(())
+    });
+    // The old source died with its headend: one ffmpeg runs (pids under `up` are those
+    // of its PID namespace, so count them by name).
+    wait_until("one source", T, || (ffmpegs(&sb) == 1).then_some(()));
+    drain(&r);
+    wait_until(&format!("RTP again\n{}", logs()), T, || {
+        r.recv(&mut buf).ok()
+    });
+    let s = service(&sb, 1);
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(s["listeners"]["br0"][0], "ipv6", "{s}");
+    let v = site_status(&sb).unwrap();
+    assert!(child(&v, "headend")["restarts"].as_u64().unwrap() >= 1);
+    assert_eq!(v["headend"]["services"][0]["state"], "running", "{v}");
+}
+
+/// Live ffmpeg processes in the sandbox.
+fn ffmpegs(sb: &Sandbox) -> usize {
+    sb.processes()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "ffmpeg")
+                && pid_alive(u64::from(*p))
+        })
+        .count()
+}

@@ -189,6 +189,7 @@ async fn run(plan: HeadendPlan) -> Result<(), HeadendError> {
         );
     }
     serve_control(&plan.control_socket, tx.clone())?;
+    source_sdp_dir(&plan.source_sdp_dir);
     let (mtx, mut mrx) = mpsc::unbounded_channel();
     let membership = Membership::start(plan.interfaces.clone(), querier_config(&plan), mtx)
         .map_err(|e| HeadendError::Listen(e.to_string()))?;
@@ -272,7 +273,22 @@ async fn run(plan: HeadendPlan) -> Result<(), HeadendError> {
         }
     }
     let _ = std::fs::remove_file(&h.plan.control_socket);
+    let _ = std::fs::remove_dir_all(&h.plan.source_sdp_dir);
     Ok(())
+}
+
+/// The directory sources write their SDP to: root's, 0711, so the sources' user reaches
+/// its own file by name but cannot list or add others.
+fn source_sdp_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)))
+    {
+        warn!(
+            "{}: {e}; sources cannot tell their media, services are announced only once known",
+            dir.display()
+        );
+    }
 }
 
 impl Headend {
@@ -366,7 +382,7 @@ impl Headend {
 
     fn traffic(&mut self, number: u32) {
         if !self.sdp_read.contains(&number) {
-            let path = announce::source_sdp_path(&self.plan.sdp_dir, number);
+            let path = announce::source_sdp_path(&self.plan.source_sdp_dir, number);
             if let Ok(text) = std::fs::read_to_string(&path)
                 && !text.trim().is_empty()
             {
@@ -463,7 +479,7 @@ impl Headend {
             return;
         };
         self.sdp_read.remove(&number);
-        let sdp = announce::source_sdp_path(&self.plan.sdp_dir, number);
+        let sdp = announce::source_sdp_path(&self.plan.source_sdp_dir, number);
         let _ = std::fs::remove_file(&sdp);
         let cfg = self.source_cfg.clone();
         let tx = self.tx.clone();

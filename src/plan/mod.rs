@@ -278,6 +278,9 @@ pub struct HeadendPlan {
     pub control_socket: PathBuf,
     /// SDPs learnt from sources, kept so idle services are announced after a restart.
     pub sdp_dir: PathBuf,
+    /// Where sources write their SDP (`{sdp}`): beside the state directory, which is
+    /// root's alone (0700), so the sources' user can reach it.
+    pub source_sdp_dir: PathBuf,
     pub services: Vec<ServiceGroup>,
     pub directories: Vec<DirectoryPlan>,
 }
@@ -869,6 +872,11 @@ impl Builder<'_> {
             sap_interval: h.sap_interval,
             control_socket: self.plan.state_dir.join("headend.sock"),
             sdp_dir: self.plan.state_dir.join("headend"),
+            source_sdp_dir: {
+                let mut d = self.plan.state_dir.clone().into_os_string();
+                d.push(".sources");
+                PathBuf::from(d)
+            },
             services,
             directories,
         });
