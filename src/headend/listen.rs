@@ -45,7 +45,8 @@ use crate::mroute::kernel;
 pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// First of the private multicast routing tables the listeners take (one per interface
-/// and family), far from the ids routing daemons use; the kernel takes ids below 10^8.
+/// and family), far from the ids routing daemons use; ip6mr takes ids below 10^8 (ipmr
+/// below 10^9).
 pub const TABLE_BASE: u32 = 68_640_000;
 
 /// What the headend hears from the listeners.
@@ -91,7 +92,7 @@ pub enum ListenError {
 struct Slot {
     ifindex: Option<u32>,
     error: Option<String>,
-    state: Option<(Membership, Instant)>,
+    state: Option<Membership>,
 }
 
 /// The listeners of every interface; dropping it stops them.
@@ -141,7 +142,7 @@ impl Listener {
                     family: *family,
                     ifindex: s.ifindex,
                     error: s.error.clone(),
-                    membership: s.state.as_ref().map(|(m, _)| m.status(now)),
+                    membership: s.state.as_ref().map(|m| m.status(now)),
                 }
             })
             .collect()
@@ -234,7 +235,7 @@ impl Task {
             self.set_slot(|s| {
                 s.ifindex = Some(ifindex);
                 s.error = link.degraded.clone();
-                s.state = Some((m.clone(), Instant::now()));
+                s.state = Some(m.clone());
             });
             let deadline = m
                 .next_deadline()
@@ -539,12 +540,12 @@ impl Link {
             Ok(s) => (Some(s), None),
             Err(e) => {
                 let msg = format!(
-                    "{}v1/v2 reports sent to a group's own address are not heard: taking \
+                    "{} reports sent to a group's own address are not heard: taking \
                      multicast routing table {table}: {e}",
                     if family == Family::Ipv6 {
-                        "MLD"
+                        "MLDv1"
                     } else {
-                        "IGMP"
+                        "IGMPv1/v2"
                     }
                 );
                 tracing::warn!(iface = %name, "{msg}");
