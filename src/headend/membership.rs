@@ -1746,6 +1746,194 @@ mod tests {
         assert_eq!(wanted(&run(&mut m, at(t0, 410))), vec![(ip(G), false)]);
     }
 
+    mod histories {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Packet {
+                host: u8,
+                msg: Message,
+            },
+            Query {
+                from: u8,
+                group: Option<u8>,
+                sources: Vec<u8>,
+            },
+            Timer,
+            Addresses {
+                with_other: bool,
+            },
+            Wait(u32),
+        }
+
+        fn group(i: u8) -> IpAddr {
+            IpAddr::V6(Ipv6Addr::new(
+                0xff3e,
+                0x40,
+                0xfd00,
+                0,
+                0,
+                0,
+                0x8000,
+                u16::from(i % 3),
+            ))
+        }
+        fn source(i: u8) -> IpAddr {
+            // 0 is ours, the others are not.
+            IpAddr::V6(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1 + u16::from(i % 3) * 0x98,
+            ))
+        }
+        fn host(i: u8) -> IpAddr {
+            IpAddr::V6(Ipv6Addr::new(
+                0xfe80,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                2 + u16::from(i % 30),
+            ))
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let kind = (1u8..=6).prop_map(|k| match k {
+                1 => RecordType::IsInclude,
+                2 => RecordType::IsExclude,
+                3 => RecordType::ToInclude,
+                4 => RecordType::ToExclude,
+                5 => RecordType::AllowNew,
+                _ => RecordType::BlockOld,
+            });
+            let record = (kind, any::<u8>(), prop::collection::vec(any::<u8>(), 0..3)).prop_map(
+                |(kind, g, s)| GroupRecord {
+                    kind,
+                    group: group(g),
+                    sources: s.into_iter().map(source).collect(),
+                },
+            );
+            prop_oneof![
+                (any::<u8>(), prop::collection::vec(record, 1..3)).prop_map(|(h, records)| {
+                    Op::Packet {
+                        host: h,
+                        msg: Message::Report {
+                            version: Version::Mld2,
+                            records,
+                        },
+                    }
+                }),
+                (any::<u8>(), any::<u8>(), any::<bool>()).prop_map(|(h, g, leave)| Op::Packet {
+                    host: h,
+                    msg: if leave {
+                        Message::Leave {
+                            version: Version::Mld1,
+                            group: group(g),
+                        }
+                    } else {
+                        Message::OldReport {
+                            version: Version::Mld1,
+                            group: group(g),
+                        }
+                    },
+                }),
+                (
+                    any::<u8>(),
+                    prop::option::of(any::<u8>()),
+                    prop::collection::vec(any::<u8>(), 0..2)
+                )
+                    .prop_map(|(from, group, sources)| Op::Query {
+                        from,
+                        group,
+                        sources
+                    }),
+                Just(Op::Timer),
+                any::<bool>().prop_map(|with_other| Op::Addresses { with_other }),
+                (0u32..3_000).prop_map(Op::Wait),
+            ]
+        }
+
+        proptest! {
+            /// Any sequence of messages and timers: no panic, a timer call never leaves a
+            /// deadline in the past (the edge would spin), and the Wanted actions add up to
+            /// the groups the machine says are wanted.
+            #[test]
+            fn random_histories_keep_the_invariants(ops in prop::collection::vec(op(), 1..60)) {
+                let cfg = QuerierConfig {
+                    query_interval: Duration::from_secs(2),
+                    query_response_interval: Duration::from_secs(1),
+                    last_listener_interval: Duration::from_millis(200),
+                    ..QuerierConfig::default()
+                };
+                let t0 = Instant::now();
+                let mut now = t0;
+                let mut m = Membership::new(Family::Ipv6, cfg);
+                let mut wanted: BTreeSet<IpAddr> = BTreeSet::new();
+                let mut acts = m.set_addresses(now, Some(ip(ME)), [ip(ME), source(0)]);
+                for op in ops {
+                    for a in acts.drain(..) {
+                        if let Action::Wanted { group, wanted: w, .. } = a {
+                            if w { wanted.insert(group); } else { wanted.remove(&group); }
+                        }
+                    }
+                    acts = match op {
+                        Op::Packet { host: h, msg } => m.on_packet(now, &msg, host(h)),
+                        Op::Query { from, group: g, sources } => {
+                            let q = Query::specific(
+                                Version::Mld2,
+                                g.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), group),
+                                sources.into_iter().map(source).collect(),
+                                false,
+                                Duration::from_secs(1),
+                                2,
+                                Duration::from_secs(2),
+                            );
+                            m.on_packet(now, &Message::Query(q), host(from))
+                        }
+                        Op::Timer => {
+                            let a = m.on_timer(now);
+                            if let Some(d) = m.next_deadline() {
+                                prop_assert!(d > now, "deadline {:?} not after now", d - t0);
+                            }
+                            a
+                        }
+                        Op::Addresses { with_other } => {
+                            let mut ours = vec![ip(ME), source(0)];
+                            if with_other { ours.push(source(1)); }
+                            m.set_addresses(now, Some(ip(ME)), ours)
+                        }
+                        Op::Wait(ms) => {
+                            now += Duration::from_millis(u64::from(ms));
+                            let mut a = Vec::new();
+                            while let Some(d) = m.next_deadline() {
+                                if d > now { break; }
+                                a.extend(m.on_timer(d));
+                            }
+                            a
+                        }
+                    };
+                }
+                for a in acts.drain(..) {
+                    if let Action::Wanted { group, wanted: w, .. } = a {
+                        if w { wanted.insert(group); } else { wanted.remove(&group); }
+                    }
+                }
+                let said: BTreeSet<IpAddr> = m.wanted_groups().into_iter().collect();
+                prop_assert_eq!(wanted, said);
+                let _ = m.status(now);
+            }
+        }
+    }
+
     #[test]
     fn status_serializes() {
         let (mut m, t0) = v6();
