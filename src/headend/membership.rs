@@ -3,25 +3,38 @@
 //! timer ticks come in with `now`, a list of [`Action`]s comes out. No sockets, no clock;
 //! `listen.rs` is the edge that feeds it.
 //!
-//! API (what `listen.rs` and the tests use):
+//! # API
+//!
+//! What the headend uses (`super::listen`):
+//! - `Listener::start(ifaces: Vec<String>, cfg: QuerierConfig,
+//!   events: mpsc::UnboundedSender<MembershipEvent>) -> Result<Listener, ListenError>`
+//!   (inside a tokio runtime; IPv6 and IPv4 on every interface; dropping it stops it);
+//!   `Listener::status() -> Vec<InterfaceStatus>` (serializable).
+//! - `MembershipEvent::Wanted { iface, ifindex, group, wanted, why: Why }` and
+//!   `MembershipEvent::QuerierChanged { iface, ifindex, family, querier, we_query }`.
+//!
+//! This module:
 //! - [`QuerierConfig`] (`Default` = the RFC values: robustness 2, query interval 125 s,
 //!   query response interval 10 s, last-listener interval 1 s and count = robustness,
-//!   startup interval QI/4 and count = robustness, querier `auto`).
+//!   startup interval QI/4 and count = robustness, querier [`QuerierMode::Auto`]; the
+//!   `Option` fields derive from the others when None).
 //! - [`Membership::new`]`(family, cfg)`, then [`Membership::set_addresses`]`(now, me, ours)`
 //!   (`me`: the address we query from, the link-local one for IPv6; `ours`: every address
 //!   of this host: packets from them are ours and ignored, and "wanted" means a listener
-//!   wants traffic from one of them).
+//!   wants traffic from one of them; see [`Membership::wanted_groups`]).
 //! - [`Membership::on_packet`]`(now, &Message, source)` and [`Membership::on_timer`]`(now)`
 //!   return `Vec<Action>`: [`Action::SendQuery`] (to whom, which query),
-//!   [`Action::Wanted`] (group, wanted, why), [`Action::QuerierChanged`], and
+//!   [`Action::Wanted`] (group, wanted, [`Why`]), [`Action::QuerierChanged`], and
 //!   [`Action::Heard`] (a join or leave, for the log).
 //! - [`Membership::next_deadline`] says when to call `on_timer` next;
-//!   [`Membership::status`]`(now)` is a serializable snapshot.
+//!   [`Membership::status`]`(now)` is a serializable snapshot ([`MembershipStatus`]).
 //!
 //! Router state per group (RFC 9777 §7.2, RFC 3376 §6.2): INCLUDE(A) with a timer per
 //! source, or EXCLUDE(X, Y) with a filter timer, X the requested sources (with timers) and
 //! Y the excluded ones (no timers). Traffic from S is forwarded when S is in A (INCLUDE) or
-//! S is not in Y (EXCLUDE).
+//! S is not in Y (EXCLUDE). Groups of link-local scope (ff02::/16, 224.0.0.0/24) are not
+//! tracked. Queries we send are MLDv2/IGMPv3, except group-specific ones for a group in
+//! an older compatibility mode (MLDv1, IGMPv2; none for IGMPv1, whose leaves are ignored).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
