@@ -386,9 +386,14 @@ fn addresses(family: Family, name: &str, ifindex: u32) -> (Option<IpAddr>, Vec<I
 /// The lowest usable (not tentative, not failed DAD) link-local address of an interface,
 /// from /proc/net/if_inet6 (the only place with the flags short of a netlink dump).
 fn link_local(ifindex: u32) -> Option<Ipv6Addr> {
+    let text = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
+    link_local_in(&text, ifindex)
+}
+
+/// Lines of /proc/net/if_inet6: address, ifindex, prefix length, scope, flags (hex), name.
+fn link_local_in(text: &str, ifindex: u32) -> Option<Ipv6Addr> {
     const IFA_F_DADFAILED: u32 = 0x08;
     const IFA_F_TENTATIVE: u32 = 0x40;
-    let text = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -678,4 +683,33 @@ fn forwarding(family: Family, ifindex: u32, table: u32) -> io::Result<Socket> {
             .map_err(|e| annotate(e, "MRT_ADD_VIF"))?;
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowest_usable_link_local_address() {
+        let text = "\
+fd000000000000000000000000000001 02 40 00 80     br0
+fe800000000000000000000000000009 02 40 20 c0     br0
+fe800000000000000000000000000002 02 40 20 80     br0
+fe800000000000000000000000000001 02 40 20 c8     br0
+fe800000000000000000000000000001 03 40 20 80     eth9
+";
+        // fe80::1 on ifindex 2 failed DAD (0x08); fe80::9 is tentative (0x40).
+        assert_eq!(link_local_in(text, 2), Some("fe80::2".parse().unwrap()));
+        assert_eq!(link_local_in(text, 3), Some("fe80::1".parse().unwrap()));
+        assert_eq!(link_local_in(text, 4), None);
+        assert_eq!(link_local_in("garbage\n1 2 3", 2), None);
+    }
+
+    #[test]
+    fn router_alert_options() {
+        // Hop-by-hop: 2 header bytes, RA (type 5, len 2, value 0), PadN of 0: 8 bytes.
+        assert_eq!(HOPOPTS_RA.len() % 8, 0);
+        assert_eq!(&HOPOPTS_RA[2..6], &[5, 2, 0, 0]);
+        assert_eq!(IPOPT_RA, [0x94, 0x04, 0, 0]);
+    }
 }
