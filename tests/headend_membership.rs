@@ -391,6 +391,11 @@ fn a_lower_querier_takes_over_and_ours_stops_until_it_goes_silent() {
         e["event"] == "querier-changed" && e["family"] == "ipv6" && e["we_query"] == false
     });
     assert_eq!(e["querier"], "fe80::1", "{e}");
+    // IPv4 the other way round: 10.0.0.1 (ours) is below q's 10.0.0.12, so q steps down.
+    let e = other.wait("q to hear our IGMP querier", Duration::from_secs(10), |e| {
+        e["event"] == "querier-changed" && e["family"] == "ipv4" && e["we_query"] == false
+    });
+    assert_eq!(e["querier"], "10.0.0.1", "{e}");
     // Pending last-listener queries may still go out right after stepping down; after
     // that, two query intervals with queries from fe80::1 only.
     let _ = queriers_during(&sniffer, Duration::from_millis(500));
@@ -403,6 +408,13 @@ fn a_lower_querier_takes_over_and_ours_stops_until_it_goes_silent() {
     assert!(
         !seen.contains(&ours),
         "we kept querying after a lower querier took over: {seen:?}\n{}",
+        p.bg.logs()
+    );
+    assert!(
+        !p.events()
+            .iter()
+            .any(|e| e["family"] == "ipv4" && e["we_query"] == false),
+        "we gave up IGMP querying to a higher address:\n{}",
         p.bg.logs()
     );
     // The other querier goes silent: after the other-querier-present interval
