@@ -3,6 +3,9 @@
 //! (`examples/membership_probe.rs`, one JSON line per event) on the bridge with short
 //! timers (query interval 2 s, response 1 s, last-listener interval 200 ms), and has the
 //! hosts' own kernels send the MLD/IGMP reports by joining groups on UDP sockets.
+//!
+//! The probe is an example binary: a whole `cargo test` builds it; before running only
+//! this file (`cargo test --test headend_membership`), run `cargo build --examples`.
 
 mod common;
 
