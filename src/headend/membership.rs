@@ -453,13 +453,13 @@ impl Membership {
             .filter(|(_, g)| g.leaving)
             .map(|(a, _)| *a)
             .collect();
-        for a in self.wanted_changes() {
+        for (a, want) in self.wanted_changes() {
             let why = if leaving.contains(&a) {
                 Why::LastListenerGone
             } else {
                 Why::Timeout
             };
-            self.apply_wanted(a, &mut out, why);
+            self.apply_wanted(a, want, &mut out, why);
         }
         self.groups.retain(|_, g| !g.is_empty());
         out
@@ -919,8 +919,10 @@ impl Membership {
         if wide.is_empty() { usable } else { wide }
     }
 
-    fn computes_wanted(&self, g: &Group) -> bool {
-        let sources = self.source_candidates();
+    fn computes_wanted(sources: &[IpAddr], g: &Group) -> bool {
+        if g.is_empty() {
+            return false;
+        }
         if sources.is_empty() {
             // Without addresses nothing can be checked: any-source listeners want us.
             return g.mode == FilterMode::Exclude;
@@ -928,38 +930,35 @@ impl Membership {
         sources.iter().any(|s| g.forwards(s))
     }
 
-    /// Groups whose wanted flag no longer matches their state (gone groups included).
-    fn wanted_changes(&self) -> Vec<IpAddr> {
+    /// Groups whose wanted flag no longer matches their state, with the new value.
+    fn wanted_changes(&self) -> Vec<(IpAddr, bool)> {
+        let sources = self.source_candidates();
         self.groups
             .iter()
-            .filter(|(_, g)| {
-                let now = !g.is_empty() && self.computes_wanted(g);
-                now != g.wanted
+            .filter_map(|(a, g)| {
+                let now = Self::computes_wanted(&sources, g);
+                (now != g.wanted).then_some((*a, now))
             })
-            .map(|(a, _)| *a)
             .collect()
     }
 
-    fn apply_wanted(&mut self, group: IpAddr, out: &mut Vec<Action>, why: Why) {
-        let want = {
-            let g = &self.groups[&group];
-            !g.is_empty() && self.computes_wanted(g)
-        };
-        let g = self.groups.get_mut(&group).expect("group");
-        g.wanted = want;
-        if want {
-            g.leaving = false;
+    fn apply_wanted(&mut self, group: IpAddr, want: bool, out: &mut Vec<Action>, why: Why) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.wanted = want;
+            if want {
+                g.leaving = false;
+            }
+            out.push(Action::Wanted {
+                group,
+                wanted: want,
+                why,
+            });
         }
-        out.push(Action::Wanted {
-            group,
-            wanted: want,
-            why,
-        });
     }
 
     fn update_wanted(&mut self, out: &mut Vec<Action>, why: Why) {
-        for a in self.wanted_changes() {
-            self.apply_wanted(a, out, why.clone());
+        for (a, want) in self.wanted_changes() {
+            self.apply_wanted(a, want, out, why.clone());
         }
     }
 
@@ -1945,6 +1944,27 @@ mod tests {
                 let _ = m.status(now);
             }
         }
+    }
+
+    #[test]
+    fn a_join_storm_of_a_thousand_groups() {
+        let (mut m, t0) = v6();
+        let records: Vec<GroupRecord> = (0..1000u16)
+            .map(|i| GroupRecord {
+                kind: RecordType::ToExclude,
+                group: IpAddr::V6(Ipv6Addr::new(0xff3e, 0x40, 0xfd00, 0, 0, 0, 0x8000, i)),
+                sources: vec![],
+            })
+            .collect();
+        let msg = Message::Report {
+            version: Version::Mld2,
+            records,
+        };
+        let a = m.on_packet(t0, &msg, ip(HOST));
+        assert_eq!(wanted(&a).len(), 1000);
+        assert_eq!(m.wanted_groups().len(), 1000);
+        let a = run(&mut m, at(t0, 260_000));
+        assert_eq!(wanted(&a).iter().filter(|(_, w)| !w).count(), 1000);
     }
 
     #[test]
