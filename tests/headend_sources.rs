@@ -566,3 +566,58 @@ fn too_many_redirects_and_missing_streams_are_clear_errors() {
     let e = open(&sb, "file:///etc/passwd".into()).unwrap_err();
     assert!(e.contains("not an http or https URL"), "{e}");
 }
+
+#[test]
+fn a_directory_reads_a_station_list_over_http() {
+    use appliance::headend::directory::{self, DirectoryConfig, DirectorySource, NumberBlock};
+    let sb = Sandbox::new();
+    let server = HttpServer::start(&sb, |a| {
+        let json = format!(
+            r#"[{{"name":"One","url":"http://{a}/one.mp3"}},{{"name":"Two","url_resolved":"two.mp3","url":"x"}}]"#
+        );
+        vec![
+            ("/stations".into(), http_redirect("/stations.json")),
+            (
+                "/stations.json".into(),
+                http_response("200 OK", "application/json", json.as_bytes()),
+            ),
+            (
+                "/stream".into(),
+                http_response("200 OK", "audio/mpeg", b"ID3\x03\0\0\0\0\0\0"),
+            ),
+        ]
+    });
+    let (list, stream) = (server.url("/stations"), server.url("/stream"));
+    let (got, err) = sb.in_netns(None, move || {
+        let cfg = |loc: String| DirectoryConfig {
+            name: "web".into(),
+            block: NumberBlock::Bits {
+                high: 0x9000,
+                low_bits: 16,
+            },
+            source: DirectorySource::List(loc),
+            http: Default::default(),
+        };
+        (
+            directory::load(&cfg(list)),
+            directory::load(&cfg(stream))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string(),
+        )
+    });
+    let got = got.expect("the list loads");
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].number, got[0].name.as_str()), (0x9000_0000, "One"));
+    assert_eq!(
+        got[1].spec,
+        SourceSpec::Url {
+            url: server.url("/two.mp3")
+        },
+        "relative to the list's final URL"
+    );
+    assert!(
+        err.contains("not a station list") && err.contains("audio/mpeg"),
+        "{err}"
+    );
+}

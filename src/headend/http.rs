@@ -110,6 +110,8 @@ pub enum HttpError {
     PlaylistTooSlow { url: String, within: Duration },
     #[error("{url}: reading the playlist: {source}")]
     PlaylistRead { url: String, source: std::io::Error },
+    #[error("{url}: a media stream ({content_type}), not a station list")]
+    NotAList { url: String, content_type: String },
     #[error("{url}: playlists nested more than {max} deep")]
     TooDeep { url: String, max: u32 },
     #[error("{url}: gave up after trying {max} URLs")]
@@ -397,20 +399,7 @@ fn open(
             max: cfg.max_attempts,
         });
     }
-    let resp = agent
-        .get(url)
-        .header("Icy-MetaData", "1")
-        .call()
-        .map_err(|e| match e {
-            ureq::Error::TooManyRedirects => HttpError::TooManyRedirects {
-                url: url.into(),
-                max: cfg.max_redirects,
-            },
-            source => HttpError::Request {
-                url: url.into(),
-                source,
-            },
-        })?;
+    let resp = get(agent, url, cfg, true)?;
     use ureq::ResponseExt;
     let final_url = resp.get_uri().to_string();
     let status = resp.status().as_u16();
@@ -500,6 +489,75 @@ fn open(
         prefix,
         reader,
         agent: agent.clone(),
+    })
+}
+
+fn get(
+    agent: &Agent,
+    url: &str,
+    cfg: &HttpConfig,
+    icy: bool,
+) -> Result<ureq::http::Response<ureq::Body>, HttpError> {
+    let mut req = agent.get(url);
+    if icy {
+        req = req.header("Icy-MetaData", "1");
+    }
+    req.call().map_err(|e| match e {
+        ureq::Error::TooManyRedirects => HttpError::TooManyRedirects {
+            url: url.into(),
+            max: cfg.max_redirects,
+        },
+        source => HttpError::Request {
+            url: url.into(),
+            source,
+        },
+    })
+}
+
+/// A station list fetched over HTTP (for directories).
+#[derive(Debug, Clone)]
+pub struct FetchedList {
+    /// Where it finally came from (after redirects).
+    pub url: String,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// Fetches a station list: redirects followed, size and time bounded, and a media stream
+/// or an error page refused (blocking).
+pub fn fetch_list(url: &str, cfg: &HttpConfig) -> Result<FetchedList, HttpError> {
+    check_url(url)?;
+    let agent = agent(cfg);
+    let resp = get(&agent, url, cfg, false)?;
+    use ureq::ResponseExt;
+    let final_url = resp.get_uri().to_string();
+    let status = resp.status().as_u16();
+    let content_type = header(&resp, "content-type");
+    let ct_text = content_type.clone().unwrap_or_else(|| "(none)".into());
+    let mut reader = resp.into_body().into_reader();
+    let started = Instant::now();
+    let prefix = read_up_to(&mut reader, SNIFF).unwrap_or_default();
+    if !(200..300).contains(&status) {
+        return Err(HttpError::Status {
+            url: final_url,
+            status,
+            content_type: ct_text,
+            first: first_bytes(&prefix),
+        });
+    }
+    if playlist::detect(content_type.as_deref(), &prefix).is_none()
+        && is_media(content_type.as_deref(), &prefix)
+    {
+        return Err(HttpError::NotAList {
+            url: final_url,
+            content_type: ct_text,
+        });
+    }
+    let body = read_playlist(reader, prefix, &final_url, cfg, started)?;
+    Ok(FetchedList {
+        url: final_url,
+        content_type,
+        body,
     })
 }
 

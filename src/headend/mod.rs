@@ -1,5 +1,6 @@
 //! The on-demand headend.
 
+pub mod directory;
 pub mod http;
 pub mod icy;
 pub mod playlist;
