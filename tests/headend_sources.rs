@@ -621,3 +621,79 @@ fn a_directory_reads_a_station_list_over_http() {
         "{err}"
     );
 }
+
+#[test]
+fn a_stalled_station_ends_the_source_saying_why() {
+    let sb = Sandbox::new();
+    let mp3 = mp3_bytes(&sb, 1);
+    let server = HttpServer::start(&sb, |_| {
+        let mut r = b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n".to_vec();
+        r.extend_from_slice(&mp3);
+        vec![("/hold/silent.mp3".into(), r)]
+    });
+    let url = server.url("/hold/silent.mp3");
+    let sdp = sb.path("stall.sdp");
+    let (exited, why) = run(&sb, move || {
+        Box::pin(async move {
+            let mut cfg = SourceConfig::default();
+            cfg.http.stall_timeout = Duration::from_secs(1);
+            let mut src = Source::start(
+                "stall",
+                &SourceSpec::Url { url },
+                "127.0.0.1:9".parse().unwrap(),
+                &sdp,
+                &cfg,
+            )
+            .await
+            .expect("start");
+            let exited = tokio::time::timeout(Duration::from_secs(30), src.exited())
+                .await
+                .is_ok();
+            (exited, src.feed_error())
+        })
+    });
+    assert!(exited, "ffmpeg ends once the station stalls");
+    let why = why.expect("the feed says why it ended");
+    assert!(why.contains("reading from"), "{why}");
+}
+
+#[test]
+fn a_source_dies_with_the_thread_that_started_it() {
+    let sb = Sandbox::new();
+    let sdp = sb.path("x.sdp");
+    // The thread of `run` ends right after the start; the source is leaked, not stopped.
+    let pid = run(&sb, move || {
+        Box::pin(async move {
+            let spec = SourceSpec::Command {
+                argv: vec!["sleep".into(), "1000".into()],
+            };
+            let src = Source::start(
+                "orphan",
+                &spec,
+                "127.0.0.1:9".parse().unwrap(),
+                &sdp,
+                &SourceConfig::default(),
+            )
+            .await
+            .expect("start");
+            let pid = src.pid();
+            std::mem::forget(src);
+            pid
+        })
+    });
+    wait_until(
+        "the orphaned source to be killed by PR_SET_PDEATHSIG",
+        Duration::from_secs(5),
+        || {
+            let state = status_field(pid, "State");
+            (state.is_empty() || state.starts_with('Z')).then_some(())
+        },
+    );
+    // Reap it (our process is still its parent).
+    unsafe { libc_waitpid(pid as i32, std::ptr::null_mut(), 0) };
+}
+
+unsafe extern "C" {
+    #[link_name = "waitpid"]
+    fn libc_waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+}
