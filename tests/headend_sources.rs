@@ -697,3 +697,50 @@ unsafe extern "C" {
     #[link_name = "waitpid"]
     fn libc_waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
 }
+
+#[test]
+fn https_is_spoken_and_an_untrusted_certificate_refused() {
+    require_program("openssl");
+    let sb = Sandbox::new();
+    let (key, cert) = (sb.path("key.pem"), sb.path("cert.pem"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl req");
+    assert!(st.success(), "openssl could not make a certificate");
+    let mut cmd = sb.cmd("openssl");
+    cmd.args([
+        "s_server",
+        "-quiet",
+        "-accept",
+        "127.0.0.1:8443",
+        "-WWW",
+        "-cert",
+    ])
+    .arg(&cert)
+    .arg("-key")
+    .arg(&key)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let _server = Group::spawn(cmd, "openssl s_server");
+    wait_until(
+        "openssl s_server to listen",
+        Duration::from_secs(10),
+        || {
+            sb.in_netns(None, || {
+                std::net::TcpStream::connect("127.0.0.1:8443")
+                    .ok()
+                    .map(|_| ())
+            })
+        },
+    );
+    let e = open(&sb, "https://127.0.0.1:8443/stream.mp3".into()).unwrap_err();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+}

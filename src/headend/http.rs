@@ -43,7 +43,8 @@ pub struct HttpConfig {
     pub connect_timeout: Duration,
     /// From the request sent to the whole response header; default 10 s.
     pub response_timeout: Duration,
-    /// A playlist body must have arrived within this; default 10 s.
+    /// A playlist body must have arrived within this (checked between reads, each read
+    /// bounded by `stall_timeout`: at worst the sum); default 10 s.
     pub playlist_timeout: Duration,
     /// A stream that sends nothing for this long is ended; default 15 s.
     pub stall_timeout: Duration,
@@ -672,8 +673,9 @@ impl Station {
                 }
                 meta.send_if_modified(|cur| {
                     let before = cur.clone();
-                    if m.title.is_some() {
-                        cur.title = m.title.clone();
+                    // An empty StreamTitle means "no title now".
+                    if let Some(t) = &m.title {
+                        cur.title = Some(t.clone()).filter(|t| !t.is_empty());
                     }
                     if m.url.as_deref().is_some_and(|u| !u.is_empty()) {
                         cur.url = m.url.clone();
