@@ -744,6 +744,106 @@ pub fn ffmpeg_argv(ffmpeg: &str, format: Option<&str>, rtp: SocketAddr, sdp: &Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    /// An in-memory transport that hands out `chunks` one per read.
+    #[derive(Debug)]
+    struct Mem {
+        buffers: LazyBuffers,
+        chunks: VecDeque<Vec<u8>>,
+    }
+
+    impl Transport for Mem {
+        fn buffers(&mut self) -> &mut dyn Buffers {
+            &mut self.buffers
+        }
+        fn transmit_output(&mut self, _: usize, _: NextTimeout) -> Result<(), ureq::Error> {
+            Ok(())
+        }
+        fn await_input(&mut self, _: NextTimeout) -> Result<bool, ureq::Error> {
+            let Some(c) = self.chunks.pop_front() else {
+                return Ok(false);
+            };
+            let dst = self.buffers.input_append_buf();
+            let n = c.len().min(dst.len());
+            dst[..n].copy_from_slice(&c[..n]);
+            self.buffers.input_appended(n);
+            if n < c.len() {
+                self.chunks.push_front(c[n..].to_vec());
+            }
+            Ok(true)
+        }
+        fn is_open(&mut self) -> bool {
+            true
+        }
+    }
+
+    /// What ureq reads through the shim when the server sends `input` in `splits`.
+    fn through_shim(input: &[u8], splits: &[usize]) -> Vec<u8> {
+        let mut chunks = VecDeque::new();
+        let mut rest = input;
+        for &s in splits {
+            let s = s.min(rest.len());
+            if s > 0 {
+                chunks.push_back(rest[..s].to_vec());
+                rest = &rest[s..];
+            }
+        }
+        if !rest.is_empty() {
+            chunks.push_back(rest.to_vec());
+        }
+        let mut t = IcyTransport {
+            inner: Box::new(Mem {
+                buffers: LazyBuffers::new(4096, 1024),
+                chunks,
+            }),
+            buffers: LazyBuffers::new(4096, 1024),
+            checking: true,
+        };
+        let mut out = vec![];
+        loop {
+            let progress = t.await_input(NextTimeout::default()).unwrap();
+            let got = t.buffers().input().to_vec();
+            t.buffers().input_consume(got.len());
+            out.extend(got);
+            if !progress {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn icy_status_line_becomes_http() {
+        assert_eq!(
+            through_shim(b"ICY 200 OK\r\nicy-metaint:8192\r\n\r\nbody", &[1, 1, 1]),
+            b"HTTP/1.0 200 OK\r\nicy-metaint:8192\r\n\r\nbody"
+        );
+        assert_eq!(
+            through_shim(b"HTTP/1.1 200 OK\r\n\r\nICY ", &[2]),
+            b"HTTP/1.1 200 OK\r\n\r\nICY "
+        );
+        assert_eq!(through_shim(b"IC", &[1]), b"IC");
+    }
+
+    proptest! {
+        /// Any bytes in any pieces: only a leading `ICY ` is rewritten, the rest passes.
+        #[test]
+        fn shim_passes_everything_else(
+            body in proptest::collection::vec(any::<u8>(), 0..3000),
+            icy in any::<bool>(),
+            splits in proptest::collection::vec(0usize..600, 0..12),
+        ) {
+            let mut input = if icy { b"ICY ".to_vec() } else { vec![] };
+            input.extend(&body);
+            let want = if input.starts_with(b"ICY ") {
+                [b"HTTP/1.0 ".as_slice(), &input[4..]].concat()
+            } else {
+                input.clone()
+            };
+            prop_assert_eq!(through_shim(&input, &splits), want);
+        }
+    }
 
     #[test]
     fn joins_relative_entries() {
