@@ -744,3 +744,53 @@ fn https_is_spoken_and_an_untrusted_certificate_refused() {
     let e = open(&sb, "https://127.0.0.1:8443/stream.mp3".into()).unwrap_err();
     assert!(e.to_lowercase().contains("certificate"), "{e}");
 }
+
+#[test]
+fn an_aac_station_is_transcoded_to_opus() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    let aac_path = sb.path("tone.aac");
+    let st = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "sine=frequency=440",
+            "-t",
+            "3",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "adts",
+        ])
+        .arg(&aac_path)
+        .status()
+        .expect("run ffmpeg");
+    assert!(st.success(), "ffmpeg could not make AAC");
+    let aac = std::fs::read(&aac_path).unwrap();
+    let server = HttpServer::start(&sb, |_| {
+        vec![("/aac".into(), http_response("200 OK", "audio/aacp", &aac))]
+    });
+    let (sock, rtp) = rtp_socket(&sb);
+    let sdp = sb.path("aac.sdp");
+    let url = server.url("/aac");
+    let (pt, sdp_text) = run(&sb, move || {
+        Box::pin(async move {
+            let mut src = Source::start(
+                "aac",
+                &SourceSpec::Url { url },
+                rtp,
+                &sdp,
+                &SourceConfig::default(),
+            )
+            .await
+            .expect("start");
+            let pt = rtp_payload_type(&sock);
+            let text = std::fs::read_to_string(&sdp).unwrap_or_default();
+            src.stop().await;
+            (pt, text)
+        })
+    });
+    assert_eq!(pt, 97, "Opus on a dynamic payload type");
+    assert!(sdp_text.contains("opus/48000"), "SDP: {sdp_text}");
+}
