@@ -445,3 +445,27 @@ fn ffmpegs(sb: &Sandbox) -> usize {
         })
         .count()
 }
+
+#[test]
+fn a_directory_entry_plays_and_a_number_without_one_is_ignored() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    lan(&sb, &["h1"]);
+    sb.write("cmds.txt", &format!("# dvblast-style\n0 = {TONE}\n"));
+    let dir = "[[headend.directory]]\nname = \"tones\"\nfirst = 256\ncount = 16\ncommands = \"cmds.txt\"\n";
+    let site = site(&sb, "", dir);
+    let bg = headend(&sb, &site, "headend");
+    wait_until("the directory read", T, || {
+        status(&sb)["services"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["number"] == 256))
+            .then_some(())
+    });
+    let r = receiver(&sb, "h1", "ff3e:40:fd00::8000:100");
+    rtp(&r, &bg);
+    let _empty = receiver(&sb, "h1", "ff3e:40:fd00::8000:101");
+    wait_until("the empty entry logged", T, || {
+        bg.err().contains("service 257").then_some(())
+    });
+    assert_eq!(status(&sb)["sources_running"], 1);
+}

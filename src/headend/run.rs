@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::announce::{self, Announcer, Meta};
+use super::directory::{self, DirectoryConfig, DirectoryEntry, DirectorySource, NumberBlock};
 use super::listen::{Listener as Membership, MembershipEvent};
 use super::membership::{QuerierConfig, QuerierMode};
 use super::relay::{Counters, Output, Relay};
@@ -64,6 +65,11 @@ enum Msg {
         meta: Meta,
     },
     Status(oneshot::Sender<Value>),
+    /// A directory was (re-)read: its entries now.
+    Directory {
+        index: usize,
+        entries: Vec<DirectoryEntry>,
+    },
 }
 
 struct Running {
@@ -86,6 +92,8 @@ struct Headend {
     traffic_tx: mpsc::UnboundedSender<u32>,
     membership: Option<Membership>,
     started: Instant,
+    /// The numbers each directory filled last time.
+    filled: HashMap<usize, Vec<u32>>,
 }
 
 /// For an ffmpeg command that does not write its SDP anywhere (`{sdp}` absent), ask it to:
@@ -182,12 +190,6 @@ async fn run(plan: HeadendPlan) -> Result<(), HeadendError> {
         );
         announcer.add(s.number, &s.name, s.group, s.group4);
     }
-    for d in &plan.directories {
-        warn!(
-            "directory {:?}: directories are not filled by this build yet; its numbers are ignored",
-            d.name
-        );
-    }
     serve_control(&plan.control_socket, tx.clone())?;
     source_sdp_dir(&plan.source_sdp_dir);
     let (mtx, mut mrx) = mpsc::unbounded_channel();
@@ -220,8 +222,10 @@ async fn run(plan: HeadendPlan) -> Result<(), HeadendError> {
         traffic_tx,
         membership: Some(membership),
         started: Instant::now(),
+        filled: HashMap::new(),
         plan,
     };
+    h.load_directories();
     info!(
         "headend: listening on {} for {} service(s); control {}",
         h.plan.interfaces.join(", "),
@@ -231,6 +235,8 @@ async fn run(plan: HeadendPlan) -> Result<(), HeadendError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(HeadendError::Runtime)?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(HeadendError::Runtime)?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(HeadendError::Runtime)?;
     h.feed(Event::Begin);
     let mut announce_at = tokio::time::Instant::now();
@@ -247,6 +253,10 @@ async fn run(plan: HeadendPlan) -> Result<(), HeadendError> {
             }
             _ = tokio::time::sleep_until(announce_at) => {
                 announce_at = tokio::time::Instant::from_std(h.announcer.tick(Instant::now()));
+            }
+            _ = hup.recv() => {
+                info!("SIGHUP: reading the directories again");
+                h.load_directories();
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -347,7 +357,98 @@ impl Headend {
             Msg::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Msg::Directory { index, entries } => self.directory(index, entries),
         }
+    }
+
+    /// Reads every directory off the runtime's thread; the entries come back as messages.
+    fn load_directories(&self) {
+        for (index, d) in self.plan.directories.iter().enumerate() {
+            let source = match (&d.playlist, &d.commands) {
+                (Some(p), _) => DirectorySource::List(p.clone()),
+                (None, Some(c)) => DirectorySource::CommandFile(c.clone()),
+                (None, None) => continue,
+            };
+            let cfg = DirectoryConfig {
+                name: d.name.clone(),
+                block: NumberBlock::Range {
+                    first: d.first,
+                    count: d.count.min(u64::from(u32::MAX)) as u32,
+                },
+                source,
+                http: Default::default(),
+            };
+            let tx = self.tx.clone();
+            tokio::task::spawn_blocking(move || match directory::load(&cfg) {
+                Ok(entries) => {
+                    let _ = tx.send(Msg::Directory { index, entries });
+                }
+                Err(e) => error!("directory {:?}: {e}; keeping what it had", cfg.name),
+            });
+        }
+    }
+
+    /// A directory's entries become services; those it no longer lists go away.
+    fn directory(&mut self, index: usize, list: Vec<DirectoryEntry>) {
+        let Some(d) = self.plan.directories.get(index).cloned() else {
+            return;
+        };
+        let now: Vec<u32> = list.iter().map(|e| e.number).collect();
+        for old in self.filled.remove(&index).unwrap_or_default() {
+            if !now.contains(&old) {
+                let actions = self.services.remove(old);
+                for a in actions {
+                    match a {
+                        Action::Stop(n) => self.stop_source(n),
+                        Action::Outputs(n, l) => self.outputs(n, &l),
+                        _ => {}
+                    }
+                }
+                self.announcer.remove(old);
+                self.entries.remove(&old);
+                self.relays.remove(&old);
+            }
+        }
+        info!(
+            "directory {:?}: {} entr{} in {}..={}",
+            d.name,
+            list.len(),
+            if list.len() == 1 { "y" } else { "ies" },
+            d.first,
+            u64::from(d.first) + d.count.saturating_sub(1)
+        );
+        for e in list {
+            let group6 = groups::service_group(self.plan.prefix, e.number);
+            let group4 = self
+                .plan
+                .ipv4_space
+                .and_then(|s| groups::service_group4(s, e.number));
+            let spec = match e.spec {
+                SourceSpec::Command { argv } => SourceSpec::Command {
+                    argv: with_sdp_file(&argv),
+                },
+                other => other,
+            };
+            self.entries.insert(
+                e.number,
+                Entry {
+                    name: e.name.clone(),
+                    group6,
+                    group4,
+                    spec,
+                },
+            );
+            self.services.add(
+                e.number,
+                ServiceConfig {
+                    name: e.name.clone(),
+                    linger: d.linger,
+                    warm: false,
+                },
+            );
+            self.announcer.add(e.number, &e.name, group6, group4);
+        }
+        self.filled.insert(index, now);
     }
 
     fn membership_event(&mut self, ev: MembershipEvent) {
