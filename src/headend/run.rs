@@ -505,24 +505,14 @@ impl Headend {
             }
         }
         // The announcer follows the phases.
-        for n in self.services.numbers().collect::<Vec<_>>() {
-            let running = matches!(
-                self.services.phase(n),
-                Some(Phase::Running | Phase::Starting)
-            );
-            let outs = self
-                .services
-                .status()
-                .into_iter()
-                .find(|s| s.number == n)
-                .map(|s| {
-                    s.listeners
-                        .iter()
-                        .filter_map(Output::resolve)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            self.announcer.set_running(n, running, outs);
+        for st in self.services.status() {
+            let running = matches!(st.state, Phase::Running | Phase::Starting);
+            let outs = if running {
+                st.listeners.iter().filter_map(Output::resolve).collect()
+            } else {
+                vec![]
+            };
+            self.announcer.set_running(st.number, running, outs);
         }
     }
 
