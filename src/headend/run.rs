@@ -448,7 +448,42 @@ impl Headend {
             );
             self.announcer.add(e.number, &e.name, group6, group4);
         }
-        self.filled.insert(index, now);
+        self.filled.insert(index, now.clone());
+        self.rejoin(&now);
+    }
+
+    /// Listeners already heard for numbers that only now have a service (a directory read
+    /// after their join): the membership state knows them, so they need not join again.
+    fn rejoin(&mut self, numbers: &[u32]) {
+        let Some(m) = &self.membership else {
+            return;
+        };
+        let mut wanted = vec![];
+        for i in m.status() {
+            for g in i.membership.iter().flat_map(|m| m.groups.iter()) {
+                if g.wanted {
+                    wanted.push((i.iface.clone(), g.group));
+                }
+            }
+        }
+        for (iface, group) in wanted {
+            let number = match group {
+                IpAddr::V6(g) => groups::service_number(self.plan.prefix, g),
+                IpAddr::V4(g) => self
+                    .plan
+                    .ipv4_space
+                    .and_then(|s| groups::service_number4(s, g)),
+            };
+            if number.is_some_and(|n| numbers.contains(&n)) {
+                self.membership_event(MembershipEvent::Wanted {
+                    iface,
+                    ifindex: 0,
+                    group,
+                    wanted: true,
+                    why: super::membership::Why::OurAddresses,
+                });
+            }
+        }
     }
 
     fn membership_event(&mut self, ev: MembershipEvent) {
