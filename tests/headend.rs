@@ -469,3 +469,61 @@ fn a_directory_entry_plays_and_a_number_without_one_is_ignored() {
     });
     assert_eq!(status(&sb)["sources_running"], 1);
 }
+
+/// SAP announcements heard on h1 at the scope's SAP address.
+fn sap_listener(sb: &Sandbox) -> UdpSocket {
+    in_netns(sb, Some("h1"), move || {
+        let idx = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+        let g: std::net::Ipv6Addr = "ff0e::2:7ffe".parse().unwrap();
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::new(g.into(), 9875).into()).unwrap();
+        s.join_multicast_v6(&g, idx).unwrap();
+        let u: UdpSocket = s.into();
+        u.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        u
+    })
+}
+
+/// The next announcement whose SDP satisfies `pred`: (hash, SDP).
+fn announcement(u: &UdpSocket, what: &str, pred: impl Fn(&str) -> bool) -> (u16, String) {
+    let mut buf = [0u8; 4096];
+    wait_until(what, Duration::from_secs(20), || {
+        let n = u.recv(&mut buf).ok()?;
+        let p = appliance::sap::SapPacket::parse(&buf[..n]).ok()?;
+        let sdp = String::from_utf8_lossy(&p.payload).into_owned();
+        (!p.deletion && pred(&sdp)).then_some((p.msg_id_hash, sdp))
+    })
+}
+
+#[test]
+fn a_url_service_from_icecast_carries_its_title_into_the_sdp() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    lan(&sb, &["h1"]);
+    let ice = Icecast::start(&sb, 8000, &["/test.mp3"]);
+    let _feeder = ice.feed(&sb, "/test.mp3", "Test FM");
+    ice.set_title(&sb, "/test.mp3", "First Song");
+    let svc = format!(
+        "[[headend.service]]\nnumber = 1\nname = \"Radio\"\nurl = \"http://{}/test.mp3\"\n",
+        ice.addr
+    );
+    let site = site(&sb, "", &svc);
+    let bg = headend(&sb, &site, "headend");
+    let menu = sap_listener(&sb);
+    let r = receiver(&sb, "h1", G1);
+    let p = rtp(&r, &bg);
+    assert_eq!(p[1] & 0x7f, 14, "MP3 on RTP payload type 14");
+    let (h1, sdp) = announcement(&menu, "the station's first title on the menu", |s| {
+        s.contains("i=First Song")
+    });
+    assert!(sdp.contains("s=Test FM"), "{sdp}");
+    assert!(sdp.contains(&format!("c=IN IP6 {G1}")), "{sdp}");
+    assert!(sdp.contains("m=audio 5004 RTP/AVP 14"), "{sdp}");
+    ice.set_title(&sb, "/test.mp3", "Second Song");
+    let (h2, _) = announcement(&menu, "the new title on the menu", |s| {
+        s.contains("i=Second Song")
+    });
+    assert_ne!(h1, h2, "the message id hash changes with the SDP");
+}
