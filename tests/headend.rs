@@ -433,6 +433,22 @@ fn the_supervisor_restarts_a_killed_headend_which_finds_its_listeners_again() {
     let v = site_status(&sb).unwrap();
     assert!(child(&v, "headend")["restarts"].as_u64().unwrap() >= 1);
     assert_eq!(v["headend"]["services"][0]["state"], "running", "{v}");
+    // `appliance status` shows it per service, as text.
+    let out = sb
+        .appliance()
+        .args(["status", "--state-dir"])
+        .arg(sb.path("state"))
+        .output()
+        .expect("appliance status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Tone 1"))
+        .unwrap_or_else(|| panic!("no service line in:\n{text}"));
+    assert!(
+        line.contains("running") && line.contains("br0 (ipv6)") && line.contains("restarts 0"),
+        "{line}"
+    );
 }
 
 /// Live ffmpeg processes in the sandbox.
