@@ -52,6 +52,7 @@ fn the_example_site_comes_up_whole_and_goes_away_without_a_trace() {
         "mroute",
         "translate",
         "monitor",
+        "headend",
     ] {
         assert!(
             ["running", "healthy"].contains(&state(name).as_str()),
@@ -59,6 +60,7 @@ fn the_example_site_comes_up_whole_and_goes_away_without_a_trace() {
         );
     }
     assert_eq!(state("headend"), "healthy", "{v}");
+    assert_eq!(v["headend"]["services"][0]["state"], "idle", "{v}");
 
     // The forwarder's own status comes through, with both bridges as VIFs.
     let vifs: Vec<&str> = v["mroute"]["vifs"]

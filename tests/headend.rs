@@ -371,3 +371,175 @@ fn a_killed_source_is_restarted_while_someone_listens() {
     drain(&r);
     rtp(&r, &bg);
 }
+
+/// The supervisor's status, from its control socket.
+fn site_status(sb: &Sandbox) -> Option<Value> {
+    let sock = sb.path("state/control.sock");
+    let mut s = UnixStream::connect(&sock).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+fn child<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["children"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no child {name}: {v}"))
+}
+
+#[test]
+fn the_supervisor_restarts_a_killed_headend_which_finds_its_listeners_again() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    lan(&sb, &["h1"]);
+    let site = site(&sb, "", &tone(1, ""));
+    let up = Up::start(&sb, &site);
+    let v = wait_until(
+        "the headend healthy under up",
+        Duration::from_secs(30),
+        || {
+            let v = site_status(&sb)?;
+            (child(&v, "headend")["health"] == "healthy").then_some(v)
+        },
+    );
+    let pid = child(&v, "headend")["pid"].as_u64().unwrap();
+    let r = receiver(&sb, "h1", G1);
+    let logs = || up.log();
+    let mut buf = [0u8; 2048];
+    wait_until(&format!("RTP under up\n{}", logs()), T, || {
+        r.recv(&mut buf).ok()
+    });
+    assert_eq!(ffmpegs(&sb), 1);
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    // A new headend; its startup queries find the receiver, and the stream comes back.
+    wait_until("a new headend", Duration::from_secs(30), || {
+        let v = site_status(&sb)?;
+        let c = child(&v, "headend");
+        (c["pid"].as_u64().is_some_and(|p| p != pid) && c["health"] == "healthy").then_some(())
+    });
+    // The old source died with its headend: one ffmpeg runs (pids under `up` are those
+    // of its PID namespace, so count them by name).
+    wait_until("one source", T, || (ffmpegs(&sb) == 1).then_some(()));
+    drain(&r);
+    wait_until(&format!("RTP again\n{}", logs()), T, || {
+        r.recv(&mut buf).ok()
+    });
+    let s = service(&sb, 1);
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(s["listeners"]["br0"][0], "ipv6", "{s}");
+    let v = site_status(&sb).unwrap();
+    assert!(child(&v, "headend")["restarts"].as_u64().unwrap() >= 1);
+    assert_eq!(v["headend"]["services"][0]["state"], "running", "{v}");
+    // `appliance status` shows it per service, as text.
+    let out = sb
+        .appliance()
+        .args(["status", "--state-dir"])
+        .arg(sb.path("state"))
+        .output()
+        .expect("appliance status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Tone 1"))
+        .unwrap_or_else(|| panic!("no service line in:\n{text}"));
+    assert!(
+        line.contains("running") && line.contains("br0 (ipv6)") && line.contains("restarts 0"),
+        "{line}"
+    );
+}
+
+/// Live ffmpeg processes in the sandbox.
+fn ffmpegs(sb: &Sandbox) -> usize {
+    sb.processes()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "ffmpeg")
+                && pid_alive(u64::from(*p))
+        })
+        .count()
+}
+
+#[test]
+fn a_directory_entry_plays_and_a_number_without_one_is_ignored() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    lan(&sb, &["h1"]);
+    sb.write("cmds.txt", &format!("# dvblast-style\n0 = {TONE}\n"));
+    let dir = "[[headend.directory]]\nname = \"tones\"\nfirst = 256\ncount = 16\ncommands = \"cmds.txt\"\n";
+    let site = site(&sb, "", dir);
+    let bg = headend(&sb, &site, "headend");
+    wait_until("the directory read", T, || {
+        status(&sb)["services"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["number"] == 256))
+            .then_some(())
+    });
+    let r = receiver(&sb, "h1", "ff3e:40:fd00::8000:100");
+    rtp(&r, &bg);
+    let _empty = receiver(&sb, "h1", "ff3e:40:fd00::8000:101");
+    wait_until("the empty entry logged", T, || {
+        bg.err().contains("service 257").then_some(())
+    });
+    assert_eq!(status(&sb)["sources_running"], 1);
+}
+
+/// SAP announcements heard on h1 at the scope's SAP address.
+fn sap_listener(sb: &Sandbox) -> UdpSocket {
+    in_netns(sb, Some("h1"), move || {
+        let idx = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+        let g: std::net::Ipv6Addr = "ff0e::2:7ffe".parse().unwrap();
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::new(g.into(), 9875).into()).unwrap();
+        s.join_multicast_v6(&g, idx).unwrap();
+        let u: UdpSocket = s.into();
+        u.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        u
+    })
+}
+
+/// The next announcement whose SDP satisfies `pred`: (hash, SDP).
+fn announcement(u: &UdpSocket, what: &str, pred: impl Fn(&str) -> bool) -> (u16, String) {
+    let mut buf = [0u8; 4096];
+    wait_until(what, Duration::from_secs(20), || {
+        let n = u.recv(&mut buf).ok()?;
+        let p = appliance::sap::SapPacket::parse(&buf[..n]).ok()?;
+        let sdp = String::from_utf8_lossy(&p.payload).into_owned();
+        (!p.deletion && pred(&sdp)).then_some((p.msg_id_hash, sdp))
+    })
+}
+
+#[test]
+fn a_url_service_from_icecast_carries_its_title_into_the_sdp() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    lan(&sb, &["h1"]);
+    let ice = Icecast::start(&sb, 8000, &["/test.mp3"]);
+    let _feeder = ice.feed(&sb, "/test.mp3", "Test FM");
+    ice.set_title(&sb, "/test.mp3", "First Song");
+    let svc = format!(
+        "[[headend.service]]\nnumber = 1\nname = \"Radio\"\nurl = \"http://{}/test.mp3\"\n",
+        ice.addr
+    );
+    let site = site(&sb, "", &svc);
+    let bg = headend(&sb, &site, "headend");
+    let menu = sap_listener(&sb);
+    let r = receiver(&sb, "h1", G1);
+    let p = rtp(&r, &bg);
+    assert_eq!(p[1] & 0x7f, 14, "MP3 on RTP payload type 14");
+    let (h1, sdp) = announcement(&menu, "the station's first title on the menu", |s| {
+        s.contains("i=First Song")
+    });
+    assert!(sdp.contains("s=Test FM"), "{sdp}");
+    assert!(sdp.contains(&format!("c=IN IP6 {G1}")), "{sdp}");
+    assert!(sdp.contains("m=audio 5004 RTP/AVP 14"), "{sdp}");
+    ice.set_title(&sb, "/test.mp3", "Second Song");
+    let (h2, _) = announcement(&menu, "the new title on the menu", |s| {
+        s.contains("i=Second Song")
+    });
+    assert_ne!(h1, h2, "the message id hash changes with the SDP");
+}

@@ -3,6 +3,9 @@
 //! (`examples/membership_probe.rs`, one JSON line per event) on the bridge with short
 //! timers (query interval 2 s, response 1 s, last-listener interval 200 ms), and has the
 //! hosts' own kernels send the MLD/IGMP reports by joining groups on UDP sockets.
+//!
+//! The probe is an example binary: a whole `cargo test` builds it; before running only
+//! this file (`cargo test --test headend_membership`), run `cargo build --examples`.
 
 mod common;
 
@@ -91,6 +94,27 @@ impl Probe {
             })
         }));
         r.unwrap_or_else(|_| panic!("no {what}\n{logs}\n{}", self.bg.logs()))
+    }
+
+    /// Waits until `wanted` events for every group in `groups` came, in any order, and
+    /// consumes nothing.
+    fn all_wanted(&self, groups: &[&str], wanted: bool, within: Duration) {
+        let groups: Vec<IpAddr> = groups.iter().map(|g| g.parse().unwrap()).collect();
+        let what = format!("wanted={wanted} for {groups:?}");
+        wait_until(&what, within, || {
+            let ev = self.events();
+            groups
+                .iter()
+                .all(|g| {
+                    ev.iter().any(|e| {
+                        e["event"] == "wanted"
+                            && e["group"].as_str().and_then(|s| s.parse::<IpAddr>().ok())
+                                == Some(*g)
+                            && e["wanted"] == wanted
+                    })
+                })
+                .then_some(())
+        });
     }
 
     /// The status, asked for with SIGUSR1.
@@ -370,6 +394,11 @@ fn a_lower_querier_takes_over_and_ours_stops_until_it_goes_silent() {
         e["event"] == "querier-changed" && e["family"] == "ipv6" && e["we_query"] == false
     });
     assert_eq!(e["querier"], "fe80::1", "{e}");
+    // IPv4 the other way round: 10.0.0.1 (ours) is below q's 10.0.0.12, so q steps down.
+    let e = other.wait("q to hear our IGMP querier", Duration::from_secs(10), |e| {
+        e["event"] == "querier-changed" && e["family"] == "ipv4" && e["we_query"] == false
+    });
+    assert_eq!(e["querier"], "10.0.0.1", "{e}");
     // Pending last-listener queries may still go out right after stepping down; after
     // that, two query intervals with queries from fe80::1 only.
     let _ = queriers_during(&sniffer, Duration::from_millis(500));
@@ -382,6 +411,13 @@ fn a_lower_querier_takes_over_and_ours_stops_until_it_goes_silent() {
     assert!(
         !seen.contains(&ours),
         "we kept querying after a lower querier took over: {seen:?}\n{}",
+        p.bg.logs()
+    );
+    assert!(
+        !p.events()
+            .iter()
+            .any(|e| e["family"] == "ipv4" && e["we_query"] == false),
+        "we gave up IGMP querying to a higher address:\n{}",
         p.bg.logs()
     );
     // The other querier goes silent: after the other-querier-present interval
@@ -414,4 +450,86 @@ fn an_interface_that_appears_later_is_picked_up() {
     assert_eq!(e["why"]["kind"], "interface-gone", "{e}");
     let e = p.wanted(G6, true, Duration::from_secs(15));
     assert_eq!(e["iface"], "br1", "{e}");
+}
+
+#[test]
+fn queries_leave_from_our_link_local_address_with_router_alert_and_hop_limit_1() {
+    require_program("tcpdump");
+    require_program("tshark");
+    let sb = Sandbox::new();
+    lan(&sb, &["h1"]);
+    // tcpdump captures (it says when it listens; tshark says so before it does), tshark
+    // decodes.
+    let pcap = sb.path("queries.pcap");
+    let mut cap = Background::spawn(&sb, "tcpdump", {
+        let mut c = sb.in_host("h1", "tcpdump");
+        // Immediate mode: packets still in a capture block are lost at SIGINT otherwise.
+        c.args(["-i", "eth0", "--immediate-mode", "-U", "-w"])
+            .arg(&pcap);
+        c
+    });
+    cap.wait_for("listening on", Duration::from_secs(10));
+    let mut p = Probe::start(&sb, "probe", None, &[&["br0"][..], &TIMERS].concat());
+    let ours = our_ipv6_querier(&mut p);
+    let (j6, j4) = (join(&sb, "h1", G6, None), join(&sb, "h1", G4, None));
+    p.all_wanted(&[G6, G4], true, Duration::from_secs(10));
+    drop((j6, j4));
+    p.all_wanted(&[G6, G4], false, Duration::from_secs(10));
+    cap.signal(2);
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args([
+            "-Y",
+            "icmpv6.type == 130 or igmp.type == 0x11",
+            "-T",
+            "fields",
+        ])
+        .args(["-E", "separator=|"])
+        .args([
+            "-e", "ipv6.src", "-e", "ip.src", "-e", "ipv6.dst", "-e", "ip.dst",
+        ])
+        .args(["-e", "ipv6.hlim", "-e", "ip.ttl"])
+        .args(["-e", "ipv6.opt.router_alert", "-e", "ip.opt.ra"])
+        .args(["-e", "icmpv6.checksum.status", "-e", "igmp.checksum.status"])
+        .args([
+            "-e",
+            "icmpv6.mld.maximum_response_code",
+            "-e",
+            "igmp.max_resp",
+        ])
+        .output()
+        .expect("tshark -r");
+    check(&out, "tshark -r");
+    let rows: Vec<Vec<String>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('|').map(str::to_string).collect())
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &rows {
+        assert_eq!(r.len(), 12, "{r:?}");
+        let v6 = !r[0].is_empty();
+        let (src, dst, hops, ra, sum, mrc) = if v6 {
+            (&r[0], &r[2], &r[4], &r[6], &r[8], &r[10])
+        } else {
+            (&r[1], &r[3], &r[5], &r[7], &r[9], &r[11])
+        };
+        assert_eq!(src, if v6 { &ours } else { "10.0.0.1" }, "{r:?}");
+        assert_eq!(hops, "1", "hop limit/TTL: {r:?}");
+        assert_eq!(ra, "0", "Router Alert (value 0) missing: {r:?}");
+        assert_eq!(sum, "1", "bad checksum: {r:?}");
+        let general = dst == "ff02::1" || dst == "224.0.0.1";
+        // 1 s (ms for MLD, tenths for IGMP) in general queries, 200 ms in specific ones.
+        let want = match (v6, general) {
+            (true, true) => "1000",
+            (true, false) => "200",
+            (false, true) => "10",
+            (false, false) => "2",
+        };
+        assert_eq!(mrc, want, "max resp code: {r:?}");
+        seen.insert(dst.clone());
+    }
+    for d in ["ff02::1", "224.0.0.1", G6, G4] {
+        assert!(seen.contains(d), "no query to {d} seen: {rows:?}");
+    }
 }

@@ -566,3 +566,231 @@ fn too_many_redirects_and_missing_streams_are_clear_errors() {
     let e = open(&sb, "file:///etc/passwd".into()).unwrap_err();
     assert!(e.contains("not an http or https URL"), "{e}");
 }
+
+#[test]
+fn a_directory_reads_a_station_list_over_http() {
+    use appliance::headend::directory::{self, DirectoryConfig, DirectorySource, NumberBlock};
+    let sb = Sandbox::new();
+    let server = HttpServer::start(&sb, |a| {
+        let json = format!(
+            r#"[{{"name":"One","url":"http://{a}/one.mp3"}},{{"name":"Two","url_resolved":"two.mp3","url":"x"}}]"#
+        );
+        vec![
+            ("/stations".into(), http_redirect("/stations.json")),
+            (
+                "/stations.json".into(),
+                http_response("200 OK", "application/json", json.as_bytes()),
+            ),
+            (
+                "/stream".into(),
+                http_response("200 OK", "audio/mpeg", b"ID3\x03\0\0\0\0\0\0"),
+            ),
+        ]
+    });
+    let (list, stream) = (server.url("/stations"), server.url("/stream"));
+    let (got, err) = sb.in_netns(None, move || {
+        let cfg = |loc: String| DirectoryConfig {
+            name: "web".into(),
+            block: NumberBlock::Bits {
+                high: 0x9000,
+                low_bits: 16,
+            },
+            source: DirectorySource::List(loc),
+            http: Default::default(),
+        };
+        (
+            directory::load(&cfg(list)),
+            directory::load(&cfg(stream))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string(),
+        )
+    });
+    let got = got.expect("the list loads");
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].number, got[0].name.as_str()), (0x9000_0000, "One"));
+    assert_eq!(
+        got[1].spec,
+        SourceSpec::Url {
+            url: server.url("/two.mp3")
+        },
+        "relative to the list's final URL"
+    );
+    assert!(
+        err.contains("not a station list") && err.contains("audio/mpeg"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_stalled_station_ends_the_source_saying_why() {
+    let sb = Sandbox::new();
+    let mp3 = mp3_bytes(&sb, 1);
+    let server = HttpServer::start(&sb, |_| {
+        let mut r = b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n".to_vec();
+        r.extend_from_slice(&mp3);
+        vec![("/hold/silent.mp3".into(), r)]
+    });
+    let url = server.url("/hold/silent.mp3");
+    let sdp = sb.path("stall.sdp");
+    let (exited, why) = run(&sb, move || {
+        Box::pin(async move {
+            let mut cfg = SourceConfig::default();
+            cfg.http.stall_timeout = Duration::from_secs(1);
+            let mut src = Source::start(
+                "stall",
+                &SourceSpec::Url { url },
+                "127.0.0.1:9".parse().unwrap(),
+                &sdp,
+                &cfg,
+            )
+            .await
+            .expect("start");
+            let exited = tokio::time::timeout(Duration::from_secs(30), src.exited())
+                .await
+                .is_ok();
+            (exited, src.feed_error())
+        })
+    });
+    assert!(exited, "ffmpeg ends once the station stalls");
+    let why = why.expect("the feed says why it ended");
+    assert!(why.contains("reading from"), "{why}");
+}
+
+#[test]
+fn a_source_dies_with_the_thread_that_started_it() {
+    let sb = Sandbox::new();
+    let sdp = sb.path("x.sdp");
+    // The thread of `run` ends right after the start; the source is leaked, not stopped.
+    let pid = run(&sb, move || {
+        Box::pin(async move {
+            let spec = SourceSpec::Command {
+                argv: vec!["sleep".into(), "1000".into()],
+            };
+            let src = Source::start(
+                "orphan",
+                &spec,
+                "127.0.0.1:9".parse().unwrap(),
+                &sdp,
+                &SourceConfig::default(),
+            )
+            .await
+            .expect("start");
+            let pid = src.pid();
+            std::mem::forget(src);
+            pid
+        })
+    });
+    wait_until(
+        "the orphaned source to be killed by PR_SET_PDEATHSIG",
+        Duration::from_secs(5),
+        || {
+            let state = status_field(pid, "State");
+            (state.is_empty() || state.starts_with('Z')).then_some(())
+        },
+    );
+    // Reap it (our process is still its parent).
+    unsafe { libc_waitpid(pid as i32, std::ptr::null_mut(), 0) };
+}
+
+unsafe extern "C" {
+    #[link_name = "waitpid"]
+    fn libc_waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+}
+
+#[test]
+fn https_is_spoken_and_an_untrusted_certificate_refused() {
+    require_program("openssl");
+    let sb = Sandbox::new();
+    let (key, cert) = (sb.path("key.pem"), sb.path("cert.pem"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl req");
+    assert!(st.success(), "openssl could not make a certificate");
+    let mut cmd = sb.cmd("openssl");
+    cmd.args([
+        "s_server",
+        "-quiet",
+        "-accept",
+        "127.0.0.1:8443",
+        "-WWW",
+        "-cert",
+    ])
+    .arg(&cert)
+    .arg("-key")
+    .arg(&key)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let _server = Group::spawn(cmd, "openssl s_server");
+    wait_until(
+        "openssl s_server to listen",
+        Duration::from_secs(10),
+        || {
+            sb.in_netns(None, || {
+                std::net::TcpStream::connect("127.0.0.1:8443")
+                    .ok()
+                    .map(|_| ())
+            })
+        },
+    );
+    let e = open(&sb, "https://127.0.0.1:8443/stream.mp3".into()).unwrap_err();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+}
+
+#[test]
+fn an_aac_station_is_transcoded_to_opus() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    let aac_path = sb.path("tone.aac");
+    let st = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "sine=frequency=440",
+            "-t",
+            "3",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "adts",
+        ])
+        .arg(&aac_path)
+        .status()
+        .expect("run ffmpeg");
+    assert!(st.success(), "ffmpeg could not make AAC");
+    let aac = std::fs::read(&aac_path).unwrap();
+    let server = HttpServer::start(&sb, |_| {
+        vec![("/aac".into(), http_response("200 OK", "audio/aacp", &aac))]
+    });
+    let (sock, rtp) = rtp_socket(&sb);
+    let sdp = sb.path("aac.sdp");
+    let url = server.url("/aac");
+    let (pt, sdp_text) = run(&sb, move || {
+        Box::pin(async move {
+            let mut src = Source::start(
+                "aac",
+                &SourceSpec::Url { url },
+                rtp,
+                &sdp,
+                &SourceConfig::default(),
+            )
+            .await
+            .expect("start");
+            let pt = rtp_payload_type(&sock);
+            let text = std::fs::read_to_string(&sdp).unwrap_or_default();
+            src.stop().await;
+            (pt, text)
+        })
+    });
+    assert_eq!(pt, 97, "Opus on a dynamic payload type");
+    assert!(sdp_text.contains("opus/48000"), "SDP: {sdp_text}");
+}

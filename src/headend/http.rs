@@ -43,7 +43,8 @@ pub struct HttpConfig {
     pub connect_timeout: Duration,
     /// From the request sent to the whole response header; default 10 s.
     pub response_timeout: Duration,
-    /// A playlist body must have arrived within this; default 10 s.
+    /// A playlist body must have arrived within this (checked between reads, each read
+    /// bounded by `stall_timeout`: at worst the sum); default 10 s.
     pub playlist_timeout: Duration,
     /// A stream that sends nothing for this long is ended; default 15 s.
     pub stall_timeout: Duration,
@@ -110,6 +111,8 @@ pub enum HttpError {
     PlaylistTooSlow { url: String, within: Duration },
     #[error("{url}: reading the playlist: {source}")]
     PlaylistRead { url: String, source: std::io::Error },
+    #[error("{url}: a media stream ({content_type}), not a station list")]
+    NotAList { url: String, content_type: String },
     #[error("{url}: playlists nested more than {max} deep")]
     TooDeep { url: String, max: u32 },
     #[error("{url}: gave up after trying {max} URLs")]
@@ -397,20 +400,7 @@ fn open(
             max: cfg.max_attempts,
         });
     }
-    let resp = agent
-        .get(url)
-        .header("Icy-MetaData", "1")
-        .call()
-        .map_err(|e| match e {
-            ureq::Error::TooManyRedirects => HttpError::TooManyRedirects {
-                url: url.into(),
-                max: cfg.max_redirects,
-            },
-            source => HttpError::Request {
-                url: url.into(),
-                source,
-            },
-        })?;
+    let resp = get(agent, url, cfg, true)?;
     use ureq::ResponseExt;
     let final_url = resp.get_uri().to_string();
     let status = resp.status().as_u16();
@@ -500,6 +490,75 @@ fn open(
         prefix,
         reader,
         agent: agent.clone(),
+    })
+}
+
+fn get(
+    agent: &Agent,
+    url: &str,
+    cfg: &HttpConfig,
+    icy: bool,
+) -> Result<ureq::http::Response<ureq::Body>, HttpError> {
+    let mut req = agent.get(url);
+    if icy {
+        req = req.header("Icy-MetaData", "1");
+    }
+    req.call().map_err(|e| match e {
+        ureq::Error::TooManyRedirects => HttpError::TooManyRedirects {
+            url: url.into(),
+            max: cfg.max_redirects,
+        },
+        source => HttpError::Request {
+            url: url.into(),
+            source,
+        },
+    })
+}
+
+/// A station list fetched over HTTP (for directories).
+#[derive(Debug, Clone)]
+pub struct FetchedList {
+    /// Where it finally came from (after redirects).
+    pub url: String,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// Fetches a station list: redirects followed, size and time bounded, and a media stream
+/// or an error page refused (blocking).
+pub fn fetch_list(url: &str, cfg: &HttpConfig) -> Result<FetchedList, HttpError> {
+    check_url(url)?;
+    let agent = agent(cfg);
+    let resp = get(&agent, url, cfg, false)?;
+    use ureq::ResponseExt;
+    let final_url = resp.get_uri().to_string();
+    let status = resp.status().as_u16();
+    let content_type = header(&resp, "content-type");
+    let ct_text = content_type.clone().unwrap_or_else(|| "(none)".into());
+    let mut reader = resp.into_body().into_reader();
+    let started = Instant::now();
+    let prefix = read_up_to(&mut reader, SNIFF).unwrap_or_default();
+    if !(200..300).contains(&status) {
+        return Err(HttpError::Status {
+            url: final_url,
+            status,
+            content_type: ct_text,
+            first: first_bytes(&prefix),
+        });
+    }
+    if playlist::detect(content_type.as_deref(), &prefix).is_none()
+        && is_media(content_type.as_deref(), &prefix)
+    {
+        return Err(HttpError::NotAList {
+            url: final_url,
+            content_type: ct_text,
+        });
+    }
+    let body = read_playlist(reader, prefix, &final_url, cfg, started)?;
+    Ok(FetchedList {
+        url: final_url,
+        content_type,
+        body,
     })
 }
 
@@ -614,8 +673,9 @@ impl Station {
                 }
                 meta.send_if_modified(|cur| {
                     let before = cur.clone();
-                    if m.title.is_some() {
-                        cur.title = m.title.clone();
+                    // An empty StreamTitle means "no title now".
+                    if let Some(t) = &m.title {
+                        cur.title = Some(t.clone()).filter(|t| !t.is_empty());
                     }
                     if m.url.as_deref().is_some_and(|u| !u.is_empty()) {
                         cur.url = m.url.clone();
@@ -684,6 +744,106 @@ pub fn ffmpeg_argv(ffmpeg: &str, format: Option<&str>, rtp: SocketAddr, sdp: &Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    /// An in-memory transport that hands out `chunks` one per read.
+    #[derive(Debug)]
+    struct Mem {
+        buffers: LazyBuffers,
+        chunks: VecDeque<Vec<u8>>,
+    }
+
+    impl Transport for Mem {
+        fn buffers(&mut self) -> &mut dyn Buffers {
+            &mut self.buffers
+        }
+        fn transmit_output(&mut self, _: usize, _: NextTimeout) -> Result<(), ureq::Error> {
+            Ok(())
+        }
+        fn await_input(&mut self, _: NextTimeout) -> Result<bool, ureq::Error> {
+            let Some(c) = self.chunks.pop_front() else {
+                return Ok(false);
+            };
+            let dst = self.buffers.input_append_buf();
+            let n = c.len().min(dst.len());
+            dst[..n].copy_from_slice(&c[..n]);
+            self.buffers.input_appended(n);
+            if n < c.len() {
+                self.chunks.push_front(c[n..].to_vec());
+            }
+            Ok(true)
+        }
+        fn is_open(&mut self) -> bool {
+            true
+        }
+    }
+
+    /// What ureq reads through the shim when the server sends `input` in `splits`.
+    fn through_shim(input: &[u8], splits: &[usize]) -> Vec<u8> {
+        let mut chunks = VecDeque::new();
+        let mut rest = input;
+        for &s in splits {
+            let s = s.min(rest.len());
+            if s > 0 {
+                chunks.push_back(rest[..s].to_vec());
+                rest = &rest[s..];
+            }
+        }
+        if !rest.is_empty() {
+            chunks.push_back(rest.to_vec());
+        }
+        let mut t = IcyTransport {
+            inner: Box::new(Mem {
+                buffers: LazyBuffers::new(4096, 1024),
+                chunks,
+            }),
+            buffers: LazyBuffers::new(4096, 1024),
+            checking: true,
+        };
+        let mut out = vec![];
+        loop {
+            let progress = t.await_input(NextTimeout::default()).unwrap();
+            let got = t.buffers().input().to_vec();
+            t.buffers().input_consume(got.len());
+            out.extend(got);
+            if !progress {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn icy_status_line_becomes_http() {
+        assert_eq!(
+            through_shim(b"ICY 200 OK\r\nicy-metaint:8192\r\n\r\nbody", &[1, 1, 1]),
+            b"HTTP/1.0 200 OK\r\nicy-metaint:8192\r\n\r\nbody"
+        );
+        assert_eq!(
+            through_shim(b"HTTP/1.1 200 OK\r\n\r\nICY ", &[2]),
+            b"HTTP/1.1 200 OK\r\n\r\nICY "
+        );
+        assert_eq!(through_shim(b"IC", &[1]), b"IC");
+    }
+
+    proptest! {
+        /// Any bytes in any pieces: only a leading `ICY ` is rewritten, the rest passes.
+        #[test]
+        fn shim_passes_everything_else(
+            body in proptest::collection::vec(any::<u8>(), 0..3000),
+            icy in any::<bool>(),
+            splits in proptest::collection::vec(0usize..600, 0..12),
+        ) {
+            let mut input = if icy { b"ICY ".to_vec() } else { vec![] };
+            input.extend(&body);
+            let want = if input.starts_with(b"ICY ") {
+                [b"HTTP/1.0 ".as_slice(), &input[4..]].concat()
+            } else {
+                input.clone()
+            };
+            prop_assert_eq!(through_shim(&input, &splits), want);
+        }
+    }
 
     #[test]
     fn joins_relative_entries() {

@@ -45,7 +45,8 @@ use crate::mroute::kernel;
 pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// First of the private multicast routing tables the listeners take (one per interface
-/// and family), far from the ids routing daemons use; the kernel takes ids below 10^8.
+/// and family), far from the ids routing daemons use; ip6mr takes ids below 10^8 (ipmr
+/// below 10^9).
 pub const TABLE_BASE: u32 = 68_640_000;
 
 /// What the headend hears from the listeners.
@@ -91,7 +92,7 @@ pub enum ListenError {
 struct Slot {
     ifindex: Option<u32>,
     error: Option<String>,
-    state: Option<(Membership, Instant)>,
+    state: Option<Membership>,
 }
 
 /// The listeners of every interface; dropping it stops them.
@@ -141,7 +142,7 @@ impl Listener {
                     family: *family,
                     ifindex: s.ifindex,
                     error: s.error.clone(),
-                    membership: s.state.as_ref().map(|(m, _)| m.status(now)),
+                    membership: s.state.as_ref().map(|m| m.status(now)),
                 }
             })
             .collect()
@@ -234,7 +235,7 @@ impl Task {
             self.set_slot(|s| {
                 s.ifindex = Some(ifindex);
                 s.error = link.degraded.clone();
-                s.state = Some((m.clone(), Instant::now()));
+                s.state = Some(m.clone());
             });
             let deadline = m
                 .next_deadline()
@@ -385,9 +386,14 @@ fn addresses(family: Family, name: &str, ifindex: u32) -> (Option<IpAddr>, Vec<I
 /// The lowest usable (not tentative, not failed DAD) link-local address of an interface,
 /// from /proc/net/if_inet6 (the only place with the flags short of a netlink dump).
 fn link_local(ifindex: u32) -> Option<Ipv6Addr> {
+    let text = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
+    link_local_in(&text, ifindex)
+}
+
+/// Lines of /proc/net/if_inet6: address, ifindex, prefix length, scope, flags (hex), name.
+fn link_local_in(text: &str, ifindex: u32) -> Option<Ipv6Addr> {
     const IFA_F_DADFAILED: u32 = 0x08;
     const IFA_F_TENTATIVE: u32 = 0x40;
-    let text = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -539,12 +545,12 @@ impl Link {
             Ok(s) => (Some(s), None),
             Err(e) => {
                 let msg = format!(
-                    "{}v1/v2 reports sent to a group's own address are not heard: taking \
+                    "{} reports sent to a group's own address are not heard: taking \
                      multicast routing table {table}: {e}",
                     if family == Family::Ipv6 {
-                        "MLD"
+                        "MLDv1"
                     } else {
-                        "IGMP"
+                        "IGMPv1/v2"
                     }
                 );
                 tracing::warn!(iface = %name, "{msg}");
@@ -677,4 +683,33 @@ fn forwarding(family: Family, ifindex: u32, table: u32) -> io::Result<Socket> {
             .map_err(|e| annotate(e, "MRT_ADD_VIF"))?;
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowest_usable_link_local_address() {
+        let text = "\
+fd000000000000000000000000000001 02 40 00 80     br0
+fe800000000000000000000000000009 02 40 20 c0     br0
+fe800000000000000000000000000002 02 40 20 80     br0
+fe800000000000000000000000000001 02 40 20 c8     br0
+fe800000000000000000000000000001 03 40 20 80     eth9
+";
+        // fe80::1 on ifindex 2 failed DAD (0x08); fe80::9 is tentative (0x40).
+        assert_eq!(link_local_in(text, 2), Some("fe80::2".parse().unwrap()));
+        assert_eq!(link_local_in(text, 3), Some("fe80::1".parse().unwrap()));
+        assert_eq!(link_local_in(text, 4), None);
+        assert_eq!(link_local_in("garbage\n1 2 3", 2), None);
+    }
+
+    #[test]
+    fn router_alert_options() {
+        // Hop-by-hop: 2 header bytes, RA (type 5, len 2, value 0), PadN of 0: 8 bytes.
+        assert_eq!(HOPOPTS_RA.len() % 8, 0);
+        assert_eq!(&HOPOPTS_RA[2..6], &[5, 2, 0, 0]);
+        assert_eq!(IPOPT_RA, [0x94, 0x04, 0, 0]);
+    }
 }

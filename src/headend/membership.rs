@@ -3,25 +3,38 @@
 //! timer ticks come in with `now`, a list of [`Action`]s comes out. No sockets, no clock;
 //! `listen.rs` is the edge that feeds it.
 //!
-//! API (what `listen.rs` and the tests use):
+//! # API
+//!
+//! What the headend uses (`super::listen`):
+//! - `Listener::start(ifaces: Vec<String>, cfg: QuerierConfig,
+//!   events: mpsc::UnboundedSender<MembershipEvent>) -> Result<Listener, ListenError>`
+//!   (inside a tokio runtime; IPv6 and IPv4 on every interface; dropping it stops it);
+//!   `Listener::status() -> Vec<InterfaceStatus>` (serializable).
+//! - `MembershipEvent::Wanted { iface, ifindex, group, wanted, why: Why }` and
+//!   `MembershipEvent::QuerierChanged { iface, ifindex, family, querier, we_query }`.
+//!
+//! This module:
 //! - [`QuerierConfig`] (`Default` = the RFC values: robustness 2, query interval 125 s,
 //!   query response interval 10 s, last-listener interval 1 s and count = robustness,
-//!   startup interval QI/4 and count = robustness, querier `auto`).
+//!   startup interval QI/4 and count = robustness, querier [`QuerierMode::Auto`]; the
+//!   `Option` fields derive from the others when None).
 //! - [`Membership::new`]`(family, cfg)`, then [`Membership::set_addresses`]`(now, me, ours)`
 //!   (`me`: the address we query from, the link-local one for IPv6; `ours`: every address
 //!   of this host: packets from them are ours and ignored, and "wanted" means a listener
-//!   wants traffic from one of them).
+//!   wants traffic from one of them; see [`Membership::wanted_groups`]).
 //! - [`Membership::on_packet`]`(now, &Message, source)` and [`Membership::on_timer`]`(now)`
 //!   return `Vec<Action>`: [`Action::SendQuery`] (to whom, which query),
-//!   [`Action::Wanted`] (group, wanted, why), [`Action::QuerierChanged`], and
+//!   [`Action::Wanted`] (group, wanted, [`Why`]), [`Action::QuerierChanged`], and
 //!   [`Action::Heard`] (a join or leave, for the log).
 //! - [`Membership::next_deadline`] says when to call `on_timer` next;
-//!   [`Membership::status`]`(now)` is a serializable snapshot.
+//!   [`Membership::status`]`(now)` is a serializable snapshot ([`MembershipStatus`]).
 //!
 //! Router state per group (RFC 9777 §7.2, RFC 3376 §6.2): INCLUDE(A) with a timer per
 //! source, or EXCLUDE(X, Y) with a filter timer, X the requested sources (with timers) and
 //! Y the excluded ones (no timers). Traffic from S is forwarded when S is in A (INCLUDE) or
-//! S is not in Y (EXCLUDE).
+//! S is not in Y (EXCLUDE). Groups of link-local scope (ff02::/16, 224.0.0.0/24) are not
+//! tracked. Queries we send are MLDv2/IGMPv3, except group-specific ones for a group in
+//! an older compatibility mode (MLDv1, IGMPv2; none for IGMPv1, whose leaves are ignored).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -440,13 +453,13 @@ impl Membership {
             .filter(|(_, g)| g.leaving)
             .map(|(a, _)| *a)
             .collect();
-        for a in self.wanted_changes() {
+        for (a, want) in self.wanted_changes() {
             let why = if leaving.contains(&a) {
                 Why::LastListenerGone
             } else {
                 Why::Timeout
             };
-            self.apply_wanted(a, &mut out, why);
+            self.apply_wanted(a, want, &mut out, why);
         }
         self.groups.retain(|_, g| !g.is_empty());
         out
@@ -906,8 +919,10 @@ impl Membership {
         if wide.is_empty() { usable } else { wide }
     }
 
-    fn computes_wanted(&self, g: &Group) -> bool {
-        let sources = self.source_candidates();
+    fn computes_wanted(sources: &[IpAddr], g: &Group) -> bool {
+        if g.is_empty() {
+            return false;
+        }
         if sources.is_empty() {
             // Without addresses nothing can be checked: any-source listeners want us.
             return g.mode == FilterMode::Exclude;
@@ -915,38 +930,35 @@ impl Membership {
         sources.iter().any(|s| g.forwards(s))
     }
 
-    /// Groups whose wanted flag no longer matches their state (gone groups included).
-    fn wanted_changes(&self) -> Vec<IpAddr> {
+    /// Groups whose wanted flag no longer matches their state, with the new value.
+    fn wanted_changes(&self) -> Vec<(IpAddr, bool)> {
+        let sources = self.source_candidates();
         self.groups
             .iter()
-            .filter(|(_, g)| {
-                let now = !g.is_empty() && self.computes_wanted(g);
-                now != g.wanted
+            .filter_map(|(a, g)| {
+                let now = Self::computes_wanted(&sources, g);
+                (now != g.wanted).then_some((*a, now))
             })
-            .map(|(a, _)| *a)
             .collect()
     }
 
-    fn apply_wanted(&mut self, group: IpAddr, out: &mut Vec<Action>, why: Why) {
-        let want = {
-            let g = &self.groups[&group];
-            !g.is_empty() && self.computes_wanted(g)
-        };
-        let g = self.groups.get_mut(&group).expect("group");
-        g.wanted = want;
-        if want {
-            g.leaving = false;
+    fn apply_wanted(&mut self, group: IpAddr, want: bool, out: &mut Vec<Action>, why: Why) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.wanted = want;
+            if want {
+                g.leaving = false;
+            }
+            out.push(Action::Wanted {
+                group,
+                wanted: want,
+                why,
+            });
         }
-        out.push(Action::Wanted {
-            group,
-            wanted: want,
-            why,
-        });
     }
 
     fn update_wanted(&mut self, out: &mut Vec<Action>, why: Why) {
-        for a in self.wanted_changes() {
-            self.apply_wanted(a, out, why.clone());
+        for (a, want) in self.wanted_changes() {
+            self.apply_wanted(a, want, out, why.clone());
         }
     }
 
@@ -1744,6 +1756,215 @@ mod tests {
         join(&mut m, t0);
         m.on_packet(at(t0, 10), &rec(RecordType::ToInclude, G, &[]), ip(HOST));
         assert_eq!(wanted(&run(&mut m, at(t0, 410))), vec![(ip(G), false)]);
+    }
+
+    mod histories {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Packet {
+                host: u8,
+                msg: Message,
+            },
+            Query {
+                from: u8,
+                group: Option<u8>,
+                sources: Vec<u8>,
+            },
+            Timer,
+            Addresses {
+                with_other: bool,
+            },
+            Wait(u32),
+        }
+
+        fn group(i: u8) -> IpAddr {
+            IpAddr::V6(Ipv6Addr::new(
+                0xff3e,
+                0x40,
+                0xfd00,
+                0,
+                0,
+                0,
+                0x8000,
+                u16::from(i % 3),
+            ))
+        }
+        fn source(i: u8) -> IpAddr {
+            // 0 is ours, the others are not.
+            IpAddr::V6(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1 + u16::from(i % 3) * 0x98,
+            ))
+        }
+        fn host(i: u8) -> IpAddr {
+            IpAddr::V6(Ipv6Addr::new(
+                0xfe80,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                2 + u16::from(i % 30),
+            ))
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let kind = (1u8..=6).prop_map(|k| match k {
+                1 => RecordType::IsInclude,
+                2 => RecordType::IsExclude,
+                3 => RecordType::ToInclude,
+                4 => RecordType::ToExclude,
+                5 => RecordType::AllowNew,
+                _ => RecordType::BlockOld,
+            });
+            let record = (kind, any::<u8>(), prop::collection::vec(any::<u8>(), 0..3)).prop_map(
+                |(kind, g, s)| GroupRecord {
+                    kind,
+                    group: group(g),
+                    sources: s.into_iter().map(source).collect(),
+                },
+            );
+            prop_oneof![
+                (any::<u8>(), prop::collection::vec(record, 1..3)).prop_map(|(h, records)| {
+                    Op::Packet {
+                        host: h,
+                        msg: Message::Report {
+                            version: Version::Mld2,
+                            records,
+                        },
+                    }
+                }),
+                (any::<u8>(), any::<u8>(), any::<bool>()).prop_map(|(h, g, leave)| Op::Packet {
+                    host: h,
+                    msg: if leave {
+                        Message::Leave {
+                            version: Version::Mld1,
+                            group: group(g),
+                        }
+                    } else {
+                        Message::OldReport {
+                            version: Version::Mld1,
+                            group: group(g),
+                        }
+                    },
+                }),
+                (
+                    any::<u8>(),
+                    prop::option::of(any::<u8>()),
+                    prop::collection::vec(any::<u8>(), 0..2)
+                )
+                    .prop_map(|(from, group, sources)| Op::Query {
+                        from,
+                        group,
+                        sources
+                    }),
+                Just(Op::Timer),
+                any::<bool>().prop_map(|with_other| Op::Addresses { with_other }),
+                (0u32..3_000).prop_map(Op::Wait),
+            ]
+        }
+
+        proptest! {
+            /// Any sequence of messages and timers: no panic, a timer call never leaves a
+            /// deadline in the past (the edge would spin), and the Wanted actions add up to
+            /// the groups the machine says are wanted.
+            #[test]
+            fn random_histories_keep_the_invariants(ops in prop::collection::vec(op(), 1..60)) {
+                let cfg = QuerierConfig {
+                    query_interval: Duration::from_secs(2),
+                    query_response_interval: Duration::from_secs(1),
+                    last_listener_interval: Duration::from_millis(200),
+                    ..QuerierConfig::default()
+                };
+                let t0 = Instant::now();
+                let mut now = t0;
+                let mut m = Membership::new(Family::Ipv6, cfg);
+                let mut wanted: BTreeSet<IpAddr> = BTreeSet::new();
+                let mut acts = m.set_addresses(now, Some(ip(ME)), [ip(ME), source(0)]);
+                for op in ops {
+                    for a in acts.drain(..) {
+                        if let Action::Wanted { group, wanted: w, .. } = a {
+                            if w { wanted.insert(group); } else { wanted.remove(&group); }
+                        }
+                    }
+                    acts = match op {
+                        Op::Packet { host: h, msg } => m.on_packet(now, &msg, host(h)),
+                        Op::Query { from, group: g, sources } => {
+                            let q = Query::specific(
+                                Version::Mld2,
+                                g.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), group),
+                                sources.into_iter().map(source).collect(),
+                                false,
+                                Duration::from_secs(1),
+                                2,
+                                Duration::from_secs(2),
+                            );
+                            m.on_packet(now, &Message::Query(q), host(from))
+                        }
+                        Op::Timer => {
+                            let a = m.on_timer(now);
+                            if let Some(d) = m.next_deadline() {
+                                prop_assert!(d > now, "deadline {:?} not after now", d - t0);
+                            }
+                            a
+                        }
+                        Op::Addresses { with_other } => {
+                            let mut ours = vec![ip(ME), source(0)];
+                            if with_other { ours.push(source(1)); }
+                            m.set_addresses(now, Some(ip(ME)), ours)
+                        }
+                        Op::Wait(ms) => {
+                            now += Duration::from_millis(u64::from(ms));
+                            let mut a = Vec::new();
+                            while let Some(d) = m.next_deadline() {
+                                if d > now { break; }
+                                a.extend(m.on_timer(d));
+                            }
+                            a
+                        }
+                    };
+                }
+                for a in acts.drain(..) {
+                    if let Action::Wanted { group, wanted: w, .. } = a {
+                        if w { wanted.insert(group); } else { wanted.remove(&group); }
+                    }
+                }
+                let said: BTreeSet<IpAddr> = m.wanted_groups().into_iter().collect();
+                prop_assert_eq!(wanted, said);
+                let _ = m.status(now);
+            }
+        }
+    }
+
+    #[test]
+    fn a_join_storm_of_a_thousand_groups() {
+        let (mut m, t0) = v6();
+        let records: Vec<GroupRecord> = (0..1000u16)
+            .map(|i| GroupRecord {
+                kind: RecordType::ToExclude,
+                group: IpAddr::V6(Ipv6Addr::new(0xff3e, 0x40, 0xfd00, 0, 0, 0, 0x8000, i)),
+                sources: vec![],
+            })
+            .collect();
+        let msg = Message::Report {
+            version: Version::Mld2,
+            records,
+        };
+        let a = m.on_packet(t0, &msg, ip(HOST));
+        assert_eq!(wanted(&a).len(), 1000);
+        assert_eq!(m.wanted_groups().len(), 1000);
+        let a = run(&mut m, at(t0, 260_000));
+        assert_eq!(wanted(&a).iter().filter(|(_, w)| !w).count(), 1000);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! last leave stops it.
 
 pub mod announce;
+pub mod directory;
 pub mod http;
 pub mod icy;
 pub mod listen;

@@ -10,11 +10,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::announce::{self, Announcer, Meta};
+use super::directory::{self, DirectoryConfig, DirectoryEntry, DirectorySource, NumberBlock};
 use super::listen::{Listener as Membership, MembershipEvent};
 use super::membership::{QuerierConfig, QuerierMode};
 use super::relay::{Counters, Output, Relay};
@@ -65,6 +65,11 @@ enum Msg {
         meta: Meta,
     },
     Status(oneshot::Sender<Value>),
+    /// A directory was (re-)read: its entries now.
+    Directory {
+        index: usize,
+        entries: Vec<DirectoryEntry>,
+    },
 }
 
 struct Running {
@@ -87,6 +92,8 @@ struct Headend {
     traffic_tx: mpsc::UnboundedSender<u32>,
     membership: Option<Membership>,
     started: Instant,
+    /// The numbers each directory filled last time.
+    filled: HashMap<usize, Vec<u32>>,
 }
 
 /// For an ffmpeg command that does not write its SDP anywhere (`{sdp}` absent), ask it to:
@@ -183,13 +190,8 @@ async fn run(plan: HeadendPlan) -> Result<(), HeadendError> {
         );
         announcer.add(s.number, &s.name, s.group, s.group4);
     }
-    for d in &plan.directories {
-        warn!(
-            "directory {:?}: directories are not filled by this build yet; its numbers are ignored",
-            d.name
-        );
-    }
     serve_control(&plan.control_socket, tx.clone())?;
+    source_sdp_dir(&plan.source_sdp_dir);
     let (mtx, mut mrx) = mpsc::unbounded_channel();
     let membership = Membership::start(plan.interfaces.clone(), querier_config(&plan), mtx)
         .map_err(|e| HeadendError::Listen(e.to_string()))?;
@@ -220,8 +222,10 @@ async fn run(plan: HeadendPlan) -> Result<(), HeadendError> {
         traffic_tx,
         membership: Some(membership),
         started: Instant::now(),
+        filled: HashMap::new(),
         plan,
     };
+    h.load_directories();
     info!(
         "headend: listening on {} for {} service(s); control {}",
         h.plan.interfaces.join(", "),
@@ -231,6 +235,8 @@ async fn run(plan: HeadendPlan) -> Result<(), HeadendError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(HeadendError::Runtime)?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(HeadendError::Runtime)?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(HeadendError::Runtime)?;
     h.feed(Event::Begin);
     let mut announce_at = tokio::time::Instant::now();
@@ -247,6 +253,10 @@ async fn run(plan: HeadendPlan) -> Result<(), HeadendError> {
             }
             _ = tokio::time::sleep_until(announce_at) => {
                 announce_at = tokio::time::Instant::from_std(h.announcer.tick(Instant::now()));
+            }
+            _ = hup.recv() => {
+                info!("SIGHUP: reading the directories again");
+                h.load_directories();
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -273,7 +283,23 @@ async fn run(plan: HeadendPlan) -> Result<(), HeadendError> {
         }
     }
     let _ = std::fs::remove_file(&h.plan.control_socket);
+    let _ = std::fs::remove_dir_all(&h.plan.source_sdp_dir);
     Ok(())
+}
+
+/// The directory sources write their SDP to: 0711 (under `up` the supervisor made it, the
+/// headend's user owns it), so the sources' user reaches its own file by name but cannot
+/// list or add others.
+fn source_sdp_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)))
+    {
+        warn!(
+            "{}: {e}; sources cannot tell their media, services are announced only once known",
+            dir.display()
+        );
+    }
 }
 
 impl Headend {
@@ -332,6 +358,132 @@ impl Headend {
             Msg::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Msg::Directory { index, entries } => self.directory(index, entries),
+        }
+    }
+
+    /// Reads every directory off the runtime's thread; the entries come back as messages.
+    fn load_directories(&self) {
+        for (index, d) in self.plan.directories.iter().enumerate() {
+            let source = match (&d.playlist, &d.commands) {
+                (Some(p), _) => DirectorySource::List(p.clone()),
+                (None, Some(c)) => DirectorySource::CommandFile(c.clone()),
+                (None, None) => continue,
+            };
+            let cfg = DirectoryConfig {
+                name: d.name.clone(),
+                block: NumberBlock::Range {
+                    first: d.first,
+                    count: d.count.min(u64::from(u32::MAX)) as u32,
+                },
+                source,
+                http: Default::default(),
+            };
+            let tx = self.tx.clone();
+            tokio::task::spawn_blocking(move || match directory::load(&cfg) {
+                Ok(entries) => {
+                    let _ = tx.send(Msg::Directory { index, entries });
+                }
+                Err(e) => error!("directory {:?}: {e}; keeping what it had", cfg.name),
+            });
+        }
+    }
+
+    /// A directory's entries become services; those it no longer lists go away.
+    fn directory(&mut self, index: usize, list: Vec<DirectoryEntry>) {
+        let Some(d) = self.plan.directories.get(index).cloned() else {
+            return;
+        };
+        let now: Vec<u32> = list.iter().map(|e| e.number).collect();
+        for old in self.filled.remove(&index).unwrap_or_default() {
+            if !now.contains(&old) {
+                let actions = self.services.remove(old);
+                for a in actions {
+                    match a {
+                        Action::Stop(n) => self.stop_source(n),
+                        Action::Outputs(n, l) => self.outputs(n, &l),
+                        _ => {}
+                    }
+                }
+                self.announcer.remove(old);
+                self.entries.remove(&old);
+                self.relays.remove(&old);
+            }
+        }
+        info!(
+            "directory {:?}: {} entr{} in {}..={}",
+            d.name,
+            list.len(),
+            if list.len() == 1 { "y" } else { "ies" },
+            d.first,
+            u64::from(d.first) + d.count.saturating_sub(1)
+        );
+        for e in list {
+            let group6 = groups::service_group(self.plan.prefix, e.number);
+            let group4 = self
+                .plan
+                .ipv4_space
+                .and_then(|s| groups::service_group4(s, e.number));
+            let spec = match e.spec {
+                SourceSpec::Command { argv } => SourceSpec::Command {
+                    argv: with_sdp_file(&argv),
+                },
+                other => other,
+            };
+            self.entries.insert(
+                e.number,
+                Entry {
+                    name: e.name.clone(),
+                    group6,
+                    group4,
+                    spec,
+                },
+            );
+            self.services.add(
+                e.number,
+                ServiceConfig {
+                    name: e.name.clone(),
+                    linger: d.linger,
+                    warm: false,
+                },
+            );
+            self.announcer.add(e.number, &e.name, group6, group4);
+        }
+        self.filled.insert(index, now.clone());
+        self.rejoin(&now);
+    }
+
+    /// Listeners already heard for numbers that only now have a service (a directory read
+    /// after their join): the membership state knows them, so they need not join again.
+    fn rejoin(&mut self, numbers: &[u32]) {
+        let Some(m) = &self.membership else {
+            return;
+        };
+        let mut wanted = vec![];
+        for i in m.status() {
+            for g in i.membership.iter().flat_map(|m| m.groups.iter()) {
+                if g.wanted {
+                    wanted.push((i.iface.clone(), g.group));
+                }
+            }
+        }
+        for (iface, group) in wanted {
+            let number = match group {
+                IpAddr::V6(g) => groups::service_number(self.plan.prefix, g),
+                IpAddr::V4(g) => self
+                    .plan
+                    .ipv4_space
+                    .and_then(|s| groups::service_number4(s, g)),
+            };
+            if number.is_some_and(|n| numbers.contains(&n)) {
+                self.membership_event(MembershipEvent::Wanted {
+                    iface,
+                    ifindex: 0,
+                    group,
+                    wanted: true,
+                    why: super::membership::Why::OurAddresses,
+                });
+            }
         }
     }
 
@@ -367,7 +519,7 @@ impl Headend {
 
     fn traffic(&mut self, number: u32) {
         if !self.sdp_read.contains(&number) {
-            let path = announce::source_sdp_path(&self.plan.sdp_dir, number);
+            let path = announce::source_sdp_path(&self.plan.source_sdp_dir, number);
             if let Ok(text) = std::fs::read_to_string(&path)
                 && !text.trim().is_empty()
             {
@@ -389,24 +541,14 @@ impl Headend {
             }
         }
         // The announcer follows the phases.
-        for n in self.services.numbers().collect::<Vec<_>>() {
-            let running = matches!(
-                self.services.phase(n),
-                Some(Phase::Running | Phase::Starting)
-            );
-            let outs = self
-                .services
-                .status()
-                .into_iter()
-                .find(|s| s.number == n)
-                .map(|s| {
-                    s.listeners
-                        .iter()
-                        .filter_map(Output::resolve)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            self.announcer.set_running(n, running, outs);
+        for st in self.services.status() {
+            let running = matches!(st.state, Phase::Running | Phase::Starting);
+            let outs = if running {
+                st.listeners.iter().filter_map(Output::resolve).collect()
+            } else {
+                vec![]
+            };
+            self.announcer.set_running(st.number, running, outs);
         }
     }
 
@@ -464,7 +606,7 @@ impl Headend {
             return;
         };
         self.sdp_read.remove(&number);
-        let sdp = announce::source_sdp_path(&self.plan.sdp_dir, number);
+        let sdp = announce::source_sdp_path(&self.plan.source_sdp_dir, number);
         let _ = std::fs::remove_file(&sdp);
         let cfg = self.source_cfg.clone();
         let tx = self.tx.clone();
@@ -575,45 +717,43 @@ impl Headend {
     }
 }
 
-/// `{"cmd":"status"}` on the control socket (mode 0600), one JSON answer per line.
+/// A request on the control socket.
+#[derive(serde::Deserialize)]
+struct Request {
+    cmd: String,
+}
+
+/// `{"cmd":"status"}` on the control socket (JSON lines, mode 0600).
 fn serve_control(path: &Path, tx: mpsc::UnboundedSender<Msg>) -> Result<(), HeadendError> {
     let err = |source| HeadendError::Control {
         path: path.display().to_string(),
         source,
     };
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(err)?;
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    let listener = crate::jsonl::listen(path).map_err(err)?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(err)?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let tx = tx.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = tokio::io::BufReader::new(r).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let cmd = serde_json::from_str::<Value>(&line)
-                        .ok()
-                        .and_then(|v| v["cmd"].as_str().map(str::to_string));
-                    let answer = match cmd.as_deref() {
-                        Some("status") => {
-                            let (o, r) = oneshot::channel();
-                            let _ = tx.send(Msg::Status(o));
-                            r.await
-                                .unwrap_or_else(|_| json!({"error": "the headend is stopping"}))
+            tokio::spawn(crate::jsonl::serve_lines(
+                stream,
+                move |r: Result<Request, serde_json::Error>| {
+                    let tx = tx.clone();
+                    async move {
+                        match r {
+                            Ok(r) if r.cmd == "status" => {
+                                let (o, rx) = oneshot::channel();
+                                let _ = tx.send(Msg::Status(o));
+                                rx.await
+                                    .unwrap_or_else(|_| json!({"error": "the headend is stopping"}))
+                            }
+                            Ok(r) => {
+                                json!({"error": format!("unknown command {:?}: use status", r.cmd)})
+                            }
+                            Err(e) => json!({"error": format!("not a request: {e}")}),
                         }
-                        _ => json!({"error": "unknown request: use {\"cmd\":\"status\"}"}),
-                    };
-                    let mut text = answer.to_string();
-                    text.push('\n');
-                    if w.write_all(text.as_bytes()).await.is_err() {
-                        break;
                     }
-                }
-            });
+                },
+            ));
         }
     });
     Ok(())

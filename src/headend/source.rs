@@ -15,6 +15,10 @@
 //!   [`Source::metadata`] (a watch of [`StreamMeta`]: ICY values for a `Url`, empty for a
 //!   command), [`Source::recent_output`] (last lines of its stderr/stdout) and
 //!   [`Source::feed_error`] (why a `Url`'s stream ended).
+//! - Beside it: [`super::http::HttpConfig`] (every HTTP size and timeout, inside
+//!   [`SourceConfig::http`]), [`super::directory::load`]`(&DirectoryConfig)` →
+//!   `Vec<DirectoryEntry { number, name, spec }>` (blocking: file or HTTP), and the pure
+//!   parsers [`super::icy`] and [`super::playlist`].
 //!
 //! Every source runs as [`SourceConfig::user`] (default `nobody`) with no capabilities
 //! (bounding set dropped when we hold CAP_SETPCAP, PR_SET_NO_NEW_PRIVS, non-root uid so

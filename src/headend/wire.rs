@@ -239,7 +239,8 @@ impl Query {
             max_resp_code,
             group,
             suppress: suppress && !v1,
-            qrv: if v1 { 0 } else { qrv.min(7) },
+            // A robustness above 7 does not fit: QRV 0 (RFC 9777 §5.1.8, RFC 3376 §4.1.6).
+            qrv: if v1 || qrv > 7 { 0 } else { qrv },
             qqic: if v1 {
                 0
             } else {
@@ -779,6 +780,24 @@ mod tests {
         assert!(q.max_resp() <= Duration::from_secs(40));
         assert!(q.max_resp() > Duration::from_secs(39));
         assert_eq!(q.qqi(), Some(Duration::from_secs(288)));
+    }
+
+    #[test]
+    fn a_robustness_above_7_is_sent_as_0() {
+        let q = Query::general(
+            Version::Mld2,
+            Duration::from_secs(10),
+            8,
+            Duration::from_secs(125),
+        );
+        assert_eq!(q.qrv, 0);
+        let q = Query::general(
+            Version::Igmp3,
+            Duration::from_secs(10),
+            7,
+            Duration::from_secs(125),
+        );
+        assert_eq!(q.qrv, 7);
     }
 
     #[test]

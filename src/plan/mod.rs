@@ -296,6 +296,9 @@ pub struct HeadendPlan {
     pub control_socket: PathBuf,
     /// SDPs learnt from sources, kept so idle services are announced after a restart.
     pub sdp_dir: PathBuf,
+    /// Where sources write their SDP (`{sdp}`): `<state_dir>/sources`, mode 0711, outside
+    /// `parts/` (0700), so the sources' user reaches its own file by name.
+    pub source_sdp_dir: PathBuf,
     pub services: Vec<ServiceGroup>,
     pub directories: Vec<DirectoryPlan>,
 }
@@ -900,6 +903,7 @@ impl Builder<'_> {
             sap_interval: h.sap_interval,
             control_socket: self.plan.parts_dir.join("headend.sock"),
             sdp_dir: self.plan.parts_dir.join("headend"),
+            source_sdp_dir: self.plan.state_dir.join("sources"),
             services,
             directories,
         });

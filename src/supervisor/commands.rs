@@ -265,6 +265,9 @@ fn status_text(v: &Value) -> String {
     if !v["mroute"].is_null() {
         out.push_str(&format!("mroute: {}\n", v["mroute"]));
     }
+    if !v["headend"].is_null() {
+        out.push_str(&headend_text(&v["headend"]));
+    }
     out
 }
 
@@ -304,6 +307,50 @@ pub fn services(given: Option<PathBuf>) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The headend's services: state, listeners per interface, reporting receivers, packets
+/// relayed, restarts.
+fn headend_text(h: &Value) -> String {
+    if let Some(e) = h["error"].as_str() {
+        return format!("headend: {e}\n");
+    }
+    let mut out = format!(
+        "headend: {} source(s) running of at most {}\n",
+        s(&h["sources_running"]),
+        s(&h["max_sources"])
+    );
+    for sv in h["services"].as_array().into_iter().flatten() {
+        let listeners: Vec<String> = sv["listeners"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(iface, fams)| {
+                let f: Vec<&str> = fams
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                format!("{iface} ({})", f.join("+"))
+            })
+            .collect();
+        out.push_str(&format!(
+            "  {:<6} {:<24} {:<9} listeners {:<20} reporting {:<3} packets {:<8} restarts {}\n",
+            s(&sv["number"]),
+            s(&sv["name"]),
+            s(&sv["state"]),
+            if listeners.is_empty() {
+                "none".to_string()
+            } else {
+                listeners.join(", ")
+            },
+            s(&sv["reporting_receivers"]),
+            s(&sv["packets"]),
+            s(&sv["restarts"])
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -60,13 +60,15 @@ pub fn lock(plan: &Plan) -> Result<Flock<File>, UpError> {
         object: dir.display().to_string(),
         source,
     })?;
-    // Only root lists or changes it; the parts' user may pass through to its own parts/.
+    // Only root lists or changes it; the parts' user may pass through to its own parts/,
+    // and with a headend anyone may (its sources, as their own user, reach sources/).
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     if let Some(u) = plan.children.iter().find_map(|c| c.user.as_ref())
         && let Ok(Some(u)) = nix::unistd::User::from_name(u)
         && std::os::unix::fs::chown(dir, Some(0), Some(u.gid.as_raw())).is_ok()
     {
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710));
+        let mode = if plan.headend.is_some() { 0o711 } else { 0o710 };
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
     }
     let path = dir.join("lock");
     let f = File::options()
@@ -299,18 +301,29 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
 
 /// Makes `<state_dir>/parts`, where the parts that run as [`crate::plan::PARTS_USER`]
 /// keep their sockets and state: owned by that user, mode 0700 (not followed if a link).
+/// With a headend also `<state_dir>/sources`, owned by that user, mode 0711: the headend
+/// makes each source's SDP file there and hands it to the source's user, who reaches it by
+/// name and can list nothing.
 fn parts_dir(plan: &Plan) -> Result<(), UpError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let Some(user) = plan.children.iter().find_map(|c| c.user.as_ref()) else {
         return Ok(());
     };
-    let dir = &plan.parts_dir;
+    owned_dir(&plan.parts_dir, user, 0o700)?;
+    if let Some(h) = &plan.headend {
+        owned_dir(&h.source_sdp_dir, user, 0o711)?;
+    }
+    Ok(())
+}
+
+/// Makes `dir` (if missing) and hands it to `user` with `mode`; a link is not followed.
+fn owned_dir(dir: &Path, user: &str, mode: u32) -> Result<(), UpError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let io = |op, source| UpError::Io {
         op,
         object: dir.display().to_string(),
         source,
     };
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
             return Err(io("creating", e));
         }
@@ -327,7 +340,7 @@ fn parts_dir(plan: &Plan) -> Result<(), UpError> {
         .ok_or_else(|| io("finding its user for", std::io::ErrorKind::NotFound.into()))?;
     std::os::unix::fs::fchown(&f, Some(u.uid.as_raw()), Some(u.gid.as_raw()))
         .map_err(|e| io("handing to its user", e))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o700))
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(|e| io("setting the mode of", e))?;
     Ok(())
 }
@@ -469,6 +482,10 @@ impl Sup {
             }
         }
         let _ = std::fs::remove_dir(&self.plan.parts_dir);
+        if let Some(h) = &self.plan.headend {
+            // Only the sources' SDP files: nothing there outlives the headend.
+            let _ = std::fs::remove_dir_all(&h.source_sdp_dir);
+        }
         let _ = std::fs::remove_file(dir.join("lock"));
         let _ = std::fs::remove_dir(&dir);
         drop(lock);

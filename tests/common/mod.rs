@@ -733,7 +733,8 @@ impl Icecast {
 
 /// The test's own small HTTP server on the sandbox's 127.0.0.1 (a std listener on a
 /// thread): each path answers with the raw bytes its route gives (status line included),
-/// then closes the connection. Unknown paths get 404.
+/// then closes the connection; paths that start with `/hold/` keep it open, silent, until
+/// the client goes (a stalled station). Unknown paths get 404.
 pub struct HttpServer {
     pub addr: std::net::SocketAddr,
 }
@@ -774,6 +775,10 @@ impl HttpServer {
                                 .to_vec()
                         });
                     let _ = conn.write_all(&answer);
+                    if path.starts_with("/hold/") {
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+                        let _ = conn.read(&mut b);
+                    }
                 });
             }
         });
