@@ -723,7 +723,29 @@ fn the_site_is_ready_only_when_its_ipv6_addresses_are_usable() {
     sb.host("c1", "br-iot", &["fd20:2::9/64"]);
     let site = sb.write("site.toml", &v6_vlan());
     let mut up = Up::start(&sb, &site);
-    let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    // The addresses' flags read right after status first answers healthy, not later:
+    // duplicate address detection ends on its own within about two seconds, so only a
+    // look at that moment catches a readiness that did not wait for it. (An address
+    // does not go back to tentative once DAD has passed.)
+    let (v, at_healthy) = wait_until("the site to be healthy", Duration::from_secs(20), || {
+        if let Ok(Some(st)) = up.child.try_wait() {
+            panic!("appliance up exited ({st}):\n{}", up.log());
+        }
+        let (code, v) = status_json(&sb)?;
+        if code != 0 {
+            return None;
+        }
+        let out = sb
+            .cmd("ip")
+            .args(["-n", "lab-iot", "-6", "addr", "show"])
+            .output()
+            .expect("ip addr");
+        Some((v, String::from_utf8_lossy(&out.stdout).into_owned()))
+    });
+    assert!(
+        at_healthy.contains("fd20:2::2/64") && !at_healthy.contains("tentative"),
+        "status said healthy while an address was not usable yet:\n{at_healthy}\n{v}"
+    );
     assert_eq!(v["addresses"]["state"], "usable", "{v}");
     // Healthy means usable: no address of the namespace is still tentative.
     let addrs = sb.sh("ip -n lab-iot -6 addr show");
