@@ -138,6 +138,8 @@ addresses = { trusted = "10.20.1.3/24", iot = "10.20.2.3/24" }
     let trust1 = ClientAvahi::start(&sb, "trust1");
     let _speaker = iot1.publish("Speaker", "_raop._tcp", 7000);
     let _printer = iot1.publish("Printer", "_ipp._tcp", 631);
+    // A host on an untrusted VLAN names its service with terminal escapes and a newline.
+    let _hostile = iot1.publish("Evil\u{1b}[2J\nline", "_http._tcp", 8080);
 
     let d = Duration::from_secs(20);
     wait_until("iot2 to see the printer and the speaker", d, || {
@@ -149,6 +151,17 @@ addresses = { trusted = "10.20.1.3/24", iot = "10.20.2.3/24" }
         (text.contains("iot\t_ipp._tcp\tPrinter") && text.contains("iot\t_raop._tcp\tSpeaker"))
             .then_some(text)
     });
+    // `services` prints it escaped: one line, no control character reaches the terminal.
+    let text = wait_until("appliance services to list the hostile name", d, || {
+        let out = sb.appliance().arg("services").output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("iot\t_http._tcp\tEvil\\x1b[2J\\x0aline")
+            .then_some(text)
+    });
+    assert!(
+        !text.contains(|c: char| c.is_control() && c != '\n' && c != '\t'),
+        "{text:?}"
+    );
     wait_until(
         "the trusted VLAN to see the listed type (_raop._tcp)",
         d,
