@@ -83,7 +83,7 @@ fn check_sap(data: &[u8]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #![proptest_config(ProptestConfig::with_cases(1500))]
 
     #[test]
     fn sap_random_bytes(data in prop::collection::vec(any::<u8>(), 0..600)) {
