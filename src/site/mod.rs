@@ -380,6 +380,7 @@ impl<'a> Ctx<'a> {
                 name: String::new(),
                 state_dir: None,
                 create_bridges: false,
+                avahi: AvahiMode::default(),
             }),
             vlan: vlan.items,
             reflector: reflector.items,
