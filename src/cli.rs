@@ -324,7 +324,7 @@ fn print_plan(path: &std::path::Path, json: bool) -> ExitCode {
 
 fn invalid(errors: &site::SiteErrors) -> ExitCode {
     eprintln!("{errors}");
-    let n = errors.0.len();
+    let n = errors.total();
     eprintln!("{n} error{}", if n == 1 { "" } else { "s" });
     ExitCode::from(EXIT_INVALID)
 }

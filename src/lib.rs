@@ -15,6 +15,7 @@ pub mod names;
 pub mod netlink;
 pub mod ns;
 pub mod plan;
+pub mod printable;
 pub mod render;
 pub mod sap;
 pub mod sched;

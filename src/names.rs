@@ -23,6 +23,11 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
     if name == "." || name == ".." {
         return Err(format!("{name:?} is not a valid interface name"));
     }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{name:?} has the control character {c:?}; interface names are printable"
+        ));
+    }
     if let Some(c) = name
         .chars()
         .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
@@ -121,6 +126,8 @@ mod tests {
         assert!(check_ifname("eth0:1").is_err());
         assert!(check_ifname("..").is_err());
         assert!(check_ifname("").is_err());
+        assert!(check_ifname("br\0x").is_err());
+        assert!(check_ifname("br\u{1b}[2J").is_err());
     }
 
     #[test]

@@ -70,6 +70,25 @@ fn the_example_site_comes_up_whole_and_goes_away_without_a_trace() {
         .filter_map(|x| x["name"].as_str())
         .collect();
     assert_eq!(vifs, ["br-trusted", "br-iot"]);
+    // The forwarder joined the site's [[multicast.join]] group on its bridge.
+    let maddr = sb.sh("ip maddr show dev br-trusted");
+    assert!(maddr.contains("239.1.2.3"), "{maddr}");
+    // The untrusted VLANs' namespaces are pinned where `ip netns` finds them, each with
+    // its address, and its veth's host end is in the VLAN's bridge.
+    let netns = sb.sh("ip netns list");
+    assert!(
+        netns.contains("lab-iot")
+            && netns.contains("lab-guest")
+            && netns.contains("lab-refl-media"),
+        "{netns}"
+    );
+    let addr = sb.sh("ip -n lab-iot -br addr show dev iot");
+    assert!(
+        addr.contains("10.20.2.2/24") && addr.contains("fd20:2::2/64"),
+        "{addr}"
+    );
+    let master = sb.sh("ip -br link show master br-iot");
+    assert!(master.contains("lab-iot"), "{master}");
     // Each component's nftables table is in place.
     let tables = sb.sh("nft list tables");
     assert!(tables.contains("appliance-lab-mroute"), "{tables}");

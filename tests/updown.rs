@@ -138,6 +138,8 @@ addresses = { trusted = "10.20.1.3/24", iot = "10.20.2.3/24" }
     let trust1 = ClientAvahi::start(&sb, "trust1");
     let _speaker = iot1.publish("Speaker", "_raop._tcp", 7000);
     let _printer = iot1.publish("Printer", "_ipp._tcp", 631);
+    // A host on an untrusted VLAN names its service with terminal escapes and a newline.
+    let _hostile = iot1.publish("Evil\u{1b}[2J\nline", "_http._tcp", 8080);
 
     let d = Duration::from_secs(20);
     wait_until("iot2 to see the printer and the speaker", d, || {
@@ -149,6 +151,17 @@ addresses = { trusted = "10.20.1.3/24", iot = "10.20.2.3/24" }
         (text.contains("iot\t_ipp._tcp\tPrinter") && text.contains("iot\t_raop._tcp\tSpeaker"))
             .then_some(text)
     });
+    // `services` prints it escaped: one line, no control character reaches the terminal.
+    let text = wait_until("appliance services to list the hostile name", d, || {
+        let out = sb.appliance().arg("services").output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("iot\t_http._tcp\tEvil\\x1b[2J\\x0aline")
+            .then_some(text)
+    });
+    assert!(
+        !text.contains(|c: char| c.is_control() && c != '\n' && c != '\t'),
+        "{text:?}"
+    );
     wait_until(
         "the trusted VLAN to see the listed type (_raop._tcp)",
         d,
@@ -725,7 +738,29 @@ fn the_site_is_ready_only_when_its_ipv6_addresses_are_usable() {
     sb.host("c1", "br-iot", &["fd20:2::9/64"]);
     let site = sb.write("site.toml", &v6_vlan());
     let mut up = Up::start(&sb, &site);
-    let v = wait_healthy(&sb, &mut up, Duration::from_secs(20));
+    // The addresses' flags read right after status first answers healthy, not later:
+    // duplicate address detection ends on its own within about two seconds, so only a
+    // look at that moment catches a readiness that did not wait for it. (An address
+    // does not go back to tentative once DAD has passed.)
+    let (v, at_healthy) = wait_until("the site to be healthy", Duration::from_secs(20), || {
+        if let Ok(Some(st)) = up.child.try_wait() {
+            panic!("appliance up exited ({st}):\n{}", up.log());
+        }
+        let (code, v) = status_json(&sb)?;
+        if code != 0 {
+            return None;
+        }
+        let out = sb
+            .cmd("ip")
+            .args(["-n", "lab-iot", "-6", "addr", "show"])
+            .output()
+            .expect("ip addr");
+        Some((v, String::from_utf8_lossy(&out.stdout).into_owned()))
+    });
+    assert!(
+        at_healthy.contains("fd20:2::2/64") && !at_healthy.contains("tentative"),
+        "status said healthy while an address was not usable yet:\n{at_healthy}\n{v}"
+    );
     assert_eq!(v["addresses"]["state"], "usable", "{v}");
     // Healthy means usable: no address of the namespace is still tentative.
     let addrs = sb.sh("ip -n lab-iot -6 addr show");

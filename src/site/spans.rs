@@ -21,8 +21,13 @@ struct Entry {
 impl SpanIndex {
     /// Index a document that already parsed; a document that does not parse gives an empty index.
     pub fn build(text: &str) -> SpanIndex {
-        let mut index = SpanIndex::default();
         let (root, _errors) = DeTable::parse_recoverable(text);
+        SpanIndex::of(&root)
+    }
+
+    /// Index a document parsed already.
+    pub fn of(root: &toml::Spanned<DeTable<'_>>) -> SpanIndex {
+        let mut index = SpanIndex::default();
         let span = root.span();
         index.entries.insert(
             String::new(),
@@ -122,14 +127,34 @@ fn parent(path: &str) -> Option<&str> {
     Some(&path[..cut])
 }
 
+/// Where each line of a text starts, computed once, so placing many errors stays linear.
+#[derive(Debug, Clone)]
+pub struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub fn new(text: &str) -> LineIndex {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { starts }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset of `text`, the text
+    /// the index was built from.
+    pub fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
+        let offset = floor_char_boundary(text, offset.min(text.len()));
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line - 1];
+        let col = text[start..offset].chars().count() + 1;
+        (line, col)
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..floor_char_boundary(text, offset)];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
+    LineIndex::new(text).line_col(text, offset)
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -173,5 +198,8 @@ mod tests {
         let t = "a = \"é\"\nb = 1\n";
         assert_eq!(line_col(t, t.find("b").unwrap()), (2, 1));
         assert_eq!(line_col(t, t.find('"').unwrap() + 3), (1, 7));
+        assert_eq!(line_col(t, 0), (1, 1));
+        assert_eq!(line_col(t, t.len()), (3, 1));
+        assert_eq!(line_col(t, t.find('\n').unwrap()), (1, 8));
     }
 }

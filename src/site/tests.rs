@@ -4,18 +4,17 @@ use super::*;
 
 /// The single diagnostic of `text`, asserting there is exactly one.
 fn one(text: &str) -> Diagnostic {
-    let errs = parse("site.toml", text).expect_err("should be invalid").0;
-    assert_eq!(
-        errs.len(),
-        1,
-        "expected one error, got:\n{}",
-        SiteErrors(errs.clone())
-    );
+    let errs = parse("site.toml", text)
+        .expect_err("should be invalid")
+        .diags;
+    assert_eq!(errs.len(), 1, "expected one error, got:\n{}", show(&errs));
     errs.into_iter().next().unwrap()
 }
 
 fn all(text: &str) -> Vec<Diagnostic> {
-    parse("site.toml", text).expect_err("should be invalid").0
+    parse("site.toml", text)
+        .expect_err("should be invalid")
+        .diags
 }
 
 #[track_caller]
@@ -403,7 +402,7 @@ fn derived_names_must_not_collide() {
         errs.iter()
             .any(|d| d.field == "reflector[0].name" && d.message.contains("lab-refl-r")),
         "{}",
-        SiteErrors(errs.clone())
+        show(&errs)
     );
 }
 
@@ -426,4 +425,239 @@ fn accept_in_names_an_nftables_chain() {
         "{SITE}[multicast]\naccept_in = [\"inet filter forward\", \"bridge filter forward\"]\n"
     ));
     at(&d, 4, 37, "multicast.accept_in[1]", "FAMILY TABLE CHAIN");
+}
+
+fn show(errs: &[Diagnostic]) -> String {
+    errs.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The issue's example: three bad keys in a section that does not deserialize, and a
+/// value error in each of two sections that do. All five, each at its place.
+#[test]
+fn every_bad_key_and_every_value_error_in_one_run() {
+    let errs = all(&format!(
+        "{SITE}[[vlan]]\nname = \"iot\"\nbridge = \"br-0123456789abcdefghijklmnopq\"\n\
+         [[multicast.route]]\nfrom = \"br-iot\"\nto = [\"eth0:1\"]\ngroup = \"239.1.0.0/16\"\n\
+         [translator]\nport = 70000\nttl = 300\nidle = \"soon\"\nunicast = \"127.0.0.1:9001\"\n"
+    ));
+    let got: Vec<(usize, usize, &str)> = errs
+        .iter()
+        .map(|d| (d.line, d.col, d.field.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (5, 10, "vlan[0].bridge"),
+            (8, 7, "multicast.route[0].to[0]"),
+            (11, 8, "translator.port"),
+            (12, 7, "translator.ttl"),
+            (13, 8, "translator.idle"),
+        ],
+        "{}",
+        show(&errs)
+    );
+}
+
+#[test]
+fn a_section_missing_a_key_still_reports_its_bad_keys() {
+    let errs = all(&format!(
+        "{SITE}[translator]\nport = \"x\"\nsap = 3\n[[monitor]]\nname = \"m\"\ninterface = \"br\"\ngroup = \"10.0.0.1\"\nport = 1\ndeliver = \"0.0.0.0:1\"\n"
+    ));
+    let fields: Vec<&str> = errs.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "translator.unicast",
+            "translator.port",
+            "translator.sap",
+            "monitor[0].group"
+        ],
+        "{}",
+        show(&errs)
+    );
+}
+
+/// An element that does not deserialize is left out of the value checks; the others keep
+/// the indices they have in the file, and names in the failed one are not "unknown".
+#[test]
+fn value_checks_after_a_bad_element_name_the_file_indices() {
+    let errs = all(&format!(
+        "{SITE}[[vlan]]\nname = \"a\"\nbridge = 3\n[[vlan]]\nname = \"b\"\nbridge = \"br-b\"\n\
+         [[vlan]]\nname = \"c\"\nbridge = \"br-b\"\n\
+         [[reflector]]\nname = \"r\"\nvlans = [\"a\", \"b\"]\n"
+    ));
+    let got: Vec<(&str, &str)> = errs
+        .iter()
+        .map(|d| (d.field.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "vlan[0].bridge",
+                "invalid type: integer `3`, expected a string"
+            ),
+            ("vlan[2].bridge", "\"br-b\" is used by vlan \"b\" too"),
+        ],
+        "{}",
+        show(&errs)
+    );
+    let errs = all(&format!(
+        "{SITE}[multicast]\n[[multicast.route]]\nfrom = 1\ngroup = \"239.1.1.1\"\nto = [\"b\"]\n\
+         [[multicast.route]]\nfrom = \"a\"\ngroup = \"239.1.1.1\"\nto = [\"b\"]\n\
+         [[multicast.route]]\nfrom = \"a\"\ngroup = \"239.1.1.1\"\nto = [\"c\"]\n"
+    ));
+    let d = errs.last().unwrap();
+    at(
+        d,
+        14,
+        9,
+        "multicast.route[2].group",
+        "multicast.route[1] has the same",
+    );
+}
+
+#[test]
+fn an_integer_too_large_for_toml_is_placed_and_named() {
+    let d = one(&format!(
+        "{SITE}[translator]\nunicast = \"127.0.0.1:9001\"\nmax_flows = 123456789012345678901234\n"
+    ));
+    at(
+        &d,
+        5,
+        13,
+        "translator.max_flows",
+        "does not fit in a TOML integer",
+    );
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_placed_and_named() {
+    let errs = parse_bytes(
+        "site.toml",
+        b"[site]\nname = \"lab\"\n[[vlan]]\nname = \"iot\"\nbridge = \"br-\xe9\xff\"\n",
+    )
+    .expect_err("not UTF-8")
+    .diags;
+    let got: Vec<(usize, usize, &str, &str)> = errs
+        .iter()
+        .map(|d| (d.line, d.col, d.field.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                5,
+                14,
+                "vlan[0].bridge",
+                "not UTF-8: byte 0xe9 (a site file is UTF-8 text)"
+            ),
+            (
+                5,
+                15,
+                "vlan[0].bridge",
+                "not UTF-8: byte 0xff (a site file is UTF-8 text)"
+            ),
+        ],
+        "{}",
+        show(&errs)
+    );
+}
+
+/// Placing errors is linear, and past `MAX_ERRORS` they are only counted.
+#[test]
+fn errors_past_the_cap_are_counted_not_printed() {
+    let mut text = String::from(SITE);
+    for i in 0..3 * MAX_ERRORS {
+        text.push_str(&format!("x{i} = = 1\n"));
+    }
+    let e = parse("site.toml", &text).expect_err("invalid");
+    assert_eq!(e.diags.len(), MAX_ERRORS);
+    // Each of those lines holds two mistakes.
+    assert_eq!(e.total(), 6 * MAX_ERRORS, "{e}");
+    assert_eq!(e.omitted, 5 * MAX_ERRORS);
+    assert_eq!((e.diags[0].line, e.diags[0].col), (3, 6));
+    assert!(
+        e.to_string()
+            .ends_with("site.toml: 500 more errors not shown (the first 100 are)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn menu_url_must_parse_as_the_client_parses_it() {
+    for (url, says) in [
+        ("http://menu.example:eighty/", "the port \"eighty\""),
+        ("http://menu.example:0/", "the port \"0\""),
+        ("http://menu.example:99999/", "not an http"),
+        ("ftp://menu.example/", "scheme"),
+        ("http://", "not an http"),
+        ("http://menu.example/a b", "space"),
+        ("http://user:pw@menu.example/", "credentials"),
+    ] {
+        let d = one(&format!(
+            "{SITE}[translator]\nunicast = \"127.0.0.1:9001\"\nmenu = \"{url}\"\n"
+        ));
+        at(&d, 5, 8, "translator.menu", says);
+    }
+    for url in [
+        "http://menu.example",
+        "https://menu.example:8443/menu/",
+        "http://[::1]:81/",
+        "http://[::1]/",
+    ] {
+        parse(
+            "site.toml",
+            &format!("{SITE}[translator]\nunicast = \"127.0.0.1:9001\"\nmenu = \"{url}\"\n"),
+        )
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+}
+
+#[test]
+fn ipv4_mapped_addresses_are_refused() {
+    let errs = all(&format!(
+        "{SITE}[multicast]\n[[multicast.join]]\non = \"br\"\ngroup = \"ff3e::1\"\nsource = \"::ffff:10.0.0.1\"\n\
+         [translator]\nunicast = \"[::ffff:127.0.0.1]:9001\"\nallow = [\"fd00::/8\", \"::ffff:10.0.0.0/104\"]\n"
+    ));
+    let fields: Vec<&str> = errs.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "multicast.join[0].source",
+            "translator.unicast",
+            "translator.allow[1]"
+        ],
+        "{}",
+        show(&errs)
+    );
+    assert!(errs.iter().all(|d| d.message.contains("IPv4-mapped")));
+}
+
+#[test]
+fn control_characters_in_an_interface_name() {
+    let d = one(&format!(
+        "{SITE}[translator]\nunicast = \"127.0.0.1:9001\"\ninterface = \"br\\u0007\"\n"
+    ));
+    at(&d, 5, 13, "translator.interface", "control character");
+}
+
+#[test]
+fn reflector_name_too_long_for_a_host_name() {
+    let vlans =
+        "[[vlan]]\nname = \"a\"\nbridge = \"br-a\"\n[[vlan]]\nname = \"b\"\nbridge = \"br-b\"\n";
+    let name = "r".repeat(55);
+    let d = one(&format!(
+        "{SITE}{vlans}[[reflector]]\nname = \"{name}\"\nvlans = [\"a\", \"b\"]\n"
+    ));
+    at(&d, 10, 8, "reflector[0].name", "at most 54");
+    let name = "r".repeat(54);
+    parse(
+        "site.toml",
+        &format!("{SITE}{vlans}[[reflector]]\nname = \"{name}\"\nvlans = [\"a\", \"b\"]\n"),
+    )
+    .unwrap();
 }

@@ -21,6 +21,9 @@ pub struct Problem {
 pub const MAX_VIFS: usize = 32;
 /// RFC 3306 group ids carry a 31-bit service number.
 pub const MAX_SERVICE_NUMBER: u32 = 0x7fff_ffff;
+/// A namespace's name is also its host name and avahi's `host-name`: one DNS label
+/// (RFC 1035: at most 63 bytes; `sethostname` takes at most 64).
+pub const NETNS_NAME_MAX: usize = 63;
 /// avahi's reflector misbehaves with longer filter lists (docs/architecture.md, "Facts").
 pub const MAX_REFLECT_FILTERS_LEN: usize = 255;
 
@@ -43,13 +46,38 @@ impl Check {
     }
 }
 
+/// Which parts of a site are whole. A part that did not deserialize is left out of the
+/// `Site` checked, and the checks that need it whole (a name to derive from, the list of
+/// VLANs to look names up in) are skipped rather than report what is not wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// `[site]` deserialized: its name is the real one.
+    pub site: bool,
+    /// Every `[[vlan]]` deserialized: a name not among them is unknown.
+    pub vlans: bool,
+}
+
+impl Known {
+    pub const ALL: Known = Known {
+        site: true,
+        vlans: true,
+    };
+}
+
 pub fn validate(site: &Site) -> Vec<Problem> {
+    validate_parts(site, Known::ALL)
+}
+
+/// `validate` of a site some parts of which did not deserialize (see `Known`).
+pub fn validate_parts(site: &Site, known: Known) -> Vec<Problem> {
     let mut c = Check {
         problems: Vec::new(),
     };
-    check_site(&mut c, site);
+    if known.site {
+        check_site(&mut c, site);
+    }
     check_vlans(&mut c, site);
-    check_reflectors(&mut c, site);
+    check_reflectors(&mut c, site, known.vlans);
     if let Some(m) = &site.multicast {
         check_multicast(&mut c, m);
     }
@@ -60,7 +88,9 @@ pub fn validate(site: &Site) -> Vec<Problem> {
         check_headend(&mut c, h);
     }
     check_monitors(&mut c, &site.monitor);
-    check_derived_names(&mut c, site);
+    if known.site {
+        check_derived_names(&mut c, site);
+    }
     c.problems
 }
 
@@ -184,7 +214,7 @@ fn trusted_has_no_namespace(key: &str) -> String {
     )
 }
 
-fn check_reflectors(c: &mut Check, site: &Site) {
+fn check_reflectors(c: &mut Check, site: &Site, vlans_known: bool) {
     let vlans: BTreeMap<&str, &Vlan> = site.vlan.iter().map(|v| (v.name.as_str(), v)).collect();
     let mut names: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, r) in site.reflector.iter().enumerate() {
@@ -212,7 +242,7 @@ fn check_reflectors(c: &mut Check, site: &Site) {
         }
         let mut seen = BTreeSet::new();
         for (j, v) in r.vlans.iter().enumerate() {
-            if !vlans.contains_key(v.as_str()) {
+            if vlans_known && !vlans.contains_key(v.as_str()) {
                 c.err(
                     format!("{p}.vlans[{j}]"),
                     format!("no vlan is named {v:?}; known: {}", known(vlans.keys())),
@@ -454,7 +484,28 @@ fn check_multicast(c: &mut Check, m: &Multicast) {
     }
 }
 
+/// `::ffff:a.b.c.d` is an IPv4 address in IPv6 clothing: a socket bound to it, a
+/// source matched against it or a route for it never sees the IPv4 packets it means.
+fn check_not_mapped(ip: IpAddr) -> Result<(), String> {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => Err(format!(
+                "{v6} is an IPv4-mapped IPv6 address; write the IPv4 address {v4} itself"
+            )),
+            None => Ok(()),
+        },
+        IpAddr::V4(_) => Ok(()),
+    }
+}
+
 fn check_translator(c: &mut Check, t: &Translator) {
+    c.result("translator.unicast", check_not_mapped(t.unicast.ip()));
+    for (i, net) in t.allow.iter().flatten().enumerate() {
+        c.result(
+            format!("translator.allow[{i}]"),
+            check_not_mapped(net.addr()),
+        );
+    }
     if t.unicast.ip().is_multicast() {
         c.err(
             "translator.unicast",
@@ -840,7 +891,9 @@ fn check_monitors(c: &mut Check, monitors: &[Monitor]) {
             c.err(format!("{p}.port"), "port 0 is not a port");
         }
         let d = m.deliver;
-        if d.ip().is_multicast() {
+        if let Err(e) = check_not_mapped(d.ip()) {
+            c.err(format!("{p}.deliver"), e);
+        } else if d.ip().is_multicast() {
             c.err(
                 format!("{p}.deliver"),
                 format!("{} is multicast; give the local daemon's address", d.ip()),
@@ -913,6 +966,21 @@ fn check_derived_names(c: &mut Check, site: &Site) {
         }
         let owner = format!("reflector {:?}", r.name);
         let path = format!("reflector[{i}].name");
+        let ns = names::reflector_netns(s, &r.name);
+        if ns.len() > NETNS_NAME_MAX {
+            c.err(
+                &path,
+                format!(
+                    "the name is {} bytes, so its namespace and host name {:?} would be {} bytes; a host \
+                     name is at most {NETNS_NAME_MAX}: give a reflector name of at most {}",
+                    r.name.len(),
+                    format!("{}…", &ns[..ns.floor_char_boundary(20)]),
+                    ns.len(),
+                    NETNS_NAME_MAX - (ns.len() - r.name.len())
+                ),
+            );
+            continue;
+        }
         claim(
             c,
             &mut netns,
@@ -1064,6 +1132,7 @@ fn check_routable_group(g: &GroupSpec) -> Result<(), String> {
 }
 
 fn check_source(src: IpAddr, group: IpAddr) -> Result<(), String> {
+    check_not_mapped(src)?;
     if src.is_ipv4() != group.is_ipv4() {
         return Err(format!(
             "{src} and group {group} are of different IP versions"
@@ -1098,16 +1167,43 @@ fn check_chain_ref(s: &str) -> Result<(), String> {
     }
 }
 
-fn check_http_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
-    match rest {
-        Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {
-            Ok(())
-        }
-        _ => Err(format!("{url:?} is not an http:// or https:// URL")),
+/// An http:// or https:// URL with a host, parsed as the HTTP client parses it (ureq's
+/// `http::Uri`), with a port that is a number from 1 to 65535 when given.
+pub fn check_http_url(url: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{url:?} is not an http:// or https:// URL: {why}"));
+    if url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return bad("it holds a space or a control character");
     }
+    let uri = match url.parse::<ureq::http::Uri>() {
+        Ok(u) => u,
+        Err(e) => return bad(&e.to_string()),
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return bad("the scheme must be http or https");
+    }
+    let Some(authority) = uri.authority() else {
+        return bad("no host");
+    };
+    if authority.host().is_empty() {
+        return bad("no host");
+    }
+    if authority.as_str().contains('@') {
+        return bad("credentials in the URL are not supported");
+    }
+    // `host:` with an empty port parses; the client would then use no port at all.
+    if let Some((_, port)) = authority.as_str().rsplit_once(':')
+        && !authority.as_str().ends_with(']')
+    {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => {
+                return bad(&format!(
+                    "the port {port:?} is not a number from 1 to 65535"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn known<'a>(names: impl Iterator<Item = &'a &'a str>) -> String {

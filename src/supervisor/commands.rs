@@ -169,6 +169,8 @@ pub fn status(given: Option<PathBuf>, json: bool) -> ExitCode {
     }
 }
 
+use crate::printable::escape as esc;
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -284,7 +286,7 @@ pub fn services(given: Option<PathBuf>) -> ExitCode {
     for vl in v["vlans"].as_array().into_iter().flatten() {
         let vlan = s(&vl["vlan"]);
         if let Some(e) = vl["error"].as_str() {
-            println!("{vlan}: error: {e}");
+            println!("{vlan}: error: {}", esc(e));
             failed = true;
             continue;
         }
@@ -293,12 +295,13 @@ pub fn services(given: Option<PathBuf>) -> ExitCode {
             println!("{vlan}: no services");
         }
         for sv in list {
+            // Names come from hosts on untrusted VLANs: escape control characters.
             println!(
                 "{vlan}\t{}\t{}\t{}\t{}",
-                s(&sv["type"]),
-                s(&sv["name"]),
-                s(&sv["domain"]),
-                s(&sv["protocol"])
+                esc(&s(&sv["type"])),
+                esc(&s(&sv["name"])),
+                esc(&s(&sv["domain"])),
+                esc(&s(&sv["protocol"]))
             );
         }
     }
