@@ -131,3 +131,32 @@ fn a_lan_host_cannot_reach_loopback_services_but_the_monitor_still_delivers() {
     tcp_service.set_nonblocking(true).unwrap();
     assert!(tcp_service.accept().is_err());
 }
+
+#[test]
+fn the_monitor_table_comes_back_after_an_operator_flushes_the_ruleset() {
+    require_program("nft");
+    let sb = lab();
+    let mut mon = monitor(&sb);
+    let has_table = |sb: &Sandbox| {
+        sb.try_sh("nft list table inet appliance-mon-monitor")
+            .status
+            .success()
+    };
+    wait_until("the monitor's table", T, || has_table(&sb).then_some(()));
+    // What `systemctl reload nftables` does first.
+    sb.sh("nft flush ruleset");
+    wait_until("the monitor's table to be applied again", T, || {
+        has_table(&sb).then_some(())
+    });
+    mon.wait_for(
+        "nftables table inet appliance-mon-monitor was removed (nft flush ruleset?): applied it again",
+        T,
+    );
+    let listed = sb.sh("nft list table inet appliance-mon-monitor");
+    assert!(listed.contains("ip daddr set 127.0.0.1"), "{listed}");
+    assert!(listed.contains("127.0.0.0/8"), "{listed}");
+    // Once the monitor stops, the table goes and stays gone.
+    let st = mon.signal(15);
+    assert!(st.success(), "{st}\n{}", mon.logs());
+    assert!(!has_table(&sb), "the table outlived the monitor");
+}
