@@ -3,6 +3,7 @@
 //! before making it; `teardown` removes what the plan names and what the record lists,
 //! keeps going after errors and reports them all.
 
+pub mod host;
 pub mod record;
 
 use std::collections::{BTreeSet, HashMap};
@@ -29,6 +30,8 @@ pub enum ApplyError {
     Net(#[from] NetError),
     #[error(transparent)]
     Ns(#[from] NsError),
+    #[error("{0}")]
+    Host(String),
     #[error("recording state in {path}: {source}")]
     Record {
         path: PathBuf,
@@ -59,6 +62,11 @@ fn save(rec: &Record, plan: &Plan) -> Result<(), ApplyError> {
 pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
     let host = Netlink::host()?;
     build_bridges(&host, plan, rec).await?;
+    host::set(plan, rec)?;
+    for fw in &plan.firewall {
+        Record::add(&mut rec.tables, format!("{} {}", fw.family, fw.table));
+    }
+    save(rec, plan)?;
     let mut spaces = HashMap::new();
     for n in &plan.namespaces {
         spaces.insert(n.name.clone(), build_namespace(n, plan, rec).await?);
@@ -410,6 +418,10 @@ pub async fn teardown(site: &str, plan: Option<&Plan>, state_dir: &Path) -> Vec<
     if !left.is_empty() {
         info!("stopping {} process(es) of the site: {left:?}", left.len());
         kill_all(&left, Duration::from_secs(2)).await;
+    }
+    // The children are gone: nothing sets the host's settings again.
+    if let Some(r) = &rec {
+        errors.extend(host::restore(r));
     }
     // Unpinning first lets the kernel destroy the namespaces, and with them both ends of
     // every veth, in one batch: much faster than deleting veths one by one.

@@ -19,6 +19,17 @@ pub struct Record {
     /// Children as (pid, start time in clock ticks), to kill them after a crash without
     /// hitting a reused pid.
     pub children: Vec<(u32, u64)>,
+    /// Sysctls `up` changed, with their values from before.
+    #[serde(default)]
+    pub sysctls: Vec<super::host::Changed>,
+    /// Bridges whose `multicast_snooping` `up` changed, with their values from before.
+    #[serde(default)]
+    pub snooping: Vec<super::host::Changed>,
+    /// The plan's nftables tables (`FAMILY NAME`), applied by the children that own them,
+    /// with the rules they insert into the router's chains: removed by teardown in one
+    /// transaction.
+    #[serde(default)]
+    pub tables: Vec<String>,
 }
 
 pub const FILE: &str = "state.json";
