@@ -427,3 +427,15 @@ fn accept_in_names_an_nftables_chain() {
     ));
     at(&d, 4, 37, "multicast.accept_in[1]", "FAMILY TABLE CHAIN");
 }
+
+#[test]
+fn a_state_dir_that_is_not_dedicated_is_refused() {
+    for (dir, says) in [
+        ("/", "system directory"),
+        ("/tmp", "system directory"),
+        ("/run/appliance/../../etc", "\"..\""),
+    ] {
+        let d = one(&format!("[site]\nname = \"lab\"\nstate_dir = \"{dir}\"\n"));
+        at(&d, 3, 13, "site.state_dir", says);
+    }
+}
