@@ -127,6 +127,119 @@ fn a_value_the_operator_changed_since_is_left_alone_and_said_so() {
     );
 }
 
+/// Two VLANs, so one can be dropped from the site file while it runs.
+const TWO_VLANS: &str = r#"
+[site]
+name = "lab"
+
+[[vlan]]
+name = "iot"
+bridge = "br-iot"
+address = "10.20.2.2/24"
+
+[[vlan]]
+name = "guest"
+bridge = "br-guest"
+address = "10.20.3.2/24"
+"#;
+
+fn crashed_two_vlans() -> (Sandbox, std::path::PathBuf) {
+    let sb = Sandbox::new();
+    sb.bridge("br-iot");
+    sb.bridge("br-guest");
+    let site = sb.write("site.toml", TWO_VLANS);
+    let mut up = Up::start(&sb, &site);
+    wait_healthy(&sb, &mut up);
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe { libc_kill(up.pid as i32, 9) };
+    let _ = up.child.wait();
+    (sb, site)
+}
+
+#[test]
+fn a_corrupt_record_is_kept_and_down_finds_the_rest_by_scanning() {
+    let (sb, site) = crashed_two_vlans();
+    sb.sh("truncate -s 20 /run/appliance/lab/state.json");
+    // The operator dropped a VLAN from the file meanwhile: the plan no longer names it.
+    std::fs::write(
+        &site,
+        TWO_VLANS
+            .split("[[vlan]]\nname = \"guest\"")
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let down = sb.appliance().arg("down").arg(&site).output().unwrap();
+    check(&down, "appliance down with a corrupt record");
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(err.contains("is corrupt"), "{err}");
+    assert!(err.contains("state.json.corrupt"), "{err}");
+    let netns = sb.sh("ip netns list");
+    assert!(netns.trim().is_empty(), "namespaces left: {netns}");
+    let kept = sb.sh("wc -c < /run/appliance/lab/state.json.corrupt");
+    assert_eq!(kept.trim(), "20");
+}
+
+#[test]
+fn the_record_stays_until_a_teardown_without_errors() {
+    let (sb, site) = crashed_two_vlans();
+    // nft cannot run: removing the tables fails, so the record must stay.
+    let failed = sb
+        .cmd("env")
+        .arg("PATH=/nonexistent")
+        .arg(common::appliance_bin())
+        .arg("down")
+        .arg(&site)
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("nft"),
+        "{failed:?}"
+    );
+    let rec = sb.sh("cat /run/appliance/lab/state.json");
+    assert!(rec.contains("lab-guest"), "{rec}");
+    let down = sb.appliance().arg("down").arg(&site).output().unwrap();
+    check(&down, "appliance down again");
+    assert!(
+        !sb.try_sh("test -e /run/appliance/lab/state.json")
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn up_refuses_a_state_dir_others_can_write_or_own() {
+    let sb = Sandbox::new();
+    sb.bridge("br-mgmt");
+    for (name, setup, says) in [
+        ("open", "chmod 0777", "writable by its group or by anyone"),
+        ("theirs", "chown 65534", "owned by uid 65534"),
+    ] {
+        let dir = sb.path(name);
+        std::fs::create_dir(&dir).unwrap();
+        sb.sh(&format!("chmod 0700 {0} && {setup} {0}", dir.display()));
+        let before = sb.sh(&format!("stat -c '%a %u' {}", dir.display()));
+        let site = sb.write(
+            &format!("{name}.toml"),
+            &MONITOR.replace(
+                "name = \"mon\"",
+                &format!("name = \"mon\"\nstate_dir = \"{}\"", dir.display()),
+            ),
+        );
+        let mut up = Up::start(&sb, &site);
+        let code = wait_until("up to refuse the state directory", T, || {
+            up.child.try_wait().unwrap().map(|st| st.code())
+        });
+        let err = up.log();
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains(says), "{err}");
+        // Nothing was changed: not the directory, not the host.
+        assert_eq!(sb.sh(&format!("stat -c '%a %u' {}", dir.display())), before);
+        assert_eq!(route_localnet(&sb), "0");
+    }
+}
+
 // SAFETY: this declaration matches the C prototype of kill(2) (integers in, an integer out).
 unsafe extern "C" {
     #[link_name = "kill"]

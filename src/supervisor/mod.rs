@@ -11,7 +11,6 @@ pub mod spawner;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,6 +39,8 @@ pub enum UpError {
         dir: String,
         pid: String,
     },
+    #[error("{0}")]
+    StateDir(String),
     #[error("{op} {object}: {source}")]
     Io {
         op: &'static str,
@@ -51,12 +52,7 @@ pub enum UpError {
 /// Takes the site's lock in its state directory: only one supervisor per site.
 pub fn lock(plan: &Plan) -> Result<Flock<File>, UpError> {
     let dir = &plan.state_dir;
-    std::fs::create_dir_all(dir).map_err(|source| UpError::Io {
-        op: "creating state directory",
-        object: dir.display().to_string(),
-        source,
-    })?;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    crate::apply::record::prepare_dir(dir).map_err(UpError::StateDir)?;
     let path = dir.join("lock");
     let f = File::options()
         .create(true)
