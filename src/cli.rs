@@ -168,7 +168,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Down { site, state_dir } => supervisor::commands::down(&site, state_dir),
         Command::Status { state_dir, json } => supervisor::commands::status(state_dir, json),
         Command::Services { state_dir } => supervisor::commands::services(state_dir),
-        Command::Render { .. } => not_built("render", 0),
+        Command::Render { site, target } => crate::render::cli::run(&site, target.out, target.root),
         Command::Mroute(args) => mroute(args),
         Command::Translate(args) => translate(&args),
         Command::Monitor { site } => monitor(&site),

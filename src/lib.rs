@@ -14,6 +14,7 @@ pub mod names;
 pub mod netlink;
 pub mod ns;
 pub mod plan;
+pub mod render;
 pub mod sap;
 pub mod sched;
 pub mod signals;

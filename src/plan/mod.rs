@@ -4,6 +4,7 @@
 pub mod avahi;
 pub mod firewall;
 pub mod groups;
+pub mod machine;
 mod text;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -17,7 +18,7 @@ use serde::Serialize;
 pub use crate::mac::{self, Mac};
 pub use crate::names;
 
-use crate::site::{Address4, GroupSpec, MacPolicy, Site, Trust};
+use crate::site::{Address4, AvahiMode, GroupSpec, MacPolicy, Site, Trust};
 
 /// The UDP ports of the on-demand headend (docs/architecture.md).
 pub const RTP_PORT: u16 = 5004;
@@ -41,6 +42,10 @@ pub struct Plan {
     pub headend: Option<HeadendPlan>,
     pub translator: Option<TranslatorPlan>,
     pub monitors: Vec<MonitorPlan>,
+    /// `[site] avahi`: with machines, each VLAN's and reflector's avahi is a systemd-nspawn
+    /// machine (see `machine`).
+    #[serde(skip_serializing_if = "AvahiMode::is_children")]
+    pub avahi: AvahiMode,
 }
 
 /// An interface the site names. With `create_bridges`, a missing one is made as a bridge.
@@ -100,6 +105,8 @@ pub enum Mount {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FileSpec {
     pub path: String,
+    /// Permission bits; with the symbolic link type bits (0o120000) it is a link to
+    /// `contents`.
     pub mode: u32,
     pub contents: String,
 }
@@ -180,6 +187,9 @@ pub enum Health {
     Running,
     /// `org.freedesktop.Avahi.Server.GetState` over this bus socket (inside the namespace) = 2.
     AvahiBus { bus: String },
+    /// The same, over this bus socket inside the machine the child (systemd-nspawn) runs:
+    /// under the root of its child, the machine's init.
+    MachineBus { bus: String },
 }
 
 /// Restart with exponential backoff; never a hot loop.
@@ -342,6 +352,7 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
             headend: None,
             translator: None,
             monitors: Vec::new(),
+            avahi: site.site.avahi,
         },
     };
     b.vlans();
@@ -351,6 +362,9 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
     b.headend();
     b.monitors();
     b.finish_interfaces();
+    if b.plan.avahi == AvahiMode::Machines {
+        machine::into_machines(&mut b.plan);
+    }
     b.plan
 }
 

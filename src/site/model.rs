@@ -52,6 +52,27 @@ pub struct SiteSection {
     /// Make missing bridges (a lab); on a router they must exist already.
     #[serde(default)]
     pub create_bridges: bool,
+    /// How each VLAN's and reflector's avahi runs: children of the supervisor, or
+    /// systemd-nspawn machines with the rendered settings.
+    #[serde(default)]
+    pub avahi: AvahiMode,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AvahiMode {
+    /// avahi-daemon (and a VLAN's dbus-daemon) as direct children, in the namespace's
+    /// private mounts.
+    #[default]
+    Children,
+    /// A systemd-nspawn machine per VLAN and reflector, booting dbus and avahi.
+    Machines,
+}
+
+impl AvahiMode {
+    pub fn is_children(&self) -> bool {
+        *self == AvahiMode::Children
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]

@@ -137,6 +137,18 @@ fn pidfd(pid: u32) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::Owne
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
 }
 
+/// The private bus of a child with a bus health check: in its own root, or in the root of
+/// the machine it runs (`avahi = "machines"`).
+fn bus_address(health: &Health, pid: u32) -> Option<String> {
+    match health {
+        Health::Running => None,
+        Health::AvahiBus { bus } => Some(avahi::bus_of(pid, bus)),
+        Health::MachineBus { bus } => {
+            crate::render::machine::leader(pid).map(|init| avahi::bus_of(init, bus))
+        }
+    }
+}
+
 /// Messages into the supervisor's loop.
 pub enum Msg {
     Decide(Event),
@@ -353,6 +365,7 @@ impl Sup {
         let t = Instant::now();
         self.stop_all(rx, &mut signals.term, &mut signals.int).await;
         self.spawner.stop();
+        crate::render::machine::remove_all_cgroups(&self.plan);
         let dir = self.plan.state_dir.clone();
         // Our fds would keep the namespaces alive.
         self.built.spaces.clear();
@@ -482,6 +495,10 @@ impl Sup {
                     }));
                 });
                 let n = name.to_string();
+                let machine = c
+                    .netns
+                    .clone()
+                    .filter(|_| crate::render::machine::is_machine(&c));
                 let exited = pidfd(pid);
                 tokio::spawn(async move {
                     // Its pidfd turns readable when it exits; then wait() does not block.
@@ -489,6 +506,9 @@ impl Sup {
                         let _ = fd.readable().await;
                     }
                     let st = child.wait();
+                    if let Some(m) = machine {
+                        crate::render::machine::remove_cgroups(&m);
+                    }
                     let (code, signal) = match st {
                         Ok(s) => {
                             use std::os::unix::process::ExitStatusExt;
@@ -532,9 +552,9 @@ impl Sup {
     fn health_tick(&mut self) {
         let now = Instant::now();
         for c in &self.plan.children {
-            let Health::AvahiBus { bus } = &c.health else {
+            if matches!(c.health, Health::Running) {
                 continue;
-            };
+            }
             let Some(st) = self.state.get(&c.name) else {
                 continue;
             };
@@ -554,14 +574,18 @@ impl Sup {
             }
             r.last_check = Some(now);
             self.checking.insert(c.name.clone());
-            let addr = avahi::bus_of(r.pid, bus);
+            let addr = bus_address(&c.health, r.pid);
             let tx = self.tx.clone();
             let name = c.name.clone();
             tokio::spawn(async move {
-                let ok = matches!(
-                    avahi::state(&addr, Duration::from_secs(2)).await,
-                    Ok(avahi::RUNNING)
-                );
+                let ok = match addr {
+                    Some(addr) => matches!(
+                        avahi::state(&addr, Duration::from_secs(2)).await,
+                        Ok(avahi::RUNNING)
+                    ),
+                    // A machine whose init is not there yet.
+                    None => false,
+                };
                 let _ = tx.send(Msg::Decide(Event::Health { name, ok }));
             });
         }
@@ -685,11 +709,11 @@ impl Sup {
             control::Request::Services(reply) => {
                 let mut buses = vec![];
                 for c in &self.plan.children {
-                    if let (Health::AvahiBus { bus }, Some(r)) =
-                        (&c.health, self.procs.get(&c.name))
+                    if let Some(r) = self.procs.get(&c.name)
+                        && let Some(bus) = bus_address(&c.health, r.pid)
                     {
                         let vlan = c.name.split('@').nth(1).unwrap_or(&c.name).to_string();
-                        buses.push((vlan, avahi::bus_of(r.pid, bus)));
+                        buses.push((vlan, bus));
                     }
                 }
                 let _ = reply.send(buses);

@@ -136,24 +136,39 @@ pub fn command(
         .iter()
         .map(|c| libc::c_ulong::from(c.index()))
         .collect();
-    in_child_before_exec(&mut cmd, fds, stale, drop, parent);
+    // A machine gets cgroups of its own (see `render::machine::cgroup_dirs`); the child
+    // moves itself into them before exec.
+    let cgroups: Vec<std::ffi::CString> = match &c.netns {
+        Some(m) if crate::render::machine::is_machine(c) => {
+            crate::render::machine::prepare_cgroups(m)
+                .into_iter()
+                .filter_map(|p| {
+                    std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok()
+                })
+                .collect()
+        }
+        _ => vec![],
+    };
+    in_child_before_exec(&mut cmd, fds, stale, drop, parent, cgroups);
     Ok(cmd)
 }
 
 /// What the forked child does before exec: enter the namespaces (`fds`: net, mnt, uts),
 /// remove `stale` files there, die with the supervisor (`parent`: its pid as the child
-/// sees it), and drop the capabilities `drop` (indexes) from its bounding set.
+/// sees it), drop the capabilities `drop` (indexes) from its bounding set, and move into
+/// the cgroups whose `cgroup.procs` files are `cgroups`.
 fn in_child_before_exec(
     cmd: &mut std::process::Command,
     fds: Option<(RawFd, RawFd, RawFd)>,
     stale: Vec<std::ffi::CString>,
     drop: Vec<libc::c_ulong>,
     parent: libc::pid_t,
+    cgroups: Vec<std::ffi::CString>,
 ) {
     // SAFETY: between fork and exec the closure only reads values computed before the fork
-    // (fds, `stale`, `drop`, `parent`) and makes async-signal-safe system calls (setns,
-    // chdir, unlink, prctl, getppid, capget/capset, _exit); it allocates nothing (an
-    // io::Error from errno does not allocate).
+    // (fds, `stale`, `drop`, `parent`, `cgroups`) and makes async-signal-safe system calls
+    // (setns, chdir, unlink, open, write, close, prctl, getppid, capget/capset, _exit); it
+    // allocates nothing (an io::Error from errno does not allocate).
     unsafe {
         cmd.pre_exec(move || {
             if let Some((net, mnt, uts)) = fds {
@@ -172,6 +187,13 @@ fn in_child_before_exec(
                 for p in &stale {
                     libc::unlink(p.as_ptr());
                 }
+            }
+            for p in &cgroups {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
