@@ -96,9 +96,106 @@ pub fn netns_pin(netns: &str) -> String {
     format!("/run/netns/{netns}")
 }
 
+/// Directories the state directory must not be: `up` makes it 0700 and `down` removes
+/// what it finds in it, so it must be one of the appliance's own.
+const SYSTEM_DIRS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/lib",
+    "/var/run",
+    "/var/tmp",
+    "/run/user",
+    "/run/netns",
+    "/run/lock",
+    "/run/appliance",
+    "/usr/local",
+    "/usr/lib",
+    "/var/log",
+    "/var/cache",
+];
+
+/// A state directory must be dedicated: absolute, no `..` or `.`, not `/` nor a system
+/// directory itself.
+pub fn check_state_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::path::Component;
+    if !dir.is_absolute() {
+        return Err(format!(
+            "{:?} is relative; give an absolute path",
+            dir.display()
+        ));
+    }
+    if dir
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        || dir
+            .to_string_lossy()
+            .split('/')
+            .any(|p| p == "." || p == "..")
+    {
+        return Err(format!(
+            "{:?} contains \"..\" or \".\"; give the directory's own path",
+            dir.display()
+        ));
+    }
+    let plain = dir.to_string_lossy();
+    let plain = plain.trim_end_matches('/');
+    let plain = if plain.is_empty() { "/" } else { plain };
+    if SYSTEM_DIRS.contains(&plain) {
+        return Err(format!(
+            "{plain:?} is a system directory; give one of the appliance's own, like /run/appliance/SITE"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_dir_must_be_dedicated() {
+        use std::path::Path;
+        for bad in [
+            "/",
+            "/tmp",
+            "/tmp/",
+            "/etc",
+            "/usr",
+            "/var",
+            "/run",
+            "/run/appliance",
+            "/run/appliance/../../etc",
+            "/run/appliance/./lab",
+            "run/appliance/lab",
+        ] {
+            assert!(check_state_dir(Path::new(bad)).is_err(), "{bad} passed");
+        }
+        for good in [
+            "/run/appliance/lab",
+            "/var/lib/appliance-lab",
+            "/tmp/appliance-test-1/state",
+        ] {
+            assert_eq!(check_state_dir(Path::new(good)), Ok(()), "{good}");
+        }
+    }
 
     #[test]
     fn short_names_are_kept() {

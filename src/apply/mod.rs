@@ -3,6 +3,7 @@
 //! before making it; `teardown` removes what the plan names and what the record lists,
 //! keeps going after errors and reports them all.
 
+pub mod host;
 pub mod record;
 
 use std::collections::{BTreeSet, HashMap};
@@ -29,6 +30,8 @@ pub enum ApplyError {
     Net(#[from] NetError),
     #[error(transparent)]
     Ns(#[from] NsError),
+    #[error("{0}")]
+    Host(String),
     #[error("recording state in {path}: {source}")]
     Record {
         path: PathBuf,
@@ -59,6 +62,11 @@ fn save(rec: &Record, plan: &Plan) -> Result<(), ApplyError> {
 pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
     let host = Netlink::host()?;
     build_bridges(&host, plan, rec).await?;
+    host::set(plan, rec)?;
+    for fw in &plan.firewall {
+        Record::add(&mut rec.tables, format!("{} {}", fw.family, fw.table));
+    }
+    save(rec, plan)?;
     let mut spaces = HashMap::new();
     for n in &plan.namespaces {
         spaces.insert(n.name.clone(), build_namespace(n, plan, rec).await?);
@@ -411,15 +419,37 @@ fn is_zombie(pid: u32) -> bool {
 
 /// Removes everything of the site: processes left, veths, namespaces, mounts, bridges
 /// `up` created, nftables tables, state files. Returns every error; keeps going.
+/// The record is deleted only when nothing went wrong: it stays the list of what is left.
 pub async fn teardown(site: &str, plan: Option<&Plan>, state_dir: &Path) -> Vec<String> {
-    let rec = Record::load(state_dir);
-    let (veths, netns, mpins, bridges) = targets(plan, rec.as_ref());
     let mut errors = vec![];
+    // Files in a directory that is not the site's own are not touched.
+    let own_dir = match crate::names::check_state_dir(state_dir) {
+        Ok(()) => true,
+        Err(e) => {
+            errors.push(format!("state directory: {e}; left its files alone"));
+            false
+        }
+    };
+    let rec = match own_dir.then(|| Record::load_checked(state_dir)) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            tracing::warn!(
+                "{e}; removing what the plan names and what a scan for site {site} finds"
+            );
+            Some(scan(site, state_dir))
+        }
+        None => None,
+    };
+    let (veths, netns, mpins, bridges) = targets(plan, rec.as_ref());
     let pins: Vec<PathBuf> = netns.iter().chain(mpins.iter()).cloned().collect();
     let left = site_processes(&pins, rec.as_ref());
     if !left.is_empty() {
         info!("stopping {} process(es) of the site: {left:?}", left.len());
         kill_all(&left, Duration::from_secs(2)).await;
+    }
+    // The children are gone: nothing sets the host's settings again.
+    if let Some(r) = &rec {
+        errors.extend(host::restore(r));
     }
     // Unpinning first lets the kernel destroy the namespaces, and with them both ends of
     // every veth, in one batch: much faster than deleting veths one by one.
@@ -465,7 +495,7 @@ pub async fn teardown(site: &str, plan: Option<&Plan>, state_dir: &Path) -> Vec<
         info!("namespaces and their veths removed: {}", netns.len());
     }
     let mnt = state_dir.join("mnt");
-    if mnt.exists() {
+    if own_dir && mnt.exists() {
         let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
         if let Err(e) = std::fs::remove_dir(&mnt)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -476,10 +506,53 @@ pub async fn teardown(site: &str, plan: Option<&Plan>, state_dir: &Path) -> Vec<
     if let Err(e) = crate::firewall::remove_all(site) {
         errors.push(e.to_string());
     }
-    for f in [record::FILE, "control.sock"] {
-        let _ = std::fs::remove_file(state_dir.join(f));
+    if own_dir && errors.is_empty() {
+        Record::remove(state_dir);
+        let _ = std::fs::remove_file(state_dir.join("control.sock"));
+        // The lock file stays until the supervisor exits; the directory goes if it is empty.
+        let _ = std::fs::remove_dir(state_dir);
     }
-    // The lock file stays until the supervisor exits; the directory goes if it is empty.
-    let _ = std::fs::remove_dir(state_dir);
     errors
+}
+
+/// What a scan finds of `site` when its record cannot be read: namespaces pinned at
+/// `/run/netns/<site>-*` (not those of another site whose name starts with `<site>-`), and
+/// the mount pins in its state directory. Veths go with their namespaces; bridges `up`
+/// made cannot be told from the operator's, so they stay.
+fn scan(site: &str, state_dir: &Path) -> Record {
+    let prefix = format!("{site}-");
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let others: Vec<String> = state_dir
+        .parent()
+        .map(&names)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n != site && n.starts_with(&prefix))
+        .map(|n| format!("{n}-"))
+        .collect();
+    let mine = |n: &String| n.starts_with(&prefix) && !others.iter().any(|o| n.starts_with(o));
+    let netns: Vec<PathBuf> = names(Path::new("/run/netns"))
+        .into_iter()
+        .filter(mine)
+        .map(|n| PathBuf::from(crate::names::netns_pin(&n)))
+        .collect();
+    let mnt = state_dir.join("mnt");
+    let mount_pins: Vec<PathBuf> = names(&mnt).into_iter().map(|n| mnt.join(n)).collect();
+    info!(
+        "scan for site {site}: namespaces {:?}, mount pins {:?}",
+        netns, mount_pins
+    );
+    Record {
+        site: site.to_string(),
+        netns,
+        mount_pins,
+        ..Default::default()
+    }
 }

@@ -146,8 +146,17 @@ impl Firewall {
     }
 
     /// Hand a monitor's datagrams to the local daemon's address and port, statelessly.
+    /// Delivery to 127.0.0.0/8 needs `route_localnet` on the interface, which would let
+    /// every host there reach every loopback-bound service of the router: a rule ahead of
+    /// every rewrite drops what arrives there already addressed to 127.0.0.0/8, so only
+    /// the monitor's own flow (rewritten after it) gets through.
     pub fn deliver(&mut self, m: &Monitor) {
         let fam = family(m.group);
+        if let IpAddr::V4(d) = m.deliver.ip()
+            && d.is_loopback()
+        {
+            self.guard_loopback(&m.interface);
+        }
         let mut rule = format!(
             "iifname \"{}\" {fam} daddr {} udp dport {} notrack",
             m.interface, m.group, m.port
@@ -163,6 +172,28 @@ impl Firewall {
             rule,
             format!("monitor {} delivers to {}", m.name, m.deliver),
         );
+    }
+
+    /// Drops what arrives on `iface` addressed to 127.0.0.0/8, at the top of prerouting
+    /// (before any rewrite to a loopback address).
+    fn guard_loopback(&mut self, iface: &str) {
+        let rule = format!("iifname \"{iface}\" ip daddr 127.0.0.0/8 counter drop");
+        let c = self
+            .chains
+            .iter_mut()
+            .find(|c| c.name == PREROUTING)
+            .expect("chain exists");
+        if !c.rules.iter().any(|r| r.rule == rule) {
+            c.rules.insert(
+                0,
+                Rule {
+                    rule,
+                    why: format!(
+                        "route_localnet on {iface} opens the router's loopback services to that LAN: only the monitor's rewritten flow may reach them"
+                    ),
+                },
+            );
+        }
     }
 
     /// The whole table as one `nft -f` transaction that replaces any previous version.

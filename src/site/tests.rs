@@ -661,3 +661,15 @@ fn reflector_name_too_long_for_a_host_name() {
     )
     .unwrap();
 }
+
+#[test]
+fn a_state_dir_that_is_not_dedicated_is_refused() {
+    for (dir, says) in [
+        ("/", "system directory"),
+        ("/tmp", "system directory"),
+        ("/run/appliance/../../etc", "\"..\""),
+    ] {
+        let d = one(&format!("[site]\nname = \"lab\"\nstate_dir = \"{dir}\"\n"));
+        at(&d, 3, 13, "site.state_dir", says);
+    }
+}

@@ -108,13 +108,8 @@ fn check_site(c: &mut Check, site: &Site) {
             ),
         );
     }
-    if let Some(dir) = &site.site.state_dir
-        && !dir.is_absolute()
-    {
-        c.err(
-            "site.state_dir",
-            format!("{:?} is relative; give an absolute path", dir.display()),
-        );
+    if let Some(dir) = &site.site.state_dir {
+        c.result("site.state_dir", crate::names::check_state_dir(dir));
     }
 }
 

@@ -44,6 +44,8 @@ pub enum UpError {
         dir: String,
         pid: String,
     },
+    #[error("{0}")]
+    StateDir(String),
     #[error("{op} {object}: {source}")]
     Io {
         op: &'static str,
@@ -55,14 +57,9 @@ pub enum UpError {
 /// Takes the site's lock in its state directory: only one supervisor per site.
 pub fn lock(plan: &Plan) -> Result<Flock<File>, UpError> {
     let dir = &plan.state_dir;
-    std::fs::create_dir_all(dir).map_err(|source| UpError::Io {
-        op: "creating state directory",
-        object: dir.display().to_string(),
-        source,
-    })?;
+    crate::apply::record::prepare_dir(dir).map_err(UpError::StateDir)?;
     // Only root lists or changes it; the parts' user may pass through to its own parts/,
     // and with a headend anyone may (its sources, as their own user, reach sources/).
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     if let Some(u) = plan.children.iter().find_map(|c| c.user.as_ref())
         && let Ok(Some(u)) = nix::unistd::User::from_name(u)
         && std::os::unix::fs::chown(dir, Some(0), Some(u.gid.as_raw())).is_ok()
