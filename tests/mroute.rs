@@ -1184,3 +1184,68 @@ to = ["br-b"]
     );
     assert!(chain.contains("policy drop"), "{chain}");
 }
+
+#[test]
+fn a_dripping_control_client_does_not_hold_up_learning_or_other_clients() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sb = topology();
+    let path = site(
+        &sb,
+        "cd",
+        r#"
+[[multicast.route]]
+from = "br-a"
+group = "239.2.0.0/16"
+to = ["br-b"]
+"#,
+    );
+    let m = Mroute::start(&sb, &[path.to_str().unwrap()], &sb.path("state"));
+    let mode = std::fs::metadata(&m.sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "mroute.sock is for root only");
+    // A client that sends a byte every 100 ms and never a newline, reconnecting when it
+    // is cut off: each read is quick, the request never ends.
+    let stop = Arc::new(AtomicBool::new(false));
+    let drip = {
+        let (stop, sock) = (stop.clone(), m.sock.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(mut c) = std::os::unix::net::UnixStream::connect(&sock) else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                while !stop.load(Ordering::SeqCst) && c.write_all(b" ").is_ok() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // Upcalls are still served: a new (S,G) reaches the kernel's table...
+    let tx = sender(&sb, SND4.into());
+    wait_until(
+        "(10.1.0.10,239.2.7.7) in the kernel's table while a client drips",
+        Duration::from_secs(5),
+        || {
+            send(&tx, ip("239.2.7.7"), 8, "x");
+            sb.sh("ip mroute show")
+                .contains("(10.1.0.10,239.2.7.7)")
+                .then_some(())
+        },
+    );
+    // ...and another client gets its answer.
+    let v = wait_until(
+        "a status answer while a client drips",
+        Duration::from_secs(5),
+        || m.try_status(),
+    );
+    assert!(
+        v["entries"].as_array().is_some_and(|e| !e.is_empty()),
+        "{v}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    drip.join().unwrap();
+    assert_eq!(m.stop(), 0);
+}
