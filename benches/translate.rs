@@ -427,6 +427,8 @@ fn config(unicast: SocketAddr) -> Config {
         allow: vec![],
         max_flows: 200_000,
         new_flows_per_sec: u32::MAX,
+        new_flows_total_per_sec: u32::MAX,
+        announce_after: Duration::ZERO,
         sap: false,
         sap_interval: None,
         menu: None,
@@ -469,6 +471,7 @@ fn memory_per_flow() -> (f64, f64) {
             allow: vec![],
             max_flows: 200_000,
             new_per_sec: u32::MAX,
+            new_total_per_sec: u32::MAX,
         },
     );
     for i in 0..N {

@@ -146,6 +146,12 @@ pub struct TranslateArgs {
     /// New flows one source address may open per second.
     #[arg(long, default_value_t = 10)]
     pub new_flows_per_second: u32,
+    /// New flows all source addresses together may open per second.
+    #[arg(long, default_value_t = 100)]
+    pub new_flows_total_per_second: u32,
+    /// Announce (SAP) and register (Menu) a new flow only once it has lived this long.
+    #[arg(long, default_value = "1s", value_parser = site::duration::parse)]
+    pub announce_after: std::time::Duration,
     /// Do not announce flows with SAP.
     #[arg(long)]
     pub no_sap: bool,
@@ -194,6 +200,8 @@ impl TranslateArgs {
             allow: self.allow.clone(),
             max_flows: self.max_flows,
             new_flows_per_sec: self.new_flows_per_second,
+            new_flows_total_per_sec: self.new_flows_total_per_second,
+            announce_after: self.announce_after,
             sap: !self.no_sap,
             sap_interval: self.sap_interval,
             menu: self.menu.clone(),

@@ -252,6 +252,8 @@ fn idle_flow_frees_its_group_with_a_sap_deletion() {
             "1s",
             "--sap-interval",
             "1s",
+            "--announce-after",
+            "0s",
         ],
     );
     let s = source(&sb);
@@ -841,6 +843,8 @@ s.serve_forever()
         "232.11.0.0/16",
         "--idle",
         "1s",
+        "--announce-after",
+        "0s",
         "--menu",
         "https://10.1.0.1:8443/",
     ])
@@ -1046,6 +1050,8 @@ fn a_chunk_boundary_inside_a_character_and_the_access_code_stays_secret() {
             "232.13.0.0/16",
             "--idle",
             "1s",
+            "--announce-after",
+            "0s",
             "--menu",
             &url,
             "--state-file",
@@ -1072,6 +1078,87 @@ fn a_chunk_boundary_inside_a_character_and_the_access_code_stays_secret() {
     assert!(
         !bg.logs().contains("sécret"),
         "an access code was logged:\n{}",
+        bg.logs()
+    );
+}
+
+/// 3,000 senders (loopback addresses 127.0.x.y, one datagram each): the total new-flow
+/// rate holds them to 100 flows a second, none of their short flows is announced by SAP
+/// or registered with the Menu, and a steady sender beside them is.
+#[test]
+fn a_burst_of_3000_sources_is_rate_limited_and_never_announced() {
+    let sb = lab();
+    let sap = sap_listener(&sb);
+    let (port, calls) = menu_server(&sb);
+    let url = format!("http://10.1.0.1:{port}/");
+    let bg = translator(
+        &sb,
+        "translate",
+        &[
+            "--multicast-addr-space",
+            "232.14.0.0/16",
+            "--idle",
+            "500ms",
+            "--announce-after",
+            "3s",
+            "--sap-interval",
+            "1s",
+            "--menu",
+            &url,
+        ],
+    );
+    let t0 = Instant::now();
+    in_netns(&sb, None, || {
+        for i in 0..3000u32 {
+            let a = Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
+            let s = UdpSocket::bind((a, 0)).unwrap();
+            s.send_to(b"spoofed", (TRANSLATOR, 9001)).unwrap();
+        }
+    });
+    let secs = t0.elapsed().as_secs() + 1;
+    // The steady sender, from a real host, every 200 ms until announced.
+    let steady = source(&sb);
+    let steady_port = steady.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = steady.send(b"steady");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let mut sap_names = vec![];
+    let heard = recv_until(&sap, Duration::from_secs(15), |d| {
+        let p = SapPacket::parse(d).expect("a SAP packet our parser reads");
+        let sdp = Sdp::parse(std::str::from_utf8(&p.payload).unwrap()).unwrap();
+        sap_names.push(sdp.name.clone());
+        sdp.name.contains(&format!("10.1.0.11:{steady_port}"))
+    });
+    let (_, add) = calls
+        .recv_timeout(T)
+        .unwrap_or_else(|_| panic!("the steady flow was not registered\n{}", bg.logs()));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    sender.join().unwrap();
+    assert!(heard, "the steady flow was not announced\n{}", bg.logs());
+    let burst: Vec<&String> = sap_names.iter().filter(|n| n.contains("127.0.")).collect();
+    assert!(burst.is_empty(), "short flows announced: {burst:?}");
+    assert!(add["unique_identifier"].is_string(), "{add}");
+    assert!(calls.try_recv().is_err(), "a short flow was registered");
+    let allocated = bg
+        .out()
+        .lines()
+        .filter(|l| l.contains(" allocated for ('127.0."))
+        .count() as u64;
+    assert!(
+        allocated <= 100 * (secs + 1),
+        "{allocated} flows in {secs} s: the total rate is 100 a second"
+    );
+    assert!(
+        bg.err()
+            .contains("new flows arrive too fast from all senders together"),
+        "{}",
         bg.logs()
     );
 }

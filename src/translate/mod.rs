@@ -75,6 +75,10 @@ pub struct Config {
     pub allow: Vec<IpNet>,
     pub max_flows: u32,
     pub new_flows_per_sec: u32,
+    /// New flows per second from all sources together.
+    pub new_flows_total_per_sec: u32,
+    /// A new flow is announced (SAP) and registered (Menu) once it has lived this long.
+    pub announce_after: Duration,
     pub sap: bool,
     /// None: the RFC 2974 interval (at least 300 s).
     pub sap_interval: Option<Duration>,
@@ -247,6 +251,7 @@ impl Engine {
                     allow: cfg.allow.clone(),
                     max_flows: cfg.max_flows,
                     new_per_sec: cfg.new_flows_per_sec,
+                    new_total_per_sec: cfg.new_flows_total_per_sec,
                 },
             ),
             batch: Batch::new(cfg.batch.max(1)),
