@@ -713,10 +713,12 @@ impl Builder<'_> {
         if let Some(url) = &t.menu {
             argv.extend(["--menu".into(), url.clone()]);
         }
+        // CAP_NET_ADMIN for SO_RCVBUFFORCE/SO_SNDBUFFORCE while binding (buffers above
+        // net.core.rmem_max); the translator drops every capability right after binding.
         let caps_kept: &[&str] = if t.unicast.port() < 1024 {
-            &["CAP_NET_BIND_SERVICE"]
+            &["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"]
         } else {
-            &[]
+            &["CAP_NET_ADMIN"]
         };
         self.plan
             .children
