@@ -116,6 +116,16 @@ pub struct MrouteArgs {
     /// Ask the running forwarder to re-read its configuration (like SIGHUP).
     #[arg(long, conflicts_with = "status")]
     pub reload: bool,
+    /// Most learned and stop entries per family.
+    #[arg(long, default_value_t = mroute::forwarder::MAX_ENTRIES)]
+    pub max_entries: usize,
+    /// Most learned and stop entries one input interface may hold; default: --max-entries
+    /// divided by the number of interfaces, so one VLAN cannot take the others' share.
+    #[arg(long)]
+    pub max_entries_per_interface: Option<usize>,
+    /// Upcalls (new (S,G)s) one input interface may have installed per second.
+    #[arg(long, default_value_t = 1000)]
+    pub upcalls_per_second: u32,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +258,11 @@ fn mroute(args: MrouteArgs) -> ExitCode {
         source,
         ask,
         json: args.json,
+        limits: mroute::forwarder::Limits {
+            max_entries: args.max_entries,
+            per_interface: args.max_entries_per_interface,
+            upcalls_per_sec: args.upcalls_per_second,
+        },
     })
 }
 

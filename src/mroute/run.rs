@@ -88,7 +88,7 @@ fn sweep_interval(expire: Duration) -> Duration {
 }
 
 /// Runs the forwarder until SIGTERM or SIGINT.
-pub fn serve(source: Source) -> Result<(), MrouteError> {
+pub fn serve(source: Source, limits: super::forwarder::Limits) -> Result<(), MrouteError> {
     let sigfd =
         signals::block(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT]).map_err(|source| {
             MrouteError::Signal {
@@ -108,7 +108,8 @@ pub fn serve(source: Source) -> Result<(), MrouteError> {
     let fw_table = config.firewall.clone();
     let result = (|| {
         let t0 = Instant::now();
-        let (fwd, ch) = Forwarder::start(config)?;
+        let (mut fwd, ch) = Forwarder::start(config)?;
+        fwd.set_limits(limits);
         tracing::info!(
             "mroute ready in {:?}: {} static entries, {} templates, {} VIFs/MIFs, {} joins; control socket {}",
             t0.elapsed(),
