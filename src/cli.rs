@@ -283,8 +283,15 @@ fn monitor(path: &std::path::Path) -> ExitCode {
 
 fn check(path: &std::path::Path) -> ExitCode {
     match site::load(path) {
-        Ok(_) => {
+        Ok(loaded) => {
             println!("{}: valid", path.display());
+            // Valid but worth knowing: a warning line, still exit 0.
+            if let Some(t) = &loaded.site.translator
+                && let Some(w) =
+                    translate::open_to_anyone(t.unicast, t.allow.as_deref().unwrap_or_default())
+            {
+                eprintln!("warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => invalid(&errors),

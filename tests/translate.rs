@@ -1187,3 +1187,31 @@ fn a_burst_of_3000_sources_is_rate_limited_and_never_announced() {
         bg.logs()
     );
 }
+
+/// `check` warns (exit 0) about a translator on a non-loopback address with no allow-list,
+/// and not when either closes it.
+#[test]
+fn check_warns_when_the_translator_is_open_to_anyone() {
+    let sb = Sandbox::new();
+    let run = |name: &str, translator: &str| {
+        let site = sb.write(
+            &format!("{name}.toml"),
+            &format!("[site]\nname = \"{name}\"\n[translator]\n{translator}"),
+        );
+        let out = sb.appliance().arg("check").arg(&site).output().unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let open = run("open", "unicast = \"192.0.2.1:9001\"\n");
+    assert!(
+        open.contains("warning: ") && open.contains("open to anyone"),
+        "{open}"
+    );
+    let allowed = run(
+        "allowed",
+        "unicast = \"192.0.2.1:9001\"\nallow = [\"198.51.100.0/24\"]\n",
+    );
+    assert!(!allowed.contains("warning"), "{allowed}");
+    let local = run("local", "unicast = \"127.0.0.1:9001\"\n");
+    assert!(!local.contains("warning"), "{local}");
+}

@@ -98,6 +98,18 @@ impl Config {
     }
 }
 
+/// The warning for a translator anyone upstream can use: its unicast address is not a
+/// loopback one and no `allow` list limits who may open flows. None when it is closed.
+pub fn open_to_anyone(unicast: SocketAddr, allow: &[IpNet]) -> Option<String> {
+    (allow.is_empty() && !unicast.ip().is_loopback()).then(|| {
+        format!(
+            "the translator on {unicast} is open to anyone who can reach it: any sender \
+             may open flows (announced by SAP, registered with the Menu); set \
+             [translator] allow to the senders' prefixes"
+        )
+    })
+}
+
 /// The original's default unicast address: that of the interface holding the IPv4 default
 /// route.
 pub fn default_unicast_ip() -> Result<IpAddr, TranslateError> {
@@ -507,6 +519,9 @@ pub fn main(cfg: Config) -> Result<(), TranslateError> {
         interface = cfg.interface.as_deref().unwrap_or("(routing table)"),
         "translating unicast to multicast"
     );
+    if let Some(w) = open_to_anyone(cfg.unicast, &cfg.allow) {
+        tracing::warn!("{w}");
+    }
     // getsockopt reports twice the size set (the kernel's bookkeeping share).
     let wanted = 2 * SOCKET_BUFFER;
     let (rcv, snd) = bound.buffers;
