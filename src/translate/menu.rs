@@ -121,29 +121,31 @@ impl Menu {
             .name("translate-menu".into())
             .spawn(move || {
                 let agent = agent();
-                // A panic is a bug; the calls still due are retried by the next Prune or
-                // flow event, and the codes are on disk.
-                loop {
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run(&agent, &url, &rx, codes_file.as_deref())
-                    }));
-                    match r {
-                        Ok(()) => return,
-                        Err(p) => {
-                            let why = p
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| p.downcast_ref::<String>().cloned())
-                                .unwrap_or_default();
-                            tracing::error!(
-                                "the Multicast Menu thread failed ({why}); starting it again"
-                            );
-                            std::thread::sleep(FIRST_RETRY);
-                        }
-                    }
-                }
+                restarting(FIRST_RETRY, || {
+                    run(&agent, &url, &rx, codes_file.as_deref())
+                })
             });
         tx
+    }
+}
+
+/// Runs `body` until it returns; a panic is logged and `body` started again after
+/// `pause`. (A panic is a bug; the calls still due are retried by the next Prune or flow
+/// event, and the codes are on disk.)
+fn restarting(pause: Duration, mut body: impl FnMut()) {
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut body)) {
+            Ok(()) => return,
+            Err(p) => {
+                let why = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!("the Multicast Menu thread failed ({why}); starting it again");
+                std::thread::sleep(pause);
+            }
+        }
     }
 }
 
@@ -407,5 +409,17 @@ mod tests {
         assert_eq!((u.tls, u.port, u.path.as_str()), (true, 443, "/x"));
         assert!(MenuUrl::parse("ftp://menu.example").is_none());
         assert!(MenuUrl::parse("http://:80").is_none());
+    }
+
+    #[test]
+    fn a_panicking_menu_thread_is_started_again() {
+        let mut runs = 0;
+        restarting(Duration::from_millis(1), || {
+            runs += 1;
+            if runs == 1 {
+                panic!("a bug");
+            }
+        });
+        assert_eq!(runs, 2);
     }
 }
