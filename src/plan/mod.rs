@@ -713,8 +713,8 @@ impl Builder<'_> {
         if let Some(url) = &t.menu {
             argv.extend(["--menu".into(), url.clone()]);
         }
-        // CAP_NET_ADMIN for SO_RCVBUFFORCE/SO_SNDBUFFORCE while binding (buffers above
-        // net.core.rmem_max); the translator drops every capability right after binding.
+        // CAP_NET_ADMIN for SO_RCVBUFFORCE/SO_SNDBUFFORCE, CAP_NET_BIND_SERVICE for a low
+        // port: it drops every capability itself once its sockets are set up.
         let caps_kept: &[&str] = if t.unicast.port() < 1024 {
             &["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"]
         } else {
