@@ -571,24 +571,32 @@ mod tests {
         if !nix::unistd::Uid::effective().is_root() {
             panic!("needs root (SO_RCVBUFFORCE for a socket that holds the flood)");
         }
-        let cfg = Config {
-            unicast: "127.0.0.1:0".parse().unwrap(),
-            space: "232.250.0.0/16".parse().unwrap(),
-            port: 9,
-            interface: Some("lo".into()),
-            ttl: 0,
-            idle: Duration::from_secs(60),
-            allow: vec![],
-            max_flows: 10,
-            new_flows_per_sec: 10,
-            new_flows_total_per_sec: 10,
-            announce_after: Duration::ZERO,
-            sap: false,
-            sap_interval: None,
-            menu: None,
-            state_file: None,
-            batch: 64,
+        // Through the CLI, as `appliance translate` builds it.
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "appliance",
+            "translate",
+            "--unicast-nif-ip",
+            "127.0.0.1",
+            "--unicast-port",
+            "0",
+            "--multicast-interface",
+            "lo",
+            "--ttl",
+            "0",
+            "--multicast-addr-space",
+            "232.250.0.0/16",
+            "--multicast-port",
+            "9",
+            "--max-flows",
+            "10",
+            "--no-sap",
+        ])
+        .unwrap();
+        let crate::cli::Command::Translate(args) = cli.command else {
+            unreachable!("parsed as translate")
         };
+        let cfg = args.config().unwrap();
         let bound = bind(&cfg).expect("bind on loopback");
         let to = bound.unicast.local_addr().unwrap().as_socket().unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
