@@ -510,6 +510,7 @@ fn config(unicast: SocketAddr) -> Config {
         sap_interval: None,
         menu: None,
         state_file: None,
+        control_socket: None,
         batch: 64,
     }
 }

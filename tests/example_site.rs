@@ -34,7 +34,7 @@ fn the_example_site_comes_up_whole_and_goes_away_without_a_trace() {
         },
     );
 
-    // Every child of the plan runs; the headend, not built yet, is reported as such.
+    // Every child of the plan runs; the headend answers its health check.
     let state = |name: &str| -> String {
         v["children"]
             .as_array()
@@ -52,13 +52,15 @@ fn the_example_site_comes_up_whole_and_goes_away_without_a_trace() {
         "mroute",
         "translate",
         "monitor",
+        "headend",
     ] {
         assert!(
             ["running", "healthy"].contains(&state(name).as_str()),
             "{name}: {v}"
         );
     }
-    assert!(state("headend").contains("unavailable"), "{v}");
+    assert_eq!(state("headend"), "healthy", "{v}");
+    assert_eq!(v["headend"]["services"][0]["state"], "idle", "{v}");
 
     // The forwarder's own status comes through, with both bridges as VIFs.
     let vifs: Vec<&str> = v["mroute"]["vifs"]

@@ -162,13 +162,13 @@ fn a_state_dir_override_moves_every_path_under_it() {
         mroute
             .argv
             .windows(2)
-            .any(|w| w == ["--state-dir", "/tmp/elsewhere"])
+            .any(|w| w == ["--state-dir", "/tmp/elsewhere/parts"])
     );
     let translate = p.children.iter().find(|c| c.name == "translate").unwrap();
     assert!(
         translate
             .argv
-            .contains(&"/tmp/elsewhere/translator-flows.json".to_string())
+            .contains(&"/tmp/elsewhere/parts/translator-flows.json".to_string())
     );
     assert!(!p.to_json().contains("/run/appliance/lab"));
 }

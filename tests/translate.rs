@@ -773,7 +773,7 @@ menu = "http://10.1.0.1:9/"
     let g = wait_allocations(&bg, 1)[&s.local_addr().unwrap().port()];
     assert!(g.to_string().starts_with("232.9."), "{g}");
     wait_until("the state file of the plan", T, || {
-        common::read(&sb.path("state").join("translator-flows.json"))
+        common::read(&sb.path("state").join("parts/translator-flows.json"))
             .contains(&g.to_string())
             .then_some(())
     });

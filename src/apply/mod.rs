@@ -257,6 +257,9 @@ pub struct Settled {
     pub conflicts: Vec<String>,
     /// Addresses still being checked when the time ran out.
     pub pending: Vec<String>,
+    /// Links whose addresses could not be read (a netlink error until the time ran out):
+    /// not known to be usable.
+    pub errors: Vec<String>,
 }
 
 /// Waits until no IPv6 address of the checked links is tentative (the kernel's duplicate
@@ -268,6 +271,7 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
     loop {
         let mut still = vec![];
         let mut tentative = vec![];
+        let mut errors = vec![];
         for c in left {
             match c.nl.ipv6_dad(c.link, &c.peer).await {
                 Ok(addrs) => {
@@ -293,7 +297,12 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("checking the addresses of {} in {}: {e}", c.peer, c.netns)
+                    // Not usable until read: asked again until the time runs out.
+                    errors.push(format!(
+                        "checking the addresses of {} in {}: {e}",
+                        c.peer, c.netns
+                    ));
+                    still.push(c);
                 }
             }
         }
@@ -302,6 +311,7 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
         }
         if Instant::now() >= deadline {
             found.pending = tentative;
+            found.errors = errors;
             return found;
         }
         left = still;

@@ -96,6 +96,34 @@ impl Membership {
     }
 }
 
+/// Its control socket in the state directory: `{"cmd":"status"}` answers [`status`].
+pub const SOCKET_NAME: &str = "monitor.sock";
+
+/// The supervisor's health check: healthy iff every group is joined (its membership
+/// socket held on the interface), with each membership and why not.
+pub fn status(members: &[Membership]) -> serde_json::Value {
+    let missing: Vec<String> = members
+        .iter()
+        .filter(|m| m.joined_on().is_none())
+        .map(|m| {
+            format!(
+                "monitor {}: {} not joined on {}",
+                m.monitor.name, m.monitor.group, m.monitor.interface
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "healthy": missing.is_empty(),
+        "why": (!missing.is_empty()).then(|| missing.join("; ")),
+        "monitors": members.iter().map(|m| serde_json::json!({
+            "name": m.monitor.name,
+            "interface": m.monitor.interface,
+            "group": m.monitor.group,
+            "joined_on": m.joined_on(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// A socket that only holds a membership: unbound, it never takes a datagram from the
 /// daemon's own socket.
 fn join(group: IpAddr, ifindex: u32) -> io::Result<Socket> {
@@ -189,7 +217,19 @@ pub fn main(plan: &Plan) -> Result<(), MonitorError> {
         }
         tracing::info!("applied nft table {} {}", t.family, t.table);
     }
-    if result.is_ok() {
+    let sock = plan.state_dir.join(SOCKET_NAME);
+    let control = if result.is_ok() {
+        crate::jsonl::listen(&sock)
+            .map_err(|source| MonitorError::Io {
+                what: format!("listening on {}", sock.display()),
+                source,
+            })
+            .map_err(|e| result = Err(e))
+            .ok()
+    } else {
+        None
+    };
+    if let Some(control) = control {
         let mut members: Vec<Membership> =
             plan.monitors.iter().cloned().map(Membership::new).collect();
         for m in &mut members {
@@ -207,9 +247,24 @@ pub fn main(plan: &Plan) -> Result<(), MonitorError> {
                     events: libc::POLLIN,
                     revents: 0,
                 },
+                libc::pollfd {
+                    fd: control.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
-            // SAFETY: two valid pollfds. The timeout is a safety net for missed events.
-            unsafe { libc::poll(fds.as_mut_ptr(), 2, 5000) };
+            // SAFETY: three valid pollfds. The timeout is a safety net for missed events.
+            unsafe { libc::poll(fds.as_mut_ptr(), 3, 5000) };
+            if fds[2].revents != 0 {
+                while let Ok((stream, _)) = control.accept() {
+                    let v = status(&members);
+                    let _ = crate::jsonl::answer_one(
+                        stream,
+                        std::time::Duration::from_millis(500),
+                        |_: Result<serde_json::Value, _>| v,
+                    );
+                }
+            }
             if fds[1].revents != 0 {
                 let sig = signals::next(&stop).map_or("a signal", |s| s.as_str());
                 tracing::info!("{sig}: leaving the groups and undoing the rules");
@@ -227,6 +282,7 @@ pub fn main(plan: &Plan) -> Result<(), MonitorError> {
             }
         }
     }
+    let _ = std::fs::remove_file(&sock);
     // Undo everything, keep going after an error, report the first.
     for t in &tables {
         if let Err(e) = firewall::remove(&t.family, &t.table) {

@@ -223,6 +223,11 @@ pub struct Status {
     pub entries: Vec<EntryStatus>,
     pub joins: Vec<JoinStatus>,
     pub templates: usize,
+    /// Every VIF/MIF of the configuration is in the kernel (the supervisor's health check).
+    pub healthy: bool,
+    /// Why not healthy: the interfaces without their VIF/MIF.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -507,6 +512,17 @@ impl Forwarder {
                 });
             }
         }
+        let mut missing = vec![];
+        for (fam, want) in [
+            (Family::Ipv4, &self.config.vifs),
+            (Family::Ipv6, &self.config.mifs),
+        ] {
+            for i in want {
+                if !vifs.iter().any(|v| v.family == fam && v.name == i.name) {
+                    missing.push(format!("{} ({fam:?})", i.name));
+                }
+            }
+        }
         Status {
             table: self.config.table,
             expire: self.config.expire,
@@ -522,6 +538,9 @@ impl Forwarder {
                 })
                 .collect(),
             templates: self.config.routes.iter().filter(|r| !r.is_static()).count(),
+            healthy: missing.is_empty(),
+            why: (!missing.is_empty())
+                .then(|| format!("no VIF/MIF in the kernel for {}", missing.join(", "))),
         }
     }
 }

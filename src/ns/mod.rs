@@ -258,6 +258,11 @@ fn write_file(f: &FileSpec) -> Result<(), NsError> {
     if let Some(dir) = Path::new(&f.path).parent() {
         std::fs::create_dir_all(dir).map_err(io("creating directory", dir.display()))?;
     }
+    // A symbolic link (a machine's enablement links): `contents` is its target.
+    if f.mode & 0o170000 == 0o120000 {
+        let _ = std::fs::remove_file(&f.path);
+        return std::os::unix::fs::symlink(&f.contents, &f.path).map_err(io("linking", &f.path));
+    }
     let mut file = File::create(&f.path).map_err(io("writing", &f.path))?;
     file.write_all(f.contents.as_bytes())
         .map_err(io("writing", &f.path))?;

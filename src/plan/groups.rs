@@ -1,9 +1,9 @@
 //! RFC 3306 unicast-prefix-based groups of the headend's services:
 //! `ff3e:00PL:<64-bit prefix>:<group id>`, the group id being 0x80000000 | service number.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv6Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// Top bit of the 32-bit group id: dynamically allocated id space of RFC 3306/3307.
 pub const GROUP_ID_FLAG: u32 = 0x8000_0000;
@@ -30,6 +30,21 @@ pub fn service_number(prefix: Ipv6Net, group: Ipv6Addr) -> Option<u32> {
     let id = (u32::from(s[6]) << 16) | u32::from(s[7]);
     let number = id & !GROUP_ID_FLAG;
     (id & GROUP_ID_FLAG != 0 && service_group(prefix, number) == group).then_some(number)
+}
+
+/// The IPv4 group of service `number` in `space` (its `number`-th address), if it fits.
+pub fn service_group4(space: Ipv4Net, number: u32) -> Option<Ipv4Addr> {
+    let space = space.trunc();
+    let size = 1u64 << (32 - space.prefix_len());
+    (u64::from(number) < size).then(|| Ipv4Addr::from(u32::from(space.network()) + number))
+}
+
+/// The service number an IPv4 group stands for in `space`.
+pub fn service_number4(space: Ipv4Net, group: Ipv4Addr) -> Option<u32> {
+    let space = space.trunc();
+    space
+        .contains(&group)
+        .then(|| u32::from(group) - u32::from(space.network()))
 }
 
 #[cfg(test)]
@@ -77,5 +92,21 @@ mod tests {
             service_number(p, "ff3e:40:fd20:1::1".parse().unwrap()),
             None
         );
+    }
+
+    #[test]
+    fn ipv4_groups() {
+        let space: Ipv4Net = "239.10.0.0/16".parse().unwrap();
+        assert_eq!(service_group4(space, 1), Some(Ipv4Addr::new(239, 10, 0, 1)));
+        assert_eq!(
+            service_group4(space, 0xffff),
+            Some(Ipv4Addr::new(239, 10, 255, 255))
+        );
+        assert_eq!(service_group4(space, 0x10000), None);
+        assert_eq!(
+            service_number4(space, Ipv4Addr::new(239, 10, 1, 2)),
+            Some(258)
+        );
+        assert_eq!(service_number4(space, Ipv4Addr::new(239, 11, 0, 0)), None);
     }
 }

@@ -4,6 +4,7 @@
 pub mod avahi;
 pub mod firewall;
 pub mod groups;
+pub mod machine;
 mod text;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -17,7 +18,7 @@ use serde::Serialize;
 pub use crate::mac::{self, Mac};
 pub use crate::names;
 
-use crate::site::{Address4, GroupSpec, MacPolicy, Site, Trust};
+use crate::site::{Address4, AvahiMode, GroupSpec, MacPolicy, Site, Trust};
 
 /// The UDP ports of the on-demand headend (docs/architecture.md).
 pub const RTP_PORT: u16 = 5004;
@@ -30,6 +31,9 @@ pub struct Plan {
     pub site_file: PathBuf,
     pub state_dir: PathBuf,
     pub control_socket: PathBuf,
+    /// Where the parts that drop root (mroute, translate, monitor, headend) keep their
+    /// sockets and state: `<state_dir>/parts`, owned by [`PARTS_USER`], mode 0700.
+    pub parts_dir: PathBuf,
     pub bridges: Vec<Bridge>,
     pub namespaces: Vec<Namespace>,
     pub veths: Vec<VethPair>,
@@ -41,6 +45,10 @@ pub struct Plan {
     pub headend: Option<HeadendPlan>,
     pub translator: Option<TranslatorPlan>,
     pub monitors: Vec<MonitorPlan>,
+    /// `[site] avahi`: with machines, each VLAN's and reflector's avahi is a systemd-nspawn
+    /// machine (see `machine`).
+    #[serde(skip_serializing_if = "AvahiMode::is_children")]
+    pub avahi: AvahiMode,
 }
 
 /// An interface the site names. With `create_bridges`, a missing one is made as a bridge.
@@ -100,6 +108,8 @@ pub enum Mount {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FileSpec {
     pub path: String,
+    /// Permission bits; with the symbolic link type bits (0o120000) it is a link to
+    /// `contents`.
     pub mode: u32,
     pub contents: String,
 }
@@ -160,8 +170,13 @@ pub struct Child {
     pub argv: Vec<String>,
     /// Network namespace to run in (with its private mounts); None = the host's.
     pub netns: Option<String>,
-    /// Capabilities it keeps; every other one is dropped before exec.
+    /// Capabilities it keeps; every other one is dropped before exec. A child with a
+    /// `user` keeps them as ambient capabilities across its switch to that user.
     pub caps: Vec<String>,
+    /// The unprivileged user it runs as (set before exec: no supplementary groups,
+    /// `NoNewPrivs`); None: it starts as root and switches user itself, if at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Children that must be running before this one starts, and that restart it when they do.
     pub after: Vec<String>,
     /// Children whose restart restarts this one too, once they run again, without holding
@@ -180,6 +195,11 @@ pub enum Health {
     Running,
     /// `org.freedesktop.Avahi.Server.GetState` over this bus socket (inside the namespace) = 2.
     AvahiBus { bus: String },
+    /// `{"cmd":"status"}` on this control socket answers `"healthy": true`.
+    Control { socket: PathBuf },
+    /// The same, over this bus socket inside the machine the child (systemd-nspawn) runs:
+    /// under the root of its child, the machine's init.
+    MachineBus { bus: String },
 }
 
 /// Restart with exponential backoff; never a hot loop.
@@ -259,7 +279,61 @@ pub struct McJoin {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HeadendPlan {
     pub interfaces: Vec<String>,
+    pub prefix: ipnet::Ipv6Net,
+    pub ipv4_space: Option<ipnet::Ipv4Net>,
+    pub querier: QuerierPlan,
+    /// The unprivileged user sources run as.
+    pub user: String,
+    pub max_sources: u32,
+    #[serde(with = "crate::site::duration")]
+    pub stall: Duration,
+    #[serde(
+        with = "crate::site::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sap_interval: Option<Duration>,
+    /// Answers `{"cmd":"status"}`; the supervisor's health check of the headend.
+    pub control_socket: PathBuf,
+    /// SDPs learnt from sources, kept so idle services are announced after a restart.
+    pub sdp_dir: PathBuf,
+    /// Where sources write their SDP (`{sdp}`): `<state_dir>/sources`, mode 0711, outside
+    /// `parts/` (0700), so the sources' user reaches its own file by name.
+    pub source_sdp_dir: PathBuf,
     pub services: Vec<ServiceGroup>,
+    pub directories: Vec<DirectoryPlan>,
+}
+
+/// The MLD/IGMP querier's timers (RFC 9777 §9, RFC 3376 §8), all filled in.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QuerierPlan {
+    pub mode: crate::site::QuerierMode,
+    pub robustness: u8,
+    #[serde(with = "crate::site::duration")]
+    pub query_interval: Duration,
+    #[serde(with = "crate::site::duration")]
+    pub query_response_interval: Duration,
+    #[serde(with = "crate::site::duration")]
+    pub last_listener_interval: Duration,
+    pub last_listener_count: u8,
+    #[serde(with = "crate::site::duration")]
+    pub startup_query_interval: Duration,
+    pub startup_query_count: u8,
+}
+
+/// A block of service numbers filled at run time from a station list or command file.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DirectoryPlan {
+    pub name: String,
+    pub first: u32,
+    pub count: u64,
+    /// A file (absolute; relative ones are taken from the site file's directory) or URL.
+    pub playlist: Option<String>,
+    pub commands: Option<PathBuf>,
+    #[serde(
+        with = "crate::site::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub linger: Option<Duration>,
 }
 
 /// A headend service and the RFC 3306 group its receivers join.
@@ -272,6 +346,14 @@ pub struct ServiceGroup {
     pub rtcp_port: u16,
     pub sap_port: u16,
     pub source: ServiceSource,
+    /// The IPv4 group of IGMP receivers, with `ipv4_space`.
+    pub group4: Option<std::net::Ipv4Addr>,
+    #[serde(
+        with = "crate::site::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub linger: Option<Duration>,
+    pub warm: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -321,6 +403,7 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
             site: name.clone(),
             site_file: site_file.to_path_buf(),
             control_socket: state_dir.join("control.sock"),
+            parts_dir: state_dir.join(PARTS_DIR),
             state_dir,
             bridges: Vec::new(),
             namespaces: Vec::new(),
@@ -342,6 +425,7 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
             headend: None,
             translator: None,
             monitors: Vec::new(),
+            avahi: site.site.avahi,
         },
     };
     b.vlans();
@@ -351,6 +435,9 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
     b.headend();
     b.monitors();
     b.finish_interfaces();
+    if b.plan.avahi == AvahiMode::Machines {
+        machine::into_machines(&mut b.plan);
+    }
     b.plan
 }
 
@@ -455,6 +542,7 @@ impl Builder<'_> {
                 argv: avahi::argv(),
                 netns: Some(netns.clone()),
                 caps: caps(&avahi::CAPS),
+                user: None,
                 after: vec![dbus],
                 refresh_on: vec![],
                 restart: RestartPolicy::default(),
@@ -480,6 +568,7 @@ impl Builder<'_> {
                     .to_vec(),
                     netns: Some(netns),
                     caps: caps(&["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]),
+                    user: None,
                     after: vec![],
                     refresh_on: vec![],
                     restart: RestartPolicy::default(),
@@ -549,6 +638,7 @@ impl Builder<'_> {
                 argv: avahi::argv(),
                 netns: Some(netns),
                 caps: caps(&avahi::CAPS),
+                user: None,
                 after: vec![],
                 refresh_on: vec![],
                 restart: RestartPolicy::default(),
@@ -642,15 +732,16 @@ impl Builder<'_> {
                 "appliance".to_string(),
                 "mroute".into(),
                 self.plan.site_file.display().to_string(),
-                // Its control socket, mroute.sock, lives beside the supervisor's.
+                // Its control socket, mroute.sock, in the directory its user owns.
                 "--state-dir".into(),
-                self.plan.state_dir.display().to_string(),
+                self.plan.parts_dir.display().to_string(),
             ];
-            self.plan.children.push(self_child(
-                "mroute",
-                argv,
-                &["CAP_NET_ADMIN", "CAP_NET_RAW"],
-            ));
+            let mut child = self_child("mroute", argv, &["CAP_NET_ADMIN", "CAP_NET_RAW"]);
+            // It answers status there, VIFs compared with its configuration.
+            child.health = Health::Control {
+                socket: self.plan.parts_dir.join("mroute.sock"),
+            };
+            self.plan.children.push(child);
         }
     }
 
@@ -680,7 +771,7 @@ impl Builder<'_> {
         if let Some(i) = &t.interface {
             self.uses(i, "translator".into());
         }
-        let state_file = self.plan.state_dir.join("translator-flows.json");
+        let state_file = self.plan.parts_dir.join("translator-flows.json");
         let mut argv: Vec<String> = vec![
             "appliance".into(),
             "translate".into(),
@@ -720,9 +811,11 @@ impl Builder<'_> {
         } else {
             &["CAP_NET_ADMIN"]
         };
-        self.plan
-            .children
-            .push(self_child("translate", argv, caps_kept));
+        let socket = self.plan.parts_dir.join("translate.sock");
+        argv.extend(["--control-socket".into(), socket.display().to_string()]);
+        let mut child = self_child("translate", argv, caps_kept);
+        child.health = Health::Control { socket };
+        self.plan.children.push(child);
         self.plan.translator = Some(TranslatorPlan {
             unicast: t.unicast,
             space: t.space.trunc(),
@@ -758,22 +851,89 @@ impl Builder<'_> {
                     (None, Some(url)) => ServiceSource::Url(url.clone()),
                     (None, None) => ServiceSource::Command(Vec::new()),
                 },
+                group4: h
+                    .ipv4_space
+                    .and_then(|space| groups::service_group4(space, s.number)),
+                linger: s.linger,
+                warm: s.warm,
             })
             .collect();
+        let base = self
+            .plan
+            .site_file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let directories = h
+            .directory
+            .iter()
+            .map(|d| DirectoryPlan {
+                name: d.name.clone(),
+                first: d.first,
+                count: crate::site::directory_block(d).map_or(0, |r| r.end - r.start),
+                playlist: d.playlist.as_ref().map(|p| {
+                    if p.contains("://") || Path::new(p).is_absolute() {
+                        p.clone()
+                    } else {
+                        base.join(p).display().to_string()
+                    }
+                }),
+                commands: d.commands.as_ref().map(|c| base.join(c)),
+                linger: d.linger,
+            })
+            .collect();
+        let rv = h.robustness;
         self.plan.headend = Some(HeadendPlan {
             interfaces: h.interfaces.clone(),
+            prefix: h.prefix.trunc(),
+            ipv4_space: h.ipv4_space.map(|n| n.trunc()),
+            querier: QuerierPlan {
+                mode: h.querier,
+                robustness: rv,
+                query_interval: h.query_interval,
+                query_response_interval: h.query_response_interval,
+                last_listener_interval: h.last_listener_interval,
+                last_listener_count: h.last_listener_count.unwrap_or(rv),
+                startup_query_interval: h.startup_query_interval.unwrap_or(h.query_interval / 4),
+                startup_query_count: h.startup_query_count.unwrap_or(rv),
+            },
+            user: h.user.clone(),
+            max_sources: h.max_sources,
+            stall: h.stall,
+            sap_interval: h.sap_interval,
+            control_socket: self.plan.parts_dir.join("headend.sock"),
+            sdp_dir: self.plan.parts_dir.join("headend"),
+            source_sdp_dir: self.plan.state_dir.join("sources"),
             services,
+            directories,
         });
         let argv = vec![
             "appliance".into(),
             "headend".into(),
             self.plan.site_file.display().to_string(),
+            // Its socket and SDPs go under <state_dir>/parts (see HeadendPlan).
+            "--state-dir".into(),
+            self.plan.state_dir.display().to_string(),
         ];
-        self.plan.children.push(self_child(
+        // Raw sockets for MLD/IGMP, multicast interfaces; setuid/setgid to start sources
+        // as an unprivileged user, kill to stop them once they run as that user, chown to
+        // hand them the file they write their SDP to.
+        let mut child = self_child(
             "headend",
             argv,
-            &["CAP_NET_ADMIN", "CAP_NET_RAW"],
-        ));
+            &[
+                "CAP_NET_ADMIN",
+                "CAP_NET_RAW",
+                "CAP_SETUID",
+                "CAP_SETGID",
+                "CAP_KILL",
+                "CAP_CHOWN",
+            ],
+        );
+        child.health = Health::Control {
+            socket: self.plan.parts_dir.join("headend.sock"),
+        };
+        self.plan.children.push(child);
     }
 
     fn monitors(&mut self) {
@@ -809,6 +969,9 @@ impl Builder<'_> {
                 "appliance".into(),
                 "monitor".into(),
                 self.plan.site_file.display().to_string(),
+                // Its control socket, monitor.sock, in the directory its user owns.
+                "--state-dir".into(),
+                self.plan.parts_dir.display().to_string(),
             ];
             // nft and the sysctls need CAP_NET_ADMIN; joining alone needs nothing.
             let kept: &[&str] = if self.monitor_fw.is_empty() {
@@ -816,7 +979,11 @@ impl Builder<'_> {
             } else {
                 &["CAP_NET_ADMIN"]
             };
-            self.plan.children.push(self_child("monitor", argv, kept));
+            let mut child = self_child("monitor", argv, kept);
+            child.health = Health::Control {
+                socket: self.plan.parts_dir.join("monitor.sock"),
+            };
+            self.plan.children.push(child);
         }
     }
 
@@ -849,6 +1016,7 @@ fn dbus_child(name: &str, netns: &str) -> Child {
         netns: Some(netns.to_string()),
         // It switches to the messagebus user after binding its socket.
         caps: caps(&["CAP_SETGID", "CAP_SETUID"]),
+        user: None,
         after: vec![],
         refresh_on: vec![],
         restart: RestartPolicy::default(),
@@ -856,6 +1024,15 @@ fn dbus_child(name: &str, netns: &str) -> Child {
     }
 }
 
+/// The unprivileged system user the appliance's own network-facing parts run as
+/// (`scripts/install-deps` creates it).
+pub const PARTS_USER: &str = "appliance";
+
+/// The directory under the state dir that [`PARTS_USER`] owns.
+pub const PARTS_DIR: &str = "parts";
+
+/// One of the appliance's own parts: it runs as [`PARTS_USER`] with `kept` as ambient
+/// capabilities.
 fn self_child(role: &str, argv: Vec<String>, kept: &[&str]) -> Child {
     Child {
         name: role.to_string(),
@@ -863,6 +1040,7 @@ fn self_child(role: &str, argv: Vec<String>, kept: &[&str]) -> Child {
         argv,
         netns: None,
         caps: caps(kept),
+        user: Some(PARTS_USER.into()),
         after: vec![],
         refresh_on: vec![],
         restart: RestartPolicy::default(),

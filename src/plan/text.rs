@@ -130,15 +130,21 @@ fn children(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
         } else {
             c.caps.join(",")
         };
-        write!(f, "  {:<18} in {place}; caps {caps}", c.name)?;
+        let user = c
+            .user
+            .as_deref()
+            .unwrap_or("root (switches user itself, if at all)");
+        write!(f, "  {:<18} in {place}; as {user}; caps {caps}", c.name)?;
         if !c.after.is_empty() {
             write!(f, "; after {}", c.after.join(", "))?;
         }
         if !c.refresh_on.is_empty() {
             write!(f, "; restarted when {} restarts", c.refresh_on.join(", "))?;
         }
-        if let Health::AvahiBus { bus } = &c.health {
-            write!(f, "; health: avahi GetState over {bus}")?;
+        match &c.health {
+            Health::AvahiBus { bus } => write!(f, "; health: avahi GetState over {bus}")?,
+            Health::Control { socket } => write!(f, "; health: status over {}", socket.display())?,
+            Health::MachineBus { .. } | Health::Running => {}
         }
         writeln!(
             f,
@@ -223,21 +229,82 @@ fn sysctls(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
     Ok(())
 }
 
-/// The headend's services and groups.
+/// The headend's querier, sources, services, directories and groups.
 fn headend(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
-    if let Some(h) = &p.headend {
-        writeln!(f, "\nheadend: joins heard on {}", h.interfaces.join(" "))?;
-        for s in &h.services {
-            let src = match &s.source {
-                ServiceSource::Command(argv) => format!("command: {}", shell_words::join(argv)),
-                ServiceSource::Url(u) => format!("url: {u}"),
-            };
-            writeln!(
-                f,
-                "  service {} {:?}: group {} (RTP {}, RTCP {}, SAP {}); {src}",
-                s.number, s.name, s.group, s.rtp_port, s.rtcp_port, s.sap_port
-            )?;
+    let Some(h) = &p.headend else {
+        return Ok(());
+    };
+    writeln!(f, "\nheadend: joins heard on {}", h.interfaces.join(" "))?;
+    let q = &h.querier;
+    let d = |d| humantime::format_duration(d).to_string();
+    writeln!(
+        f,
+        "  querier {}: robustness {}, query every {} (startup {} x {}), response {}, \
+         last listener {} x {}",
+        match q.mode {
+            crate::site::QuerierMode::Auto => "auto (when elected)",
+            crate::site::QuerierMode::Never => "never (listen only)",
+        },
+        q.robustness,
+        d(q.query_interval),
+        q.startup_query_count,
+        d(q.startup_query_interval),
+        d(q.query_response_interval),
+        q.last_listener_count,
+        d(q.last_listener_interval),
+    )?;
+    writeln!(
+        f,
+        "  sources run as {}, at most {} at once, restarted after {} without a packet",
+        h.user,
+        h.max_sources,
+        d(h.stall)
+    )?;
+    writeln!(
+        f,
+        "  groups of prefix {}; IPv4 groups in {}; control {}; SDPs kept in {}",
+        h.prefix,
+        h.ipv4_space.map_or("none".to_string(), |n| n.to_string()),
+        h.control_socket.display(),
+        h.sdp_dir.display()
+    )?;
+    for s in &h.services {
+        let src = match &s.source {
+            ServiceSource::Command(argv) => format!("command: {}", shell_words::join(argv)),
+            ServiceSource::Url(u) => format!("url: {u}"),
+        };
+        let mut extra = String::new();
+        if let Some(g4) = s.group4 {
+            extra.push_str(&format!(", IPv4 {g4}"));
         }
+        if s.warm {
+            extra.push_str(", warm");
+        }
+        if let Some(l) = s.linger {
+            extra.push_str(&format!(", linger {}", d(l)));
+        }
+        writeln!(
+            f,
+            "  service {} {:?}: group {}{extra} (RTP {}, RTCP {}, SAP {}); {src}",
+            s.number, s.name, s.group, s.rtp_port, s.rtcp_port, s.sap_port
+        )?;
+    }
+    for dir in &h.directories {
+        let what = match (&dir.playlist, &dir.commands) {
+            (Some(p), _) => format!("playlist {p}"),
+            (None, Some(c)) => format!("commands {}", c.display()),
+            (None, None) => String::new(),
+        };
+        writeln!(
+            f,
+            "  directory {:?}: numbers {}..={} from {what}{}",
+            dir.name,
+            dir.first,
+            u64::from(dir.first) + dir.count.saturating_sub(1),
+            dir.linger
+                .map(|l| format!(", linger {}", d(l)))
+                .unwrap_or_default()
+        )?;
     }
     Ok(())
 }

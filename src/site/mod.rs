@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use model::*;
-pub use validate::{Problem, reflect_filters, validate};
+pub use validate::{Problem, directory_block, reflect_filters, validate};
 
 use spans::{SpanIndex, line_col};
 

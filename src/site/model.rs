@@ -52,6 +52,27 @@ pub struct SiteSection {
     /// Make missing bridges (a lab); on a router they must exist already.
     #[serde(default)]
     pub create_bridges: bool,
+    /// How each VLAN's and reflector's avahi runs: children of the supervisor, or
+    /// systemd-nspawn machines with the rendered settings.
+    #[serde(default)]
+    pub avahi: AvahiMode,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AvahiMode {
+    /// avahi-daemon (and a VLAN's dbus-daemon) as direct children, in the namespace's
+    /// private mounts.
+    #[default]
+    Children,
+    /// A systemd-nspawn machine per VLAN and reflector, booting dbus and avahi.
+    Machines,
+}
+
+impl AvahiMode {
+    pub fn is_children(&self) -> bool {
+        *self == AvahiMode::Children
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -312,8 +333,115 @@ pub struct Headend {
     pub interfaces: Vec<String>,
     /// RFC 3306 groups ff3e:PL:<prefix>:<0x80000000|number>.
     pub prefix: Ipv6Net,
+    /// IPv4 groups for IGMP receivers: service `n` is the space's `n`-th address.
+    #[serde(default)]
+    pub ipv4_space: Option<ipnet::Ipv4Net>,
+    /// Whether the headend may act as MLD/IGMP querier on its interfaces.
+    #[serde(default)]
+    pub querier: QuerierMode,
+    /// RFC 9777 §9.1 / RFC 3376 §8.1.
+    #[serde(default = "default_robustness")]
+    pub robustness: u8,
+    #[serde(default = "default_query_interval", with = "duration")]
+    pub query_interval: Duration,
+    #[serde(default = "default_query_response_interval", with = "duration")]
+    pub query_response_interval: Duration,
+    #[serde(default = "default_last_listener_interval", with = "duration")]
+    pub last_listener_interval: Duration,
+    /// Default: `robustness`.
+    #[serde(default)]
+    pub last_listener_count: Option<u8>,
+    /// Default: a quarter of `query_interval`.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub startup_query_interval: Option<Duration>,
+    /// Default: `robustness`.
+    #[serde(default)]
+    pub startup_query_count: Option<u8>,
+    /// The unprivileged user sources run as.
+    #[serde(default = "default_source_user")]
+    pub user: String,
+    /// At most this many sources run at once.
+    #[serde(default = "default_max_sources")]
+    pub max_sources: u32,
+    /// A running source that sends nothing for this long is restarted.
+    #[serde(default = "default_stall", with = "duration")]
+    pub stall: Duration,
+    /// Re-announce each service on the SAP menu this often; default: RFC 2974's (at
+    /// least 300 s).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sap_interval: Option<Duration>,
     #[serde(default)]
     pub service: Vec<Service>,
+    #[serde(default)]
+    pub directory: Vec<Directory>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QuerierMode {
+    /// Query when elected (the lowest address on the link queries).
+    #[default]
+    Auto,
+    /// Only listen; another router queries.
+    Never,
+}
+
+fn default_robustness() -> u8 {
+    2
+}
+fn default_query_interval() -> Duration {
+    Duration::from_secs(125)
+}
+fn default_query_response_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_last_listener_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_source_user() -> String {
+    "nobody".into()
+}
+fn default_max_sources() -> u32 {
+    16
+}
+fn default_stall() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A block of service numbers filled from a station list or a command file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    /// Names the directory in logs and status.
+    pub name: String,
+    /// The first service number of the block.
+    pub first: u32,
+    /// How many numbers the block holds; or `bits`: the block is `first` plus 2^bits.
+    #[serde(default)]
+    pub count: Option<u32>,
+    #[serde(default)]
+    pub bits: Option<u8>,
+    /// M3U, PLS or a JSON station list: a local file or an http(s) URL.
+    #[serde(default)]
+    pub playlist: Option<String>,
+    /// A file of `number = command` lines (numbers relative to `first`).
+    #[serde(default)]
+    pub commands: Option<PathBuf>,
+    /// As for a service.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub linger: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -328,6 +456,16 @@ pub struct Service {
     /// An internet-radio URL, resolved by the headend's HTTP handler.
     #[serde(default)]
     pub url: Option<String>,
+    /// Keep the source running this long after the last listener left (channel zapping).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub linger: Option<Duration>,
+    /// Run the source from the start; joins only switch the relay.
+    #[serde(default)]
+    pub warm: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -377,5 +515,26 @@ pub mod duration {
 
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*v))
+    }
+}
+
+/// An optional duration written like `"10s"`.
+pub mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::duration::parse(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -595,6 +596,228 @@ fn check_headend(c: &mut Check, h: &Headend) {
                 Ok(_) => {}
             },
             (None, Some(url)) => c.result(format!("{p}.url"), check_http_url(url)),
+        }
+    }
+    check_headend_timers(c, h);
+    check_headend_sources(c, h);
+    check_directories(c, h);
+}
+
+/// Timer limits of the exponential codes: IGMPv3's Max Resp Code reaches 31744 tenths of
+/// a second, QQIC 31744 s (RFC 3376 §4.1.1, §4.1.7; MLDv2's are larger, RFC 9777 §5.1.3).
+const MAX_RESPONSE_CODE: Duration = Duration::from_millis(3_174_400);
+const MAX_QQIC: Duration = Duration::from_secs(31_744);
+
+fn check_headend_timers(c: &mut Check, h: &Headend) {
+    if h.robustness == 0 {
+        c.err(
+            "headend.robustness",
+            "0 is not allowed (RFC 9777 §9.1); the default is 2, raise it on lossy links",
+        );
+    }
+    if h.query_interval < Duration::from_secs(1) || h.query_interval > MAX_QQIC {
+        c.err(
+            "headend.query_interval",
+            format!(
+                "{} is outside 1s..{}; the default is \"125s\"",
+                humantime::format_duration(h.query_interval),
+                humantime::format_duration(MAX_QQIC)
+            ),
+        );
+    }
+    if h.query_response_interval < Duration::from_millis(100)
+        || h.query_response_interval > MAX_RESPONSE_CODE
+    {
+        c.err(
+            "headend.query_response_interval",
+            format!(
+                "{} is outside 100ms..{}; the default is \"10s\"",
+                humantime::format_duration(h.query_response_interval),
+                humantime::format_duration(MAX_RESPONSE_CODE)
+            ),
+        );
+    } else if h.query_response_interval >= h.query_interval {
+        c.err(
+            "headend.query_response_interval",
+            "must be shorter than query_interval (RFC 9777 §9.3), or listeners' answers \
+             overlap the next query",
+        );
+    }
+    if h.last_listener_interval < Duration::from_millis(100)
+        || h.last_listener_interval > MAX_RESPONSE_CODE
+    {
+        c.err(
+            "headend.last_listener_interval",
+            format!(
+                "{} is outside 100ms..{}; the default is \"1s\"",
+                humantime::format_duration(h.last_listener_interval),
+                humantime::format_duration(MAX_RESPONSE_CODE)
+            ),
+        );
+    }
+    if h.last_listener_count == Some(0) {
+        c.err(
+            "headend.last_listener_count",
+            "0 would stop a stream on any leave without asking who still listens; at least 1",
+        );
+    }
+    if h.startup_query_count == Some(0) {
+        c.err("headend.startup_query_count", "at least 1");
+    }
+    if let Some(d) = h.startup_query_interval
+        && (d < Duration::from_millis(100) || d > h.query_interval)
+    {
+        c.err(
+            "headend.startup_query_interval",
+            "between 100ms and query_interval; the default is a quarter of query_interval",
+        );
+    }
+}
+
+fn check_headend_sources(c: &mut Check, h: &Headend) {
+    if h.user.is_empty() || h.user == "root" || h.user == "0" {
+        c.err(
+            "headend.user",
+            format!(
+                "{:?}: sources run as an unprivileged user; the default is \"nobody\"",
+                h.user
+            ),
+        );
+    }
+    if let Some(d) = h.sap_interval
+        && d < Duration::from_secs(1)
+    {
+        c.err(
+            "headend.sap_interval",
+            "at least \"1s\"; the default is RFC 2974's (300 s or more)",
+        );
+    }
+    if h.max_sources == 0 {
+        c.err("headend.max_sources", "0 would never start a source");
+    }
+    if h.stall < Duration::from_millis(100) {
+        c.err("headend.stall", "at least \"100ms\"; the default is \"5s\"");
+    }
+    if let Some(space) = h.ipv4_space {
+        let space = space.trunc();
+        if !space.network().is_multicast() {
+            c.err(
+                "headend.ipv4_space",
+                format!("{space} is not multicast; use a range such as 239.10.0.0/16"),
+            );
+        } else if overlaps_link_local_groups(&IpNet::V4(space)) {
+            c.err(
+                "headend.ipv4_space",
+                format!("{space} includes link-local groups 224.0.0.0/24, which are never routed"),
+            );
+        }
+        let size = 1u64 << (32 - space.prefix_len());
+        for (i, s) in h.service.iter().enumerate() {
+            if u64::from(s.number) >= size {
+                c.err(
+                    format!("headend.service[{i}].number"),
+                    format!(
+                        "{} has no IPv4 group: ipv4_space {space} holds numbers 0 to {}; \
+                         widen it or renumber",
+                        s.number,
+                        size - 1
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The numbers a directory's block holds, as a half-open range.
+pub fn directory_block(d: &Directory) -> Option<std::ops::Range<u64>> {
+    let first = u64::from(d.first);
+    match (d.count, d.bits) {
+        (Some(n), None) => Some(first..first + u64::from(n)),
+        (None, Some(b)) if b <= 31 => Some(first..first + (1u64 << b)),
+        _ => None,
+    }
+}
+
+fn check_directories(c: &mut Check, h: &Headend) {
+    let mut names = BTreeMap::new();
+    let mut blocks: Vec<(std::ops::Range<u64>, usize)> = vec![];
+    for (i, d) in h.directory.iter().enumerate() {
+        let p = format!("headend.directory[{i}]");
+        c.result(format!("{p}.name"), check_object_name(&d.name));
+        if let Some(first) = names.insert(d.name.as_str(), i) {
+            c.err(
+                format!("{p}.name"),
+                format!("{:?} is the name of headend.directory[{first}] too", d.name),
+            );
+        }
+        match (d.count, d.bits) {
+            (Some(_), Some(_)) => c.err(format!("{p}.bits"), "give either count or bits, not both"),
+            (None, None) => c.err(
+                format!("{p}.count"),
+                "missing: give count (how many numbers from first) or bits (2^bits numbers)",
+            ),
+            (Some(0), None) => c.err(format!("{p}.count"), "0 numbers: at least 1"),
+            (None, Some(b)) if b > 31 => c.err(format!("{p}.bits"), "at most 31"),
+            (None, Some(b)) if b < 31 && d.first & ((1u32 << b) - 1) != 0 => c.err(
+                format!("{p}.first"),
+                format!(
+                    "{:#x} is not a multiple of 2^{b}: with bits, the high bits pick the \
+                     directory and the low {b} the entry",
+                    d.first
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(r) = directory_block(d) {
+            if r.end - 1 > u64::from(MAX_SERVICE_NUMBER) {
+                c.err(
+                    format!("{p}.first"),
+                    format!(
+                        "the block {:#x}..={:#x} goes past the 31-bit service numbers",
+                        r.start,
+                        r.end - 1
+                    ),
+                );
+            }
+            for (other, j) in &blocks {
+                if other.start < r.end && r.start < other.end {
+                    c.err(
+                        format!("{p}.first"),
+                        format!("its block overlaps headend.directory[{j}]'s"),
+                    );
+                }
+            }
+            for (j, s) in h.service.iter().enumerate() {
+                if r.contains(&u64::from(s.number)) {
+                    c.err(
+                        format!("headend.service[{j}].number"),
+                        format!(
+                            "{} is in the block of headend.directory[{i}] ({:?}); give it a \
+                             number outside",
+                            s.number, d.name
+                        ),
+                    );
+                }
+            }
+            blocks.push((r, i));
+        }
+        match (&d.playlist, &d.commands) {
+            (Some(_), Some(_)) => c.err(
+                format!("{p}.commands"),
+                "give either playlist or commands, not both",
+            ),
+            (None, None) => c.err(
+                format!("{p}.playlist"),
+                "missing: give a playlist (M3U, PLS or JSON; a file or an http(s) URL) or \
+                 commands (a file of number = command lines)",
+            ),
+            (Some(pl), None) if pl.contains("://") => {
+                c.result(format!("{p}.playlist"), check_http_url(pl))
+            }
+            (Some(pl), None) if pl.trim().is_empty() => {
+                c.err(format!("{p}.playlist"), "empty path")
+            }
+            _ => {}
         }
     }
 }

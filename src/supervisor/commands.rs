@@ -85,6 +85,7 @@ pub fn down(path: &Path, state_dir: Option<PathBuf>) -> ExitCode {
     }
     // Whatever is left (a supervisor killed with SIGKILL, a partial up) goes now.
     let errors = runtime().block_on(apply::teardown(&plan.site, Some(&plan), &dir));
+    crate::render::machine::remove_all_cgroups(&plan);
     let _ = std::fs::remove_file(dir.join("lock"));
     let _ = std::fs::remove_dir(&dir);
     if errors.is_empty() {
@@ -199,6 +200,9 @@ fn status_text(v: &Value) -> String {
     for p in a["pending"].as_array().into_iter().flatten() {
         out.push_str(&format!("  still tentative: {}\n", s(p)));
     }
+    for e in a["errors"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  error: {}\n", s(e)));
+    }
     out.push_str("namespaces:\n");
     for n in v["namespaces"].as_array().into_iter().flatten() {
         out.push_str(&format!("  {:<20} {}\n", s(&n["name"]), s(&n["pin"])));
@@ -232,9 +236,37 @@ fn status_text(v: &Value) -> String {
                 _ => String::new(),
             }
         ));
+        if let Some(user) = c["user"].as_str() {
+            let caps: Vec<&str> = c["caps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str())
+                .collect();
+            out.push_str(&format!(
+                "    as {user}; caps {}\n",
+                if caps.is_empty() {
+                    "none".to_string()
+                } else {
+                    caps.join(",")
+                }
+            ));
+        }
+        if let Some(why) = c["why"].as_str() {
+            out.push_str(&format!("    why: {why}\n"));
+        }
+        if c["health"] != "healthy"
+            && c["health"] != "running"
+            && let Some(last) = c["last_exit"].as_str()
+        {
+            out.push_str(&format!("    last exit: {last}\n"));
+        }
     }
     if !v["mroute"].is_null() {
         out.push_str(&format!("mroute: {}\n", v["mroute"]));
+    }
+    if !v["headend"].is_null() {
+        out.push_str(&headend_text(&v["headend"]));
     }
     out
 }
@@ -274,5 +306,85 @@ pub fn services(given: Option<PathBuf>) -> ExitCode {
         ExitCode::from(EXIT_FAILED)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// The headend's services: state, listeners per interface, reporting receivers, packets
+/// relayed, restarts.
+fn headend_text(h: &Value) -> String {
+    if let Some(e) = h["error"].as_str() {
+        return format!("headend: {e}\n");
+    }
+    let mut out = format!(
+        "headend: {} source(s) running of at most {}\n",
+        s(&h["sources_running"]),
+        s(&h["max_sources"])
+    );
+    for sv in h["services"].as_array().into_iter().flatten() {
+        let listeners: Vec<String> = sv["listeners"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(iface, fams)| {
+                let f: Vec<&str> = fams
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                format!("{iface} ({})", f.join("+"))
+            })
+            .collect();
+        out.push_str(&format!(
+            "  {:<6} {:<24} {:<9} listeners {:<20} reporting {:<3} packets {:<8} restarts {}\n",
+            s(&sv["number"]),
+            s(&sv["name"]),
+            s(&sv["state"]),
+            if listeners.is_empty() {
+                "none".to_string()
+            } else {
+                listeners.join(", ")
+            },
+            s(&sv["reporting_receivers"]),
+            s(&sv["packets"]),
+            s(&sv["restarts"])
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_says_why_a_part_is_unhealthy_or_missing() {
+        let v = serde_json::json!({
+            "site": "lab", "pid": 1, "healthy": false, "uptime_ms": 0, "state_dir": "/run/x",
+            "addresses": {"state": "tentative", "pending": ["fd00::1 on v1 in n1"]},
+            "children": [
+                {"name": "mroute", "health": "unhealthy", "pid": 7, "restarts": 0,
+                 "user": "appliance", "caps": ["CAP_NET_ADMIN", "CAP_NET_RAW"],
+                 "why": "no VIF/MIF in the kernel for br-b (Ipv4)"},
+                {"name": "headend", "health": "missing", "pid": null, "restarts": 0,
+                 "why": "this build of appliance has no part \"headend\""},
+                {"name": "translate", "health": "down", "pid": null, "restarts": 2,
+                 "last_exit": "exit code 69"},
+            ],
+        });
+        let t = status_text(&v);
+        assert!(t.contains("UNHEALTHY"), "{t}");
+        assert!(t.contains("addresses: tentative"), "{t}");
+        assert!(t.contains("still tentative: fd00::1"), "{t}");
+        assert!(t.contains("why: no VIF/MIF in the kernel for br-b"), "{t}");
+        assert!(
+            t.contains("missing") && t.contains("no part \"headend\""),
+            "{t}"
+        );
+        assert!(t.contains("last exit: exit code 69"), "{t}");
+        assert!(
+            t.contains("as appliance; caps CAP_NET_ADMIN,CAP_NET_RAW"),
+            "{t}"
+        );
     }
 }

@@ -71,9 +71,14 @@ async fn answer(cmd: &str, tx: &mpsc::UnboundedSender<Msg>, dir: &Path) -> Value
             let (o, r) = oneshot::channel();
             let _ = tx.send(Msg::Control(Request::Status(o)));
             let Ok(mut v) = r.await else { return gone() };
-            let mroute = dir.join("mroute.sock");
+            let parts = dir.join(crate::plan::PARTS_DIR);
+            let mroute = parts.join("mroute.sock");
             if mroute.exists() {
                 v["mroute"] = ask_mroute(&mroute).await;
+            }
+            let headend = parts.join("headend.sock");
+            if headend.exists() {
+                v["headend"] = ask_status(&headend).await;
             }
             v
         }
@@ -102,6 +107,11 @@ async fn answer(cmd: &str, tx: &mpsc::UnboundedSender<Msg>, dir: &Path) -> Value
 
 /// What the multicast forwarder says about itself, passed through as it is.
 async fn ask_mroute(sock: &Path) -> Value {
+    ask_status(sock).await
+}
+
+/// `{"cmd":"status"}` to a child's control socket; its answer, or `{"error": …}`.
+pub async fn ask_status(sock: &Path) -> Value {
     let ask = Command {
         cmd: "status".into(),
     };
@@ -109,6 +119,23 @@ async fn ask_mroute(sock: &Path) -> Value {
         Ok(v) => v,
         Err(e) => json!({"error": format!("{} {}: {}", e.op, sock.display(), e.source)}),
     }
+}
+
+/// A status answer read as health: healthy iff it says `"healthy": true`; else why (its
+/// `why`, its `error`, or that it said not healthy).
+pub fn health_of(v: &Value) -> (bool, Option<String>) {
+    if v["healthy"].as_bool() == Some(true) {
+        return (true, None);
+    }
+    let why = v["why"]
+        .as_str()
+        .or(v["error"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| match v.get("healthy") {
+            Some(h) => format!("its status says healthy: {h}"),
+            None => "its status does not say it is healthy".into(),
+        });
+    (false, Some(why))
 }
 
 /// Client side: sends one command and reads the answer (blocking).

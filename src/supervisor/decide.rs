@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::exit::EXIT_NOT_BUILT;
 use crate::plan::RestartPolicy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -20,8 +19,8 @@ pub enum Phase {
     Backoff,
     /// Asked to stop because a child it runs after restarts; starts again after it.
     Stopping,
-    /// Exited with `EXIT_NOT_BUILT`: a part of this build that is not written yet.
-    NotBuilt,
+    /// A part this binary does not have: never started, and the site is not healthy.
+    Missing,
     Stopped,
 }
 
@@ -43,6 +42,8 @@ pub struct ChildState {
     pub healthy: Option<bool>,
     /// Healthy only once its health check said so (not merely running).
     pub checked: bool,
+    /// Why it is not healthy, as its check or its readiness said.
+    pub why: Option<String>,
     pub last_exit: Option<String>,
 }
 
@@ -78,6 +79,12 @@ pub enum Event {
         signal: Option<i32>,
         at: Instant,
     },
+    /// It did not become ready in time (its socket never appeared): it is stopped and
+    /// restarted with backoff, and what runs after it does not start.
+    NotReady {
+        name: String,
+        why: String,
+    },
     /// A backoff timer fired.
     Timer {
         name: String,
@@ -85,6 +92,8 @@ pub enum Event {
     Health {
         name: String,
         ok: bool,
+        /// Why not, when not.
+        why: Option<String>,
     },
     Shutdown,
 }
@@ -102,25 +111,42 @@ pub enum Action {
 }
 
 impl State {
+    /// `missing`: the parts this binary does not have, by child name, with why (see
+    /// `spawn::missing_part`): they are never started.
     pub fn new(children: &[crate::plan::Child]) -> State {
+        State::with_missing(children, |_| None)
+    }
+
+    pub fn with_missing(
+        children: &[crate::plan::Child],
+        missing: impl Fn(&crate::plan::Child) -> Option<String>,
+    ) -> State {
         State {
             children: children
                 .iter()
-                .map(|c| ChildState {
-                    name: c.name.clone(),
-                    after: c.after.clone(),
-                    refresh_on: c.refresh_on.clone(),
-                    policy: c.restart.clone(),
-                    phase: Phase::Waiting,
-                    pid: None,
-                    since: None,
-                    restarts: 0,
-                    quick_restarts: 0,
-                    delay: c.restart.first_delay,
-                    crash_loop: false,
-                    healthy: None,
-                    checked: !matches!(c.health, crate::plan::Health::Running),
-                    last_exit: None,
+                .map(|c| {
+                    let why = missing(c);
+                    ChildState {
+                        name: c.name.clone(),
+                        after: c.after.clone(),
+                        refresh_on: c.refresh_on.clone(),
+                        policy: c.restart.clone(),
+                        phase: if why.is_some() {
+                            Phase::Missing
+                        } else {
+                            Phase::Waiting
+                        },
+                        pid: None,
+                        since: None,
+                        restarts: 0,
+                        quick_restarts: 0,
+                        delay: c.restart.first_delay,
+                        crash_loop: false,
+                        healthy: None,
+                        checked: !matches!(c.health, crate::plan::Health::Running),
+                        why,
+                        last_exit: None,
+                    }
                 })
                 .collect(),
             shutting_down: false,
@@ -141,16 +167,38 @@ impl State {
             .all(|d| self.get(d).is_none_or(|d| d.phase == Phase::Running))
     }
 
-    /// Healthy: every child runs (and answers its health check) or is not built.
+    /// Healthy: every child runs (and answers its health check). A missing part, a child
+    /// waiting, starting or backing off is not healthy.
     pub fn healthy(&self) -> bool {
         !self.shutting_down
             && self.children.iter().all(|c| match c.phase {
-                Phase::NotBuilt => true,
                 Phase::Running if c.checked => c.healthy == Some(true),
                 Phase::Running => c.healthy != Some(false),
                 _ => false,
             })
     }
+}
+
+/// The order to stop in: waves of children, each to be stopped (and waited for) before
+/// the next. A child comes in an earlier wave than every child it runs after, so
+/// dependents go before their dependencies (a cycle, which the plan never makes, would be
+/// stopped in one last wave).
+pub fn stop_waves(s: &State) -> Vec<Vec<String>> {
+    let mut left: Vec<&ChildState> = s.children.iter().collect();
+    let mut waves = vec![];
+    while !left.is_empty() {
+        let needed =
+            |c: &ChildState, left: &[&ChildState]| left.iter().any(|d| d.after.contains(&c.name));
+        let (wave, rest): (Vec<&ChildState>, Vec<&ChildState>) =
+            left.iter().partition(|c| !needed(c, &left));
+        if wave.is_empty() {
+            waves.push(rest.iter().map(|c| c.name.clone()).collect());
+            break;
+        }
+        waves.push(wave.iter().map(|c| c.name.clone()).collect());
+        left = rest;
+    }
+    waves
 }
 
 fn describe(code: Option<i32>, signal: Option<i32>) -> String {
@@ -216,6 +264,7 @@ pub fn next(s: &mut State, ev: Event) -> Vec<Action> {
             c.pid = Some(pid);
             c.since = Some(at);
             c.healthy = None;
+            c.why = None;
             out.push(Action::Log(format!("{name}: running (pid {pid})")));
             if c.restarts > 0 {
                 refresh(s, &name, &mut out);
@@ -231,6 +280,21 @@ pub fn next(s: &mut State, ev: Event) -> Vec<Action> {
         Event::SpawnFailed { name, error, at } => {
             exited(s, &name, None, None, Some(error), at, &mut out)
         }
+        Event::NotReady { name, why } => {
+            let Some(i) = s.idx(&name) else {
+                return out;
+            };
+            let c = &mut s.children[i];
+            if c.phase != Phase::Starting {
+                return out;
+            }
+            // Still Starting: its exit counts as a crash and it restarts with backoff.
+            out.push(Action::Log(format!(
+                "{name}: not ready: {why}; stopping it"
+            )));
+            c.why = Some(format!("not ready: {why}"));
+            out.push(Action::Stop(name));
+        }
         Event::Timer { name } => {
             let Some(i) = s.idx(&name) else {
                 return out;
@@ -241,20 +305,26 @@ pub fn next(s: &mut State, ev: Event) -> Vec<Action> {
             s.children[i].phase = Phase::Waiting;
             start_waiting(s, &mut out);
         }
-        Event::Health { name, ok } => {
+        Event::Health { name, ok, why } => {
             if let Some(i) = s.idx(&name) {
                 let c = &mut s.children[i];
-                if c.phase == Phase::Running && c.healthy != Some(ok) {
+                if c.phase != Phase::Running {
+                    return out;
+                }
+                let why = if ok { None } else { why };
+                if c.healthy != Some(ok) {
                     // Not yet answering while it starts is not news; losing health is.
                     let news = ok || c.healthy == Some(true);
                     c.healthy = Some(ok);
                     if news {
-                        out.push(Action::Log(format!(
-                            "{name}: {}",
-                            if ok { "healthy" } else { "unhealthy" }
-                        )));
+                        out.push(Action::Log(match &why {
+                            None if ok => format!("{name}: healthy"),
+                            None => format!("{name}: unhealthy"),
+                            Some(w) => format!("{name}: unhealthy: {w}"),
+                        }));
                     }
                 }
+                c.why = why;
             }
         }
         Event::Shutdown => {
@@ -277,19 +347,15 @@ fn exited(
     let Some(i) = s.idx(name) else {
         return;
     };
-    let why = error.unwrap_or_else(|| describe(code, signal));
     let c = &mut s.children[i];
+    let mut why = error.unwrap_or_else(|| describe(code, signal));
+    if let Some(w) = c.why.take().filter(|w| w.starts_with("not ready")) {
+        why = format!("{w}; then {why}");
+    }
     let was = c.phase;
     c.pid = None;
     c.healthy = None;
     c.last_exit = Some(why.clone());
-    if code == Some(i32::from(EXIT_NOT_BUILT)) {
-        c.phase = Phase::NotBuilt;
-        out.push(Action::Log(format!(
-            "{name}: unavailable (not built): exited with code {EXIT_NOT_BUILT}; not restarted"
-        )));
-        return;
-    }
     if was == Phase::Stopping {
         // Stopped on purpose: it starts again once what it runs after is back.
         c.phase = Phase::Waiting;
@@ -356,6 +422,7 @@ mod tests {
             argv: vec!["true".into()],
             netns: None,
             caps: vec![],
+            user: None,
             after: after.iter().map(|s| s.to_string()).collect(),
             refresh_on: vec![],
             restart: RestartPolicy::default(),
@@ -383,6 +450,7 @@ mod tests {
             Event::Health {
                 name: "avahi@iot".into(),
                 ok: true,
+                why: None,
             },
         );
         assert!(s.healthy());
@@ -588,16 +656,166 @@ mod tests {
     }
 
     #[test]
-    fn not_built_is_reported_once_and_not_restarted_and_not_unhealthy() {
+    fn an_exit_69_is_a_crash_restarted_with_backoff() {
         let mut s = State::new(&[child("headend", &[])]);
         let t = Instant::now();
         next(&mut s, Event::Begin);
         ready(&mut s, "headend", 5, t);
         let a = exit(&mut s, "headend", Some(69), t);
-        assert_eq!(a.len(), 1);
-        assert!(matches!(&a[0], Action::Log(l) if l.contains("unavailable (not built)")));
-        assert_eq!(s.get("headend").unwrap().phase, Phase::NotBuilt);
+        assert!(a.contains(&Action::Schedule(
+            "headend".into(),
+            RestartPolicy::default().first_delay
+        )));
+        let c = s.get("headend").unwrap();
+        assert_eq!(c.phase, Phase::Backoff);
+        assert_eq!(c.last_exit.as_deref(), Some("exit code 69"));
+        assert!(!s.healthy());
+        // Exiting 69 over and over is a crash loop like any other.
+        for i in 0..10 {
+            next(
+                &mut s,
+                Event::Timer {
+                    name: "headend".into(),
+                },
+            );
+            ready(&mut s, "headend", 6 + i, t);
+            exit(&mut s, "headend", Some(69), t);
+        }
+        assert!(s.get("headend").unwrap().crash_loop);
+        assert!(!s.healthy());
+    }
+
+    #[test]
+    fn a_missing_part_is_never_started_and_the_site_is_not_healthy() {
+        let children = [child("mroute", &[]), child("headend", &[])];
+        let mut s = State::with_missing(&children, |c| {
+            (c.name == "headend").then(|| "this binary has no role \"headend\"".into())
+        });
+        let t = Instant::now();
+        assert_eq!(spawns(&next(&mut s, Event::Begin)), ["mroute"]);
+        ready(&mut s, "mroute", 3, t);
+        let h = s.get("headend").unwrap();
+        assert_eq!(h.phase, Phase::Missing);
+        assert!(h.why.as_deref().unwrap().contains("headend"));
+        assert!(!s.healthy());
+        // Nothing wakes it: not a timer, not a restart of another child.
+        assert!(
+            spawns(&next(
+                &mut s,
+                Event::Timer {
+                    name: "headend".into()
+                }
+            ))
+            .is_empty()
+        );
+        exit(&mut s, "mroute", None, t);
+        next(
+            &mut s,
+            Event::Timer {
+                name: "mroute".into(),
+            },
+        );
+        assert_eq!(s.get("headend").unwrap().phase, Phase::Missing);
+    }
+
+    #[test]
+    fn a_child_never_ready_is_stopped_restarted_with_backoff_and_holds_its_dependents() {
+        let mut s = pair();
+        let t = Instant::now();
+        assert_eq!(spawns(&next(&mut s, Event::Begin)), ["dbus@iot"]);
+        next(
+            &mut s,
+            Event::Spawned {
+                name: "dbus@iot".into(),
+                pid: 10,
+            },
+        );
+        let a = next(
+            &mut s,
+            Event::NotReady {
+                name: "dbus@iot".into(),
+                why: "its socket did not appear within 5s".into(),
+            },
+        );
+        assert!(a.contains(&Action::Stop("dbus@iot".into())));
+        assert!(spawns(&a).is_empty(), "its dependents started: {a:?}");
+        assert_eq!(s.get("avahi@iot").unwrap().phase, Phase::Waiting);
+        let a = exit(&mut s, "dbus@iot", None, t);
+        assert!(spawns(&a).is_empty());
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::Schedule(n, _) if n == "dbus@iot"))
+        );
+        let d = s.get("dbus@iot").unwrap();
+        assert_eq!(d.phase, Phase::Backoff);
+        assert_eq!(d.restarts, 1);
+        assert!(
+            d.last_exit
+                .as_deref()
+                .unwrap()
+                .contains("socket did not appear")
+        );
+        assert_eq!(s.get("avahi@iot").unwrap().phase, Phase::Waiting);
+        assert!(!s.healthy());
+    }
+
+    #[test]
+    fn an_unhealthy_child_says_why_until_it_is_healthy_again() {
+        let mut c = child("mroute", &[]);
+        c.health = Health::Control {
+            socket: "/run/appliance/x/mroute.sock".into(),
+        };
+        let mut s = State::new(&[c]);
+        next(&mut s, Event::Begin);
+        ready(&mut s, "mroute", 3, Instant::now());
+        next(
+            &mut s,
+            Event::Health {
+                name: "mroute".into(),
+                ok: false,
+                why: Some("VIF br-b missing".into()),
+            },
+        );
+        assert_eq!(
+            s.get("mroute").unwrap().why.as_deref(),
+            Some("VIF br-b missing")
+        );
+        assert!(!s.healthy());
+        next(
+            &mut s,
+            Event::Health {
+                name: "mroute".into(),
+                ok: true,
+                why: None,
+            },
+        );
+        assert_eq!(s.get("mroute").unwrap().why, None);
         assert!(s.healthy());
+    }
+
+    #[test]
+    fn dependents_stop_in_an_earlier_wave_than_what_they_run_after() {
+        assert_eq!(
+            stop_waves(&pair()),
+            [vec!["avahi@iot".to_string()], vec!["dbus@iot".to_string()]]
+        );
+        let s = State::new(&[
+            child("c", &["b"]),
+            child("a", &[]),
+            child("b", &["a"]),
+            child("x", &[]),
+        ]);
+        assert_eq!(
+            stop_waves(&s),
+            [
+                vec!["c".to_string(), "x".into()],
+                vec!["b".into()],
+                vec!["a".into()]
+            ]
+        );
+        // A cycle still stops everything.
+        let s = State::new(&[child("p", &["q"]), child("q", &["p"])]);
+        assert_eq!(stop_waves(&s).concat().len(), 2);
     }
 
     #[test]
@@ -610,6 +828,7 @@ mod tests {
             Event::Health {
                 name: "avahi@iot".into(),
                 ok: false,
+                why: Some("its bus does not answer".into()),
             },
         );
         assert!(!s.healthy());
@@ -618,6 +837,7 @@ mod tests {
             Event::Health {
                 name: "avahi@iot".into(),
                 ok: true,
+                why: None,
             },
         );
         assert!(s.healthy());

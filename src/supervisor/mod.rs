@@ -32,6 +32,10 @@ use decide::{Action, Event, Phase, State};
 /// How long a child has to exit after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
+/// How long a child has to make its socket (see [`spawn::ready_socket`]) before it is
+/// stopped as not ready and restarted with backoff.
+pub const READY_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
     #[error("site {site} is already running in {dir} (supervisor pid {pid}); nothing was changed")]
@@ -56,7 +60,16 @@ pub fn lock(plan: &Plan) -> Result<Flock<File>, UpError> {
         object: dir.display().to_string(),
         source,
     })?;
+    // Only root lists or changes it; the parts' user may pass through to its own parts/,
+    // and with a headend anyone may (its sources, as their own user, reach sources/).
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if let Some(u) = plan.children.iter().find_map(|c| c.user.as_ref())
+        && let Ok(Some(u)) = nix::unistd::User::from_name(u)
+        && std::os::unix::fs::chown(dir, Some(0), Some(u.gid.as_raw())).is_ok()
+    {
+        let mode = if plan.headend.is_some() { 0o711 } else { 0o710 };
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
+    }
     let path = dir.join("lock");
     let f = File::options()
         .create(true)
@@ -97,6 +110,19 @@ pub fn preflight(plan: &Plan) -> Vec<String> {
     let mut problems = vec![];
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut seen = HashSet::new();
+    let mut users = HashSet::new();
+    for c in &plan.children {
+        if let Some(u) = &c.user
+            && users.insert(u.clone())
+            && !matches!(nix::unistd::User::from_name(u), Ok(Some(_)))
+        {
+            problems.push(format!(
+                "user {u} (for {}) does not exist: scripts/install-deps creates it \
+                 (useradd --system --no-create-home --shell /usr/sbin/nologin {u})",
+                c.name
+            ));
+        }
+    }
     for c in &plan.children {
         if c.program != crate::plan::Program::External || !seen.insert(c.argv[0].clone()) {
             continue;
@@ -139,6 +165,19 @@ fn pidfd(pid: u32) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::Owne
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
     // SAFETY: the AsyncFd owns the fd and deregisters it before closing it.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
+}
+
+/// The private bus of a child with a bus health check: in its own root, or in the root of
+/// the machine it runs (`avahi = "machines"`).
+fn bus_address(health: &Health, pid: u32) -> Option<String> {
+    match health {
+        Health::Running => None,
+        Health::AvahiBus { bus } => Some(avahi::bus_of(pid, bus)),
+        Health::MachineBus { bus } => {
+            crate::render::machine::leader(pid).map(|init| avahi::bus_of(init, bus))
+        }
+        Health::Control { .. } => None,
+    }
 }
 
 /// Messages into the supervisor's loop.
@@ -224,13 +263,21 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
         plan.namespaces.len(),
         plan.veths.len()
     );
+    if let Err(e) = parts_dir(&plan) {
+        error!("{e}");
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     watch_dad(&plan, &built, &tx).await;
     if let Err(e) = control::serve(&plan.control_socket, tx.clone()) {
         error!("{e}");
     }
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let state = State::new(&plan.children);
+    let state = State::with_missing(&plan.children, spawn::missing_part);
+    for c in &state.children {
+        if let (Phase::Missing, Some(why)) = (c.phase, &c.why) {
+            error!("{}: not started: {why}; the site is not healthy", c.name);
+        }
+    }
     let mut sup = Sup {
         plan,
         built,
@@ -250,6 +297,52 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
     let down_waiters = sup.supervise(&mut rx, &mut signals).await;
     sup.tear_down(&mut rx, &mut signals, lock, down_waiters)
         .await
+}
+
+/// Makes `<state_dir>/parts`, where the parts that run as [`crate::plan::PARTS_USER`]
+/// keep their sockets and state: owned by that user, mode 0700 (not followed if a link).
+/// With a headend also `<state_dir>/sources`, owned by that user, mode 0711: the headend
+/// makes each source's SDP file there and hands it to the source's user, who reaches it by
+/// name and can list nothing.
+fn parts_dir(plan: &Plan) -> Result<(), UpError> {
+    let Some(user) = plan.children.iter().find_map(|c| c.user.as_ref()) else {
+        return Ok(());
+    };
+    owned_dir(&plan.parts_dir, user, 0o700)?;
+    if let Some(h) = &plan.headend {
+        owned_dir(&h.source_sdp_dir, user, 0o711)?;
+    }
+    Ok(())
+}
+
+/// Makes `dir` (if missing) and hands it to `user` with `mode`; a link is not followed.
+fn owned_dir(dir: &Path, user: &str, mode: u32) -> Result<(), UpError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |op, source| UpError::Io {
+        op,
+        object: dir.display().to_string(),
+        source,
+    };
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(io("creating", e));
+        }
+        _ => {}
+    }
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map_err(|e| io("opening", e))?;
+    let u = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| io("finding its user for", std::io::ErrorKind::NotFound.into()))?;
+    std::os::unix::fs::fchown(&f, Some(u.uid.as_raw()), Some(u.gid.as_raw()))
+        .map_err(|e| io("handing to its user", e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io("setting the mode of", e))?;
+    Ok(())
 }
 
 /// What an earlier `up` left in the state directory (it crashed or was killed) goes first.
@@ -294,8 +387,13 @@ async fn watch_dad(plan: &Plan, built: &Built, tx: &mpsc::UnboundedSender<Msg>) 
             });
         }
         Err(e) => {
-            warn!("not waiting for IPv6 duplicate address detection: {e}");
-            let _ = tx.send(Msg::Settled(apply::Settled::default()));
+            // Addresses that cannot be checked are not known to be usable.
+            let _ = tx.send(Msg::Settled(apply::Settled {
+                errors: vec![format!(
+                    "cannot check IPv6 duplicate address detection: {e}"
+                )],
+                ..Default::default()
+            }));
         }
     }
 }
@@ -357,6 +455,7 @@ impl Sup {
         let t = Instant::now();
         self.stop_all(rx, &mut signals.term, &mut signals.int).await;
         self.spawner.stop();
+        crate::render::machine::remove_all_cgroups(&self.plan);
         let dir = self.plan.state_dir.clone();
         // Our fds would keep the namespaces alive.
         self.built.spaces.clear();
@@ -374,6 +473,19 @@ impl Sup {
                 format!(" with {} error(s)", errors.len())
             }
         );
+        // The parts' sockets go; the translator's flows stay for the next up.
+        if let Ok(list) = std::fs::read_dir(&self.plan.parts_dir) {
+            for e in list.flatten() {
+                if e.path().extension().is_some_and(|x| x == "sock") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.plan.parts_dir);
+        if let Some(h) = &self.plan.headend {
+            // Only the sources' SDP files: nothing there outlives the headend.
+            let _ = std::fs::remove_dir_all(&h.source_sdp_dir);
+        }
         let _ = std::fs::remove_file(dir.join("lock"));
         let _ = std::fs::remove_dir(&dir);
         drop(lock);
@@ -473,9 +585,18 @@ impl Sup {
                 let tx2 = tx.clone();
                 tokio::spawn(async move {
                     if let Some(sock) = sock {
-                        let p = PathBuf::from(format!("/proc/{pid}/root{sock}"));
-                        let deadline = Instant::now() + Duration::from_secs(5);
-                        while !p.exists() && Instant::now() < deadline {
+                        // Seen from inside its mount namespace.
+                        let p = PathBuf::from(format!("/proc/{pid}/root{}", sock.display()));
+                        let deadline = Instant::now() + READY_WAIT;
+                        while !p.exists() {
+                            if Instant::now() >= deadline {
+                                let why = format!(
+                                    "its socket {} did not appear within {READY_WAIT:?}",
+                                    sock.display()
+                                );
+                                let _ = tx2.send(Msg::Decide(Event::NotReady { name: n, why }));
+                                return;
+                            }
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
@@ -486,6 +607,10 @@ impl Sup {
                     }));
                 });
                 let n = name.to_string();
+                let machine = c
+                    .netns
+                    .clone()
+                    .filter(|_| crate::render::machine::is_machine(&c));
                 let exited = pidfd(pid);
                 tokio::spawn(async move {
                     // Its pidfd turns readable when it exits; then wait() does not block.
@@ -493,6 +618,9 @@ impl Sup {
                         let _ = fd.readable().await;
                     }
                     let st = child.wait();
+                    if let Some(m) = machine {
+                        crate::render::machine::remove_cgroups(&m);
+                    }
                     let (code, signal) = match st {
                         Ok(s) => {
                             use std::os::unix::process::ExitStatusExt;
@@ -536,9 +664,9 @@ impl Sup {
     fn health_tick(&mut self) {
         let now = Instant::now();
         for c in &self.plan.children {
-            let Health::AvahiBus { bus } = &c.health else {
+            if matches!(c.health, Health::Running) {
                 continue;
-            };
+            }
             let Some(st) = self.state.get(&c.name) else {
                 continue;
             };
@@ -558,15 +686,29 @@ impl Sup {
             }
             r.last_check = Some(now);
             self.checking.insert(c.name.clone());
-            let addr = avahi::bus_of(r.pid, bus);
             let tx = self.tx.clone();
             let name = c.name.clone();
+            if let Health::Control { socket } = &c.health {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    let v = control::ask_status(&socket).await;
+                    let (ok, why) = control::health_of(&v);
+                    let _ = tx.send(Msg::Decide(Event::Health { name, ok, why }));
+                });
+                continue;
+            }
+            let addr = bus_address(&c.health, r.pid);
             tokio::spawn(async move {
-                let ok = matches!(
-                    avahi::state(&addr, Duration::from_secs(2)).await,
-                    Ok(avahi::RUNNING)
-                );
-                let _ = tx.send(Msg::Decide(Event::Health { name, ok }));
+                let (ok, why) = match addr {
+                    Some(addr) => match avahi::state(&addr, Duration::from_secs(2)).await {
+                        Ok(avahi::RUNNING) => (true, None),
+                        Ok(st) => (false, Some(format!("avahi's state is {st}, not running"))),
+                        Err(e) => (false, Some(format!("asking avahi over its bus: {e}"))),
+                    },
+                    // A machine whose init is not there yet.
+                    None => (false, Some("its machine's init is not there yet".into())),
+                };
+                let _ = tx.send(Msg::Decide(Event::Health { name, ok, why }));
             });
         }
     }
@@ -575,9 +717,13 @@ impl Sup {
         for c in &s.conflicts {
             error!("address conflict: {c}");
         }
+        for e in &s.errors {
+            error!("{e}: the site is not healthy and READY=1 is held back");
+        }
         for p in &s.pending {
-            warn!(
-                "{p}: still tentative after {} s of duplicate address detection; going on",
+            error!(
+                "{p}: still tentative after {} s of duplicate address detection: the site is \
+                 not healthy and READY=1 is held back",
                 DAD_WAIT.as_secs()
             );
         }
@@ -585,13 +731,13 @@ impl Sup {
         self.after_change();
     }
 
-    /// Children healthy and every namespace address usable.
+    /// Children healthy and every namespace address usable (none in conflict, none still
+    /// tentative).
     fn healthy(&self) -> bool {
         self.state.healthy()
-            && self
-                .settled
-                .as_ref()
-                .is_some_and(|s| s.conflicts.is_empty())
+            && self.settled.as_ref().is_some_and(|s| {
+                s.conflicts.is_empty() && s.pending.is_empty() && s.errors.is_empty()
+            })
     }
 
     fn after_change(&mut self) {
@@ -641,18 +787,23 @@ impl Sup {
             .iter()
             .map(|c| {
                 let note = c.crash_loop.then_some("crash loop");
+                let planned = self.plan.children.iter().find(|p| p.name == c.name);
                 json!({
                     "name": c.name,
+                    "user": planned.map(|p| p.user.as_deref().unwrap_or("root")),
+                    "caps": planned.map(|p| &p.caps),
                     "pid": c.pid,
                     "phase": c.phase,
                     "restarts": c.restarts,
                     "health": match (c.phase, c.healthy) {
-                        (Phase::NotBuilt, _) => "unavailable (not built)",
+                        (Phase::Missing, _) => "missing",
                         (Phase::Running, Some(true)) => "healthy",
                         (Phase::Running, Some(false)) => "unhealthy",
+                        (Phase::Running, None) if c.checked => "starting",
                         (Phase::Running, None) => "running",
                         _ => "down",
                     },
+                    "why": c.why,
                     "last_exit": c.last_exit,
                     "note": note,
                 })
@@ -665,8 +816,10 @@ impl Sup {
             "healthy": self.healthy(),
             "addresses": match &self.settled {
                 None => json!({"state": "duplicate address detection running"}),
-                Some(s) if s.conflicts.is_empty() => json!({"state": "usable", "pending": s.pending}),
-                Some(s) => json!({"state": "conflict", "conflicts": s.conflicts, "pending": s.pending}),
+                Some(s) if !s.conflicts.is_empty() => json!({"state": "conflict", "conflicts": s.conflicts, "pending": s.pending, "errors": s.errors}),
+                Some(s) if !s.errors.is_empty() => json!({"state": "unknown", "errors": s.errors, "pending": s.pending}),
+                Some(s) if !s.pending.is_empty() => json!({"state": "tentative", "pending": s.pending}),
+                Some(s) => json!({"state": "usable", "pending": s.pending}),
             },
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "namespaces": self.plan.namespaces.iter().map(|n| json!({
@@ -689,11 +842,11 @@ impl Sup {
             control::Request::Services(reply) => {
                 let mut buses = vec![];
                 for c in &self.plan.children {
-                    if let (Health::AvahiBus { bus }, Some(r)) =
-                        (&c.health, self.procs.get(&c.name))
+                    if let Some(r) = self.procs.get(&c.name)
+                        && let Some(bus) = bus_address(&c.health, r.pid)
                     {
                         let vlan = c.name.split('@').nth(1).unwrap_or(&c.name).to_string();
-                        buses.push((vlan, avahi::bus_of(r.pid, bus)));
+                        buses.push((vlan, bus));
                     }
                 }
                 let _ = reply.send(buses);
@@ -702,46 +855,134 @@ impl Sup {
         }
     }
 
-    /// Stops every child, dependents first: SIGTERM, then SIGKILL after the grace time.
+    /// Stops every child in waves (`decide::stop_waves`): dependents first, each wave
+    /// SIGTERMed and waited for up to the grace time (then SIGKILLed) before the next;
+    /// what is left at the end is SIGKILLed. A second SIGTERM/SIGINT kills all at once.
     async fn stop_all(
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Msg>,
         term: &mut tokio::signal::unix::Signal,
         int: &mut tokio::signal::unix::Signal,
     ) {
-        let order: Vec<String> = self
-            .plan
-            .children
-            .iter()
-            .rev()
-            .map(|c| c.name.clone())
-            .collect();
-        for n in &order {
-            if let Some(r) = self.procs.get(n) {
-                let _ = killpg(Pid::from_raw(r.pid as i32), Signal::SIGTERM);
+        for wave in decide::stop_waves(&self.state) {
+            let wave: Vec<String> = wave
+                .into_iter()
+                .filter(|n| self.procs.contains_key(n))
+                .collect();
+            if wave.is_empty() {
+                continue;
+            }
+            info!("stopping {}", wave.join(", "));
+            for n in &wave {
+                if let Some(r) = self.procs.get(n) {
+                    let _ = killpg(Pid::from_raw(r.pid as i32), Signal::SIGTERM);
+                }
+            }
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            let left = |s: &Sup| wave.iter().any(|n| s.procs.contains_key(n));
+            if !self.wait_stopped(rx, term, int, deadline, &left).await {
+                return self.kill_the_rest(rx).await;
+            }
+            if left(self) {
+                warn!(
+                    "{}: still running {STOP_GRACE:?} after SIGTERM: SIGKILL",
+                    wave.iter()
+                        .filter(|n| self.procs.contains_key(*n))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                for n in &wave {
+                    if let Some(r) = self.procs.get(n) {
+                        let _ = killpg(Pid::from_raw(r.pid as i32), Signal::SIGKILL);
+                    }
+                }
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                if !self.wait_stopped(rx, term, int, deadline, &left).await {
+                    return self.kill_the_rest(rx).await;
+                }
             }
         }
-        let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        let mut killed = false;
+        self.kill_the_rest(rx).await;
+    }
+
+    /// Handles messages until `left` is false (true) or the deadline passes (true) or a
+    /// second stop signal comes (false).
+    async fn wait_stopped(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+        deadline: tokio::time::Instant,
+        left: &dyn Fn(&Sup) -> bool,
+    ) -> bool {
+        while left(self) {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => self.while_stopping(m),
+                    None => return true,
+                },
+                _ = term.recv() => return false,
+                _ = int.recv() => return false,
+                _ = tokio::time::sleep_until(deadline) => return true,
+            }
+        }
+        true
+    }
+
+    /// SIGKILL to whatever still runs, and up to 2 s for the exits to be heard.
+    async fn kill_the_rest(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) {
+        if self.procs.is_empty() {
+            return;
+        }
+        let mut left: Vec<&String> = self.procs.keys().collect();
+        left.sort();
+        warn!(
+            "SIGKILL to what is left: {}",
+            left.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        self.kill_all();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while !self.procs.is_empty() {
             tokio::select! {
                 m = rx.recv() => match m {
-                    Some(Msg::Decide(ev)) => { self.handle(ev); }
-                    Some(Msg::Control(control::Request::Status(reply))) => { let _ = reply.send(self.status()); }
-                    Some(Msg::Control(control::Request::Down(reply))) => {
-                        let _ = reply.send(json!({"ok": true, "note": "already going down"}));
-                    }
-                    Some(_) => {}
-                    None => break,
+                    Some(m) => self.while_stopping(m),
+                    None => return,
                 },
-                _ = term.recv() => killed = self.kill_all(),
-                _ = int.recv() => killed = self.kill_all(),
-                _ = tokio::time::sleep_until(deadline), if !killed => {
-                    warn!("children still running {STOP_GRACE:?} after SIGTERM: SIGKILL");
-                    killed = self.kill_all();
-                }
-                _ = tokio::time::sleep_until(deadline + Duration::from_secs(2)) => break,
+                _ = tokio::time::sleep_until(deadline) => return,
             }
+        }
+    }
+
+    /// One message while the children stop: exits are heard and logged; status answers.
+    fn while_stopping(&mut self, m: Msg) {
+        match m {
+            Msg::Decide(ev) => {
+                if let Event::Exited {
+                    name, code, signal, ..
+                } = &ev
+                {
+                    info!(
+                        "{name}: stopped ({})",
+                        match (code, signal) {
+                            (Some(c), _) => format!("exit code {c}"),
+                            (None, Some(s)) => format!("signal {s}"),
+                            _ => "gone".into(),
+                        }
+                    );
+                }
+                self.handle(ev);
+            }
+            Msg::Control(control::Request::Status(reply)) => {
+                let _ = reply.send(self.status());
+            }
+            Msg::Control(control::Request::Down(reply)) => {
+                let _ = reply.send(json!({"ok": true, "note": "already going down"}));
+            }
+            _ => {}
         }
     }
 

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use caps::Capability;
 
 use crate::apply::Space;
-use crate::plan::{Child, Program};
+use crate::plan::{Child, Health, Program};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -24,6 +24,46 @@ pub enum SpawnError {
     Cap { name: String, cap: String },
     #[error("starting {name}: namespace {netns} is not there")]
     NoNamespace { name: String, netns: String },
+    #[error("starting {name}: user {user} does not exist (scripts/install-deps creates it)")]
+    NoUser { name: String, user: String },
+}
+
+/// Who a child becomes before exec: uid, gid, and the capabilities it keeps (a bit mask
+/// of indexes) as ambient ones.
+#[derive(Debug, Clone, Copy)]
+struct Identity {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    keep: u64,
+}
+
+/// The user `c` runs as, looked up before the fork (getpwnam may allocate).
+fn become_of(c: &Child) -> Result<Option<Identity>, SpawnError> {
+    let Some(user) = &c.user else {
+        return Ok(None);
+    };
+    let u = match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => u,
+        _ => {
+            return Err(SpawnError::NoUser {
+                name: c.name.clone(),
+                user: user.clone(),
+            });
+        }
+    };
+    let mut keep = 0u64;
+    for name in &c.caps {
+        let cap = Capability::from_str(name).map_err(|_| SpawnError::Cap {
+            name: c.name.clone(),
+            cap: name.clone(),
+        })?;
+        keep |= 1 << cap.index();
+    }
+    Ok(Some(Identity {
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+        keep,
+    }))
 }
 
 /// The capabilities a child loses from its bounding set (what is not in its plan).
@@ -56,6 +96,73 @@ struct CapData {
 }
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Sets this thread's effective, permitted and inheritable sets to `keep` (a mask of
+/// capability indexes) with raw capset: no allocation, so it may run between fork and exec.
+fn set_caps(keep: u64) -> bool {
+    let mut head = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let word = |i: u32| CapData {
+        effective: (keep >> (32 * i)) as u32,
+        permitted: (keep >> (32 * i)) as u32,
+        inheritable: (keep >> (32 * i)) as u32,
+    };
+    let data = [word(0), word(1)];
+    // SAFETY: capset reads exactly a version-3 header and two data words, live locals of
+    // the kernel's layout.
+    unsafe { libc::syscall(libc::SYS_capset, &mut head, data.as_ptr()) == 0 }
+}
+
+/// Becomes `b` (between fork and exec, async-signal-safe): supplementary groups cleared,
+/// gid and uid switched (real, effective, saved) while the permitted set is kept, then
+/// `b.keep` raised as ambient capabilities (they survive exec into a non-root program),
+/// `NoNewPrivs` set, and the parent-death signal set again (a credential change clears it).
+fn become_user(b: Identity) -> std::io::Result<()> {
+    let fail = || Err(std::io::Error::last_os_error());
+    // SAFETY: prctl and the set*id/setgroups calls take plain integers (setgroups with a
+    // count of 0 reads nothing); all are async-signal-safe.
+    unsafe {
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+            || libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(b.gid, b.gid, b.gid) != 0
+            || libc::setresuid(b.uid, b.uid, b.uid) != 0
+        {
+            return fail();
+        }
+    }
+    if !set_caps(b.keep) {
+        return fail();
+    }
+    for cap in 0..64u64 {
+        if b.keep & (1 << cap) == 0 {
+            continue;
+        }
+        // SAFETY: prctl with plain integers.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                cap as libc::c_ulong,
+                0,
+                0,
+            )
+        };
+        if r != 0 {
+            return fail();
+        }
+    }
+    // SAFETY: prctl with plain integers.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+        {
+            return fail();
+        }
+    }
+    Ok(())
+}
 
 /// Empties this thread's inheritable set with raw capget/capset: no allocation, so it may
 /// run between fork and exec (the `caps` crate allocates on its error paths). Best effort.
@@ -98,6 +205,7 @@ pub fn command(
         });
     }
     let drop = dropped(c)?;
+    let identity = become_of(c)?;
     let program = match c.program {
         Program::SelfExe => self_exe.to_path_buf(),
         Program::External => PathBuf::from(&c.argv[0]),
@@ -129,31 +237,49 @@ pub fn command(
     let stale: Vec<std::ffi::CString> = (c.argv[0] == "avahi-daemon")
         .then(|| crate::plan::avahi::PID_FILE.to_string())
         .into_iter()
-        .chain(ready_socket(c))
+        .chain(ready_socket(c).map(|p| p.display().to_string()))
         .filter_map(|p| std::ffi::CString::new(p).ok())
         .collect();
     let drop: Vec<libc::c_ulong> = drop
         .iter()
         .map(|c| libc::c_ulong::from(c.index()))
         .collect();
-    in_child_before_exec(&mut cmd, fds, stale, drop, parent);
+    // A machine gets cgroups of its own (see `render::machine::cgroup_dirs`); the child
+    // moves itself into them before exec.
+    let cgroups: Vec<std::ffi::CString> = match &c.netns {
+        Some(m) if crate::render::machine::is_machine(c) => {
+            crate::render::machine::prepare_cgroups(m)
+                .into_iter()
+                .filter_map(|p| {
+                    std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok()
+                })
+                .collect()
+        }
+        _ => vec![],
+    };
+    in_child_before_exec(&mut cmd, fds, stale, drop, parent, cgroups, identity);
     Ok(cmd)
 }
 
 /// What the forked child does before exec: enter the namespaces (`fds`: net, mnt, uts),
-/// remove `stale` files there, die with the supervisor (`parent`: its pid as the child
-/// sees it), and drop the capabilities `drop` (indexes) from its bounding set.
+/// remove `stale` files (in its own mounts), die with the supervisor (`parent`: its pid
+/// as the child sees it), drop the capabilities `drop` (indexes) from its bounding set,
+/// move into the cgroups whose `cgroup.procs` files are `cgroups`, and become the user of
+/// `identity`, if any.
 fn in_child_before_exec(
     cmd: &mut std::process::Command,
     fds: Option<(RawFd, RawFd, RawFd)>,
     stale: Vec<std::ffi::CString>,
     drop: Vec<libc::c_ulong>,
     parent: libc::pid_t,
+    cgroups: Vec<std::ffi::CString>,
+    identity: Option<Identity>,
 ) {
     // SAFETY: between fork and exec the closure only reads values computed before the fork
-    // (fds, `stale`, `drop`, `parent`) and makes async-signal-safe system calls (setns,
-    // chdir, unlink, prctl, getppid, capget/capset, _exit); it allocates nothing (an
-    // io::Error from errno does not allocate).
+    // (fds, `stale`, `drop`, `parent`, `cgroups`, `identity`) and makes async-signal-safe
+    // system calls (setns, chdir, unlink, open, write, close, prctl, getppid,
+    // capget/capset, setgroups, setres[ug]id, _exit); it allocates nothing (an io::Error
+    // from errno does not allocate).
     unsafe {
         cmd.pre_exec(move || {
             if let Some((net, mnt, uts)) = fds {
@@ -169,9 +295,16 @@ fn in_child_before_exec(
                 if libc::chdir(c"/".as_ptr()) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                for p in &stale {
-                    libc::unlink(p.as_ptr());
+            }
+            for p in &stale {
+                libc::unlink(p.as_ptr());
+            }
+            for p in &cgroups {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
                 }
+                libc::close(fd);
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -195,18 +328,48 @@ fn in_child_before_exec(
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // Last: dropping the bounding set needs CAP_SETPCAP, which it then loses.
+            if let Some(b) = identity {
+                become_user(b)?;
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+            }
             Ok(())
         });
     }
 }
 
-/// The unix socket a child listens on, if its argv says (`--address=unix:path=P`): it is
-/// ready once that socket exists.
-pub fn ready_socket(c: &Child) -> Option<String> {
+/// The unix socket a child listens on: its control socket (`Health::Control`) or what its
+/// argv says (`--address=unix:path=P`). It is ready once that socket exists, and not
+/// ready (stopped, restarted with backoff) if it never does.
+pub fn ready_socket(c: &Child) -> Option<PathBuf> {
+    if let Health::Control { socket } = &c.health {
+        return Some(socket.clone());
+    }
     c.argv
         .iter()
         .find_map(|a| a.strip_prefix("--address=unix:path="))
-        .map(str::to_string)
+        .map(PathBuf::from)
+}
+
+/// The roles of this binary that the supervisor may start (`appliance ROLE …`).
+pub const ROLES: &[&str] = &["mroute", "translate", "monitor", "headend"];
+
+/// Why a child cannot be started by this build, if it cannot: one of the binary's own
+/// roles that it does not have. Such a child is never started and keeps the site
+/// unhealthy, naming the part.
+pub fn missing_part(c: &Child) -> Option<String> {
+    if c.program != Program::SelfExe {
+        return None;
+    }
+    let role = c.argv.get(1).map(String::as_str).unwrap_or("");
+    (!ROLES.contains(&role)).then(|| {
+        format!(
+            "this build of appliance has no part {role:?} (it has {})",
+            ROLES.join(", ")
+        )
+    })
 }
 
 /// Logs what an external child prints, one line at a time, under its name, so that the

@@ -84,6 +84,8 @@ pub struct Config {
     pub sap_interval: Option<Duration>,
     pub menu: Option<String>,
     pub state_file: Option<PathBuf>,
+    /// Where it answers `{"cmd":"status"}` (the supervisor's health check), if anywhere.
+    pub control_socket: Option<PathBuf>,
     /// Receive batch size.
     pub batch: usize,
 }
@@ -500,6 +502,49 @@ pub fn drop_capabilities() -> Result<(), TranslateError> {
     Ok(())
 }
 
+/// Answers `{"cmd":"status"}` on its control socket, on a thread of its own (started
+/// after the capabilities are dropped): healthy, with the addresses its sockets are bound
+/// to. Any other request is told what is accepted.
+fn serve_status(
+    path: PathBuf,
+    listener: std::os::unix::net::UnixListener,
+    bound: &Bound,
+) -> Result<(), TranslateError> {
+    let addr = |s: &Socket| {
+        s.local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.to_string())
+    };
+    let answer = serde_json::json!({
+        "healthy": true,
+        "unicast": addr(&bound.unicast),
+        "multicast": addr(&bound.multicast),
+        "source": bound.source,
+        "ifindex": bound.ifindex,
+    });
+    listener
+        .set_nonblocking(false)
+        .map_err(sock_err("making blocking", path.display()))?;
+    std::thread::Builder::new()
+        .name("translate-status".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let answer = answer.clone();
+                let _ = crate::jsonl::answer_one(
+                    stream,
+                    Duration::from_millis(500),
+                    move |req: Result<serde_json::Value, _>| match req {
+                        Ok(r) if r["cmd"] == "status" => answer,
+                        _ => serde_json::json!({"error": "send {\"cmd\":\"status\"}"}),
+                    },
+                );
+            }
+        })
+        .map_err(sock_err("starting thread", "translate-status"))?;
+    Ok(())
+}
+
 /// `appliance translate`: bind, drop capabilities, run until SIGTERM/SIGINT.
 pub fn main(cfg: Config) -> Result<(), TranslateError> {
     let stop = signals::block_termination()
@@ -511,7 +556,17 @@ pub fn main(cfg: Config) -> Result<(), TranslateError> {
         .as_deref()
         .map(|p| control::load_state(p, cfg.idle))
         .unwrap_or_default();
+    let status = match &cfg.control_socket {
+        Some(path) => Some((
+            path.clone(),
+            crate::jsonl::listen(path).map_err(sock_err("listening on", path.display()))?,
+        )),
+        None => None,
+    };
     drop_capabilities()?;
+    if let Some((path, listener)) = status {
+        serve_status(path, listener, &bound)?;
+    }
     tracing::info!(
         unicast = %cfg.unicast,
         space = %cfg.space,

@@ -564,3 +564,244 @@ impl ClientAvahi {
         self.browse().iter().any(|(k, n)| k == kind && n == name)
     }
 }
+
+/// One HTTP/1.0 GET from inside the sandbox (`host: None`) or one of its hosts: the raw
+/// response (status line, headers and body), read until the server closes or `limit`
+/// bytes have come.
+pub fn http_get_raw(
+    sb: &Sandbox,
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    limit: usize,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    in_netns(sb, None, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(req.as_bytes())?;
+        let mut out = vec![];
+        let mut buf = [0u8; 8192];
+        while out.len() < limit {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if out.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// A real icecast2 on the sandbox's 127.0.0.1:`port`, run as its own user with a config
+/// of the test's own (source and admin password `hackme`, admin user `admin`).
+pub struct Icecast {
+    pub group: Group,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Icecast {
+    pub fn start(sb: &Sandbox, port: u16, mounts: &[&str]) -> Icecast {
+        require_program("icecast2");
+        require_program("setpriv");
+        let logdir = sb.path("icecast-log");
+        std::fs::create_dir_all(&logdir).expect("icecast log dir");
+        Command::new("chmod")
+            .arg("0777")
+            .arg(&logdir)
+            .status()
+            .expect("chmod");
+        let mounts: String = mounts
+            .iter()
+            .map(|m| format!("<mount type=\"normal\"><mount-name>{m}</mount-name><charset>UTF-8</charset></mount>"))
+            .collect();
+        let conf = format!(
+            "<icecast><location>test</location><admin>test@localhost</admin>\
+             <limits><clients>20</clients><sources>4</sources><queue-size>524288</queue-size>\
+             <client-timeout>30</client-timeout><header-timeout>15</header-timeout>\
+             <source-timeout>10</source-timeout><burst-on-connect>1</burst-on-connect>\
+             <burst-size>65535</burst-size></limits>\
+             <authentication><source-password>hackme</source-password>\
+             <relay-password>hackme</relay-password><admin-user>admin</admin-user>\
+             <admin-password>hackme</admin-password></authentication>\
+             <hostname>127.0.0.1</hostname>\
+             <listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>\
+             {mounts}<fileserve>1</fileserve>\
+             <paths><basedir>/usr/share/icecast2</basedir><logdir>{log}</logdir>\
+             <webroot>/usr/share/icecast2/web</webroot><adminroot>/usr/share/icecast2/admin</adminroot></paths>\
+             <logging><accesslog>access.log</accesslog><errorlog>error.log</errorlog><loglevel>3</loglevel></logging>\
+             <security><chroot>0</chroot></security></icecast>\n",
+            log = logdir.display()
+        );
+        let conf_path = sb.write("icecast.xml", &conf);
+        let mut cmd = sb.cmd("setpriv");
+        cmd.args([
+            "--reuid=icecast2",
+            "--regid=icecast",
+            "--clear-groups",
+            "icecast2",
+            "-c",
+        ])
+        .arg(&conf_path)
+        .stdout(Stdio::null());
+        let group = Group::spawn(cmd, "icecast2");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_until("icecast2 to answer", Duration::from_secs(10), || {
+            let r = http_get_raw(sb, addr, "/status-json.xsl", &[], 65536).ok()?;
+            r.starts_with(b"HTTP/1.0 200").then_some(())
+        });
+        Icecast { group, addr }
+    }
+
+    /// ffmpeg feeding `mount` a 440 Hz tone as MP3, named `name`; waits until the mount is
+    /// listed.
+    pub fn feed(&self, sb: &Sandbox, mount: &str, name: &str) -> Group {
+        require_program("ffmpeg");
+        let mut cmd = sb.cmd("ffmpeg");
+        cmd.args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "128k",
+            "-content_type",
+            "audio/mpeg",
+            "-ice_name",
+            name,
+            "-f",
+            "mp3",
+        ])
+        .arg(format!("icecast://source:hackme@{}{mount}", self.addr))
+        .stdout(Stdio::null());
+        let g = Group::spawn(cmd, "ffmpeg feeding icecast2");
+        wait_until(
+            &format!("icecast2 to list {mount}"),
+            Duration::from_secs(10),
+            || {
+                let r = http_get_raw(sb, self.addr, "/status-json.xsl", &[], 1 << 20).ok()?;
+                String::from_utf8_lossy(&r)
+                    .contains(&format!("{mount}\""))
+                    .then_some(())
+            },
+        );
+        g
+    }
+
+    /// Sets the title of `mount` through the admin interface, as a station's playout does.
+    pub fn set_title(&self, sb: &Sandbox, mount: &str, title: &str) {
+        let enc: String = title
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let path = format!("/admin/metadata?mount={mount}&mode=updinfo&song={enc}");
+        // admin:hackme
+        let r = http_get_raw(
+            sb,
+            self.addr,
+            &path,
+            &[("Authorization", "Basic YWRtaW46aGFja21l")],
+            65536,
+        )
+        .expect("admin request");
+        assert!(
+            r.starts_with(b"HTTP/1.0 200") || r.starts_with(b"HTTP/1.1 200"),
+            "icecast2 refused the title: {}",
+            String::from_utf8_lossy(&r)
+        );
+    }
+}
+
+/// The test's own small HTTP server on the sandbox's 127.0.0.1 (a std listener on a
+/// thread): each path answers with the raw bytes its route gives (status line included),
+/// then closes the connection; paths that start with `/hold/` keep it open, silent, until
+/// the client goes (a stalled station). Unknown paths get 404.
+pub struct HttpServer {
+    pub addr: std::net::SocketAddr,
+}
+
+impl HttpServer {
+    pub fn start(
+        sb: &Sandbox,
+        routes: impl FnOnce(std::net::SocketAddr) -> Vec<(String, Vec<u8>)>,
+    ) -> HttpServer {
+        use std::io::{Read, Write};
+        let listener = in_netns(sb, None, || {
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the test HTTP server")
+        });
+        let addr = listener.local_addr().unwrap();
+        let routes = std::sync::Arc::new(routes(addr));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let routes = routes.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut head = vec![];
+                    let mut b = [0u8; 1];
+                    while head.len() < 16384 && !head.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut b) {
+                            Ok(1) => head.push(b[0]),
+                            _ => return,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head);
+                    let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let answer = routes
+                        .iter()
+                        .find(|(p, _)| *p == path)
+                        .map(|(_, a)| a.clone())
+                        .unwrap_or_else(|| {
+                            b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n\r\nno such path\n"
+                                .to_vec()
+                        });
+                    let _ = conn.write_all(&answer);
+                    if path.starts_with("/hold/") {
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+                        let _ = conn.read(&mut b);
+                    }
+                });
+            }
+        });
+        HttpServer { addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// A full HTTP/1.0 response with `status` ("200 OK"), a content type and a body.
+pub fn http_response(status: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// A redirect to `location`.
+pub fn http_redirect(location: &str) -> Vec<u8> {
+    format!("HTTP/1.0 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n").into_bytes()
+}
