@@ -127,6 +127,16 @@ pub struct MrouteArgs {
     /// Ask the running forwarder to re-read its configuration (like SIGHUP).
     #[arg(long, conflicts_with = "status")]
     pub reload: bool,
+    /// Most learned and stop entries per family.
+    #[arg(long, default_value_t = mroute::forwarder::MAX_ENTRIES)]
+    pub max_entries: usize,
+    /// Most learned and stop entries one input interface may hold; default: --max-entries
+    /// divided by the number of interfaces, so one VLAN cannot take the others' share.
+    #[arg(long)]
+    pub max_entries_per_interface: Option<usize>,
+    /// Upcalls (new (S,G)s) one input interface may have installed per second.
+    #[arg(long, default_value_t = 1000)]
+    pub upcalls_per_second: u32,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +167,12 @@ pub struct TranslateArgs {
     /// New flows one source address may open per second.
     #[arg(long, default_value_t = 10)]
     pub new_flows_per_second: u32,
+    /// New flows all source addresses together may open per second.
+    #[arg(long, default_value_t = 100)]
+    pub new_flows_total_per_second: u32,
+    /// Announce (SAP) and register (Menu) a new flow only once it has lived this long.
+    #[arg(long, default_value = "1s", value_parser = site::duration::parse)]
+    pub announce_after: std::time::Duration,
     /// Do not announce flows with SAP.
     #[arg(long)]
     pub no_sap: bool,
@@ -208,6 +224,8 @@ impl TranslateArgs {
             allow: self.allow.clone(),
             max_flows: self.max_flows,
             new_flows_per_sec: self.new_flows_per_second,
+            new_flows_total_per_sec: self.new_flows_total_per_second,
+            announce_after: self.announce_after,
             sap: !self.no_sap,
             sap_interval: self.sap_interval,
             menu: self.menu.clone(),
@@ -255,6 +273,11 @@ fn mroute(args: MrouteArgs) -> ExitCode {
         source,
         ask,
         json: args.json,
+        limits: mroute::forwarder::Limits {
+            max_entries: args.max_entries,
+            per_interface: args.max_entries_per_interface,
+            upcalls_per_sec: args.upcalls_per_second,
+        },
     })
 }
 
@@ -299,8 +322,15 @@ fn monitor(path: &std::path::Path, state_dir: Option<PathBuf>) -> ExitCode {
 
 fn check(path: &std::path::Path) -> ExitCode {
     match site::load(path) {
-        Ok(_) => {
+        Ok(loaded) => {
             println!("{}: valid", path.display());
+            // Valid but worth knowing: a warning line, still exit 0.
+            if let Some(t) = &loaded.site.translator
+                && let Some(w) =
+                    translate::open_to_anyone(t.unicast, t.allow.as_deref().unwrap_or_default())
+            {
+                eprintln!("warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => invalid(&errors),

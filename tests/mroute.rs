@@ -1184,3 +1184,176 @@ to = ["br-b"]
     );
     assert!(chain.contains("policy drop"), "{chain}");
 }
+
+#[test]
+fn a_dripping_control_client_does_not_hold_up_learning_or_other_clients() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sb = topology();
+    let path = site(
+        &sb,
+        "cd",
+        r#"
+[[multicast.route]]
+from = "br-a"
+group = "239.2.0.0/16"
+to = ["br-b"]
+"#,
+    );
+    let m = Mroute::start(&sb, &[path.to_str().unwrap()], &sb.path("state"));
+    let mode = std::fs::metadata(&m.sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "mroute.sock is for root only");
+    // A client that sends a byte every 100 ms and never a newline, reconnecting when it
+    // is cut off: each read is quick, the request never ends.
+    let stop = Arc::new(AtomicBool::new(false));
+    let drip = {
+        let (stop, sock) = (stop.clone(), m.sock.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(mut c) = std::os::unix::net::UnixStream::connect(&sock) else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                while !stop.load(Ordering::SeqCst) && c.write_all(b" ").is_ok() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // Upcalls are still served: a new (S,G) reaches the kernel's table...
+    let tx = sender(&sb, SND4.into());
+    wait_until(
+        "(10.1.0.10,239.2.7.7) in the kernel's table while a client drips",
+        Duration::from_secs(5),
+        || {
+            send(&tx, ip("239.2.7.7"), 8, "x");
+            sb.sh("ip mroute show")
+                .contains("(10.1.0.10,239.2.7.7)")
+                .then_some(())
+        },
+    );
+    // ...and another client gets its answer.
+    let v = wait_until(
+        "a status answer while a client drips",
+        Duration::from_secs(5),
+        || m.try_status(),
+    );
+    assert!(
+        v["entries"].as_array().is_some_and(|e| !e.is_empty()),
+        "{v}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    drip.join().unwrap();
+    assert_eq!(m.stop(), 0);
+}
+
+/// A host on br-a sends from 60 spoofed sources; the table holds 40 learned entries, 20
+/// per input interface: br-a's senders get their 20, and a legitimate sender on br-b is
+/// still learned and reaches its receiver on br-a.
+#[test]
+fn a_spoofing_vlan_cannot_take_the_other_vlans_share_of_the_table() {
+    let sb = topology();
+    let path = site(
+        &sb,
+        "sp",
+        r#"
+[[multicast.route]]
+from = "br-a"
+group = "239.2.0.0/16"
+to = ["br-b"]
+[[multicast.route]]
+from = "br-b"
+group = "239.3.0.0/16"
+to = ["br-a"]
+"#,
+    );
+    let m = Mroute::start(
+        &sb,
+        &[path.to_str().unwrap(), "--max-entries", "40"],
+        &sb.path("state"),
+    );
+    let spoofed: Vec<IpAddr> = (100..160)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(10, 1, 0, i)))
+        .collect();
+    sb.sh(&spoofed
+        .iter()
+        .map(|a| format!("ip -n snd addr add {a}/24 dev eth0"))
+        .collect::<Vec<_>>()
+        .join("\n"));
+    for a in &spoofed {
+        send(&sender(&sb, *a), ip("239.2.1.1"), 8, "spoofed");
+    }
+    let from_a = |v: &Value| {
+        v["entries"]
+            .as_array()
+            .map_or(0, |e| e.iter().filter(|e| e["iif"] == "br-a").count())
+    };
+    wait_until("br-a's share to fill", Duration::from_secs(10), || {
+        (from_a(&m.status()) >= 20).then_some(())
+    });
+    // The legitimate sender on the other VLAN, and a receiver on br-a.
+    let rx = sb.in_netns(Some("snd"), || {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)).into())
+            .unwrap();
+        s.join_multicast_v4(&Ipv4Addr::new(239, 3, 1, 1), &SND4)
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        UdpSocket::from(s)
+    });
+    let tx = sb.in_netns(Some("rcv"), || {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_multicast_if_v4(&RCV4).unwrap();
+        s.bind(&SocketAddr::from((RCV4, 0)).into()).unwrap();
+        UdpSocket::from(s)
+    });
+    let mut got = Vec::new();
+    collect(&rx, &mut got, Duration::from_secs(10), |got| {
+        send(&tx, ip("239.3.1.1"), 8, "legit");
+        has(got, "legit")
+    });
+    m.wait_entry("10.2.0.10", "239.3.1.1", "learned");
+    let st = m.status();
+    assert_eq!(from_a(&st), 20, "br-a holds exactly its share: {st}");
+    assert!(
+        read(&m.log).contains("its interface has its share of the table"),
+        "{}",
+        read(&m.log)
+    );
+    assert_eq!(m.stop(), 0);
+}
+
+/// An interface whose index does not fit an IPv6 MIF's 16 bits is refused, naming it,
+/// instead of being truncated to another interface's index.
+#[test]
+fn an_ifindex_beyond_16_bits_is_refused_for_ipv6() {
+    let sb = topology();
+    sb.sh("ip link add dm0 index 70000 type bridge\nip link set dm0 up");
+    let path = site(
+        &sb,
+        "bi",
+        r#"
+[[multicast.route]]
+from = "dm0"
+group = "ff3e::1:0/112"
+to = ["br-b"]
+"#,
+    );
+    let out = sb
+        .appliance()
+        .arg("mroute")
+        .arg(&path)
+        .env("APPLIANCE_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("dm0") && err.contains("ifindex 70000 does not fit the 16 bits"),
+        "{err}"
+    );
+}

@@ -252,6 +252,8 @@ fn idle_flow_frees_its_group_with_a_sap_deletion() {
             "1s",
             "--sap-interval",
             "1s",
+            "--announce-after",
+            "0s",
         ],
     );
     let s = source(&sb);
@@ -737,10 +739,35 @@ menu = "http://10.1.0.1:9/"
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
     assert!(argv.contains(&"--allow".to_string()), "{argv:?}");
-    let mut cmd = sb.appliance();
-    cmd.args(&argv[1..]).env("APPLIANCE_LOG", "info");
+    // With the capabilities the plan gives it (and no others), as `up` starts it.
+    require_program("setpriv");
+    let caps: Vec<String> = child["caps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let c = c.as_str().unwrap().to_ascii_lowercase();
+            format!("+{}", c.trim_start_matches("cap_"))
+        })
+        .collect();
+    let bounding = std::iter::once("-all".to_string())
+        .chain(caps)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = sb.cmd("setpriv");
+    cmd.arg(format!("--bounding-set={bounding}"))
+        .arg(common::appliance_bin())
+        .args(&argv[1..])
+        .env("APPLIANCE_LOG", "info");
     let mut bg = Background::spawn(&sb, "translate", cmd);
     bg.wait_for("translating unicast to multicast", T);
+    // The buffers are forced past net.core.rmem_max as in the benchmark.
+    bg.wait_for("socket buffers", T);
+    assert!(
+        !bg.err().contains("smaller than wanted"),
+        "the translator as `up` runs it has small buffers:\n{}",
+        bg.logs()
+    );
     let s = source(&sb);
     s.send(b"hello").unwrap();
     let g = wait_allocations(&bg, 1)[&s.local_addr().unwrap().port()];
@@ -773,16 +800,25 @@ fn default_address_is_that_of_the_default_route() {
 /// certificate against the CA given in CURL_CA_BUNDLE.
 #[test]
 fn the_menu_over_https() {
-    require_program("curl");
     require_program("openssl");
     require_program("python3");
     let sb = lab();
-    let (cert, key) = (sb.path("menu.crt"), sb.path("menu.key"));
+    // A CA, and the Menu's certificate issued by it (a self-signed CA certificate cannot
+    // be a server's: rustls refuses a CA used as end entity).
+    let (ca, cert, key) = (sb.path("ca.crt"), sb.path("menu.crt"), sb.path("menu.key"));
+    let dir = sb.path("");
     sb.sh(&format!(
-        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=10.1.0.1 \
-         -addext subjectAltName=IP:10.1.0.1 -keyout {} -out {} 2>/dev/null",
-        key.display(),
-        cert.display()
+        "cd {dir} && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca \
+           -keyout ca.key -out {ca} 2>/dev/null && \
+         openssl req -newkey rsa:2048 -nodes -subj /CN=10.1.0.1 -keyout {key} -out menu.csr \
+           2>/dev/null && \
+         printf 'subjectAltName=IP:10.1.0.1\\nbasicConstraints=CA:FALSE\\n' > ext && \
+         openssl x509 -req -in menu.csr -CA {ca} -CAkey ca.key -CAcreateserial -days 1 \
+           -extfile ext -out {cert} 2>/dev/null",
+        dir = dir.display(),
+        ca = ca.display(),
+        key = key.display(),
+        cert = cert.display()
     ));
     let calls = sb.path("calls.jsonl");
     let server = sb.write(
@@ -832,11 +868,13 @@ s.serve_forever()
         "232.11.0.0/16",
         "--idle",
         "1s",
+        "--announce-after",
+        "0s",
         "--menu",
         "https://10.1.0.1:8443/",
     ])
     .env("APPLIANCE_LOG", "info")
-    .env("CURL_CA_BUNDLE", &cert);
+    .env("SSL_CERT_FILE", &ca);
     let mut bg = Background::spawn(&sb, "translate", cmd);
     bg.wait_for("translating unicast to multicast", T);
     let s = source(&sb);
@@ -889,4 +927,291 @@ fn a_recreated_multicast_interface_is_used_again() {
     });
     assert_eq!(got, 5);
     bg.wait_for("multicast interface br0 is back", T);
+}
+
+/// A Menu whose first connection answers one header line every 4 s, forever, and whose
+/// later connections answer at once. Returns the port and the adds that were answered.
+fn dripping_menu_server(sb: &Sandbox) -> (u16, std::sync::mpsc::Receiver<serde_json::Value>) {
+    let l = in_netns(sb, None, || {
+        std::net::TcpListener::bind("10.1.0.1:0").unwrap()
+    });
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, c) in l.incoming().enumerate() {
+            let Ok(mut c) = c else { return };
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 {
+                    break;
+                }
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            if r.read_exact(&mut body).is_err() {
+                continue;
+            }
+            if n == 0 {
+                std::thread::spawn(move || {
+                    let _ = c.write_all(b"HTTP/1.1 201 Created\r\n");
+                    for i in 0.. {
+                        std::thread::sleep(Duration::from_secs(4));
+                        if c.write_all(format!("X-Drip-{i}: x\r\n").as_bytes())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                continue;
+            }
+            let answer =
+                "HTTP/1.1 201 Created\r\nContent-Length: 22\r\n\r\n{\"access_code\": \"c-1\"}";
+            let _ = c.write_all(answer.as_bytes());
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if tx.send(json).is_err() {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// One call to a Menu that drips its answer ends at the call's deadline; the next flow's
+/// add still goes through.
+#[test]
+fn a_menu_dripping_its_answer_holds_up_one_call_only() {
+    let sb = lab();
+    let (port, adds) = dripping_menu_server(&sb);
+    let url = format!("http://10.1.0.1:{port}/");
+    let bg = translator(
+        &sb,
+        "translate",
+        &["--multicast-addr-space", "232.12.0.0/16", "--menu", &url],
+    );
+    let a = source(&sb);
+    a.send(b"first").unwrap();
+    wait_allocations(&bg, 1);
+    let b = source(&sb);
+    b.send(b"second").unwrap();
+    wait_allocations(&bg, 2);
+    // The held call ends within its 5 s deadline and is retried; the other flow's add is
+    // answered meanwhile (a drip of 4 s per line would hold a per-read timeout forever).
+    let add = adds
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("no add answered while the Menu drips\n{}", bg.logs()));
+    assert!(add["group"].is_string(), "{add}");
+}
+
+/// A chunked answer whose chunk boundary falls inside a UTF-8 character: the access code
+/// arrives whole, is kept in a 0600 file and used for the removal, and never logged.
+#[test]
+fn a_chunk_boundary_inside_a_character_and_the_access_code_stays_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = lab();
+    let l = in_netns(&sb, None, || {
+        std::net::TcpListener::bind("10.1.0.1:0").unwrap()
+    });
+    let port = l.local_addr().unwrap().port();
+    let (tx, calls) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if path.ends_with("/api/add/") {
+                // {"access_code": "sécret-9"} with the 'é' (c3 a9) cut between chunks.
+                let answer = "{\"access_code\": \"sécret-9\"}".as_bytes();
+                let cut = answer.iter().position(|&b| b == 0xc3).unwrap() + 1;
+                let mut out =
+                    b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                for part in [&answer[..cut], &answer[cut..]] {
+                    out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                    out.extend_from_slice(part);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                c.write_all(&out).unwrap();
+            } else {
+                c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .unwrap();
+            }
+            if tx.send((path, json)).is_err() {
+                return;
+            }
+        }
+    });
+    let url = format!("http://10.1.0.1:{port}/");
+    let state = sb.path("flows.json");
+    let state_s = state.display().to_string();
+    let mut bg = translator(
+        &sb,
+        "translate",
+        &[
+            "--multicast-addr-space",
+            "232.13.0.0/16",
+            "--idle",
+            "1s",
+            "--announce-after",
+            "0s",
+            "--menu",
+            &url,
+            "--state-file",
+            &state_s,
+        ],
+    );
+    let s = source(&sb);
+    s.send(b"hello").unwrap();
+    wait_allocations(&bg, 1);
+    let (path, _) = calls.recv_timeout(T).expect("an add call");
+    assert_eq!(path, "/api/add/");
+    let codes = sb.path("flows.menu.json");
+    wait_until("the access code on disk", T, || {
+        common::read(&codes).contains("sécret-9").then_some(())
+    });
+    let mode = std::fs::metadata(&codes).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the file holding access codes");
+    let (path, rm) = calls
+        .recv_timeout(T)
+        .unwrap_or_else(|_| panic!("no remove call\n{}", bg.logs()));
+    assert_eq!(path, "/api/remove/");
+    assert_eq!(rm["access_code"], "sécret-9");
+    bg.signal(15);
+    assert!(
+        !bg.logs().contains("sécret"),
+        "an access code was logged:\n{}",
+        bg.logs()
+    );
+}
+
+/// 3,000 senders (loopback addresses 127.0.x.y, one datagram each): the total new-flow
+/// rate holds them to 100 flows a second, none of their short flows is announced by SAP
+/// or registered with the Menu, and a steady sender beside them is.
+#[test]
+fn a_burst_of_3000_sources_is_rate_limited_and_never_announced() {
+    let sb = lab();
+    let sap = sap_listener(&sb);
+    let (port, calls) = menu_server(&sb);
+    let url = format!("http://10.1.0.1:{port}/");
+    let bg = translator(
+        &sb,
+        "translate",
+        &[
+            "--multicast-addr-space",
+            "232.14.0.0/16",
+            "--idle",
+            "500ms",
+            "--announce-after",
+            "3s",
+            "--sap-interval",
+            "1s",
+            "--menu",
+            &url,
+        ],
+    );
+    let t0 = Instant::now();
+    in_netns(&sb, None, || {
+        for i in 0..3000u32 {
+            let a = Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
+            let s = UdpSocket::bind((a, 0)).unwrap();
+            s.send_to(b"spoofed", (TRANSLATOR, 9001)).unwrap();
+        }
+    });
+    let secs = t0.elapsed().as_secs() + 1;
+    // The steady sender, from a real host, every 200 ms until announced.
+    let steady = source(&sb);
+    let steady_port = steady.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = steady.send(b"steady");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let mut sap_names = vec![];
+    let heard = recv_until(&sap, Duration::from_secs(15), |d| {
+        let p = SapPacket::parse(d).expect("a SAP packet our parser reads");
+        let sdp = Sdp::parse(std::str::from_utf8(&p.payload).unwrap()).unwrap();
+        sap_names.push(sdp.name.clone());
+        sdp.name.contains(&format!("10.1.0.11:{steady_port}"))
+    });
+    let (_, add) = calls
+        .recv_timeout(T)
+        .unwrap_or_else(|_| panic!("the steady flow was not registered\n{}", bg.logs()));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    sender.join().unwrap();
+    assert!(heard, "the steady flow was not announced\n{}", bg.logs());
+    let burst: Vec<&String> = sap_names.iter().filter(|n| n.contains("127.0.")).collect();
+    assert!(burst.is_empty(), "short flows announced: {burst:?}");
+    assert!(add["unique_identifier"].is_string(), "{add}");
+    assert!(calls.try_recv().is_err(), "a short flow was registered");
+    let allocated = bg
+        .out()
+        .lines()
+        .filter(|l| l.contains(" allocated for ('127.0."))
+        .count() as u64;
+    assert!(
+        allocated <= 100 * (secs + 1),
+        "{allocated} flows in {secs} s: the total rate is 100 a second"
+    );
+    assert!(
+        bg.err()
+            .contains("new flows arrive too fast from all senders together"),
+        "{}",
+        bg.logs()
+    );
+}
+
+/// `check` warns (exit 0) about a translator on a non-loopback address with no allow-list,
+/// and not when either closes it.
+#[test]
+fn check_warns_when_the_translator_is_open_to_anyone() {
+    let sb = Sandbox::new();
+    let run = |name: &str, translator: &str| {
+        let site = sb.write(
+            &format!("{name}.toml"),
+            &format!("[site]\nname = \"{name}\"\n[translator]\n{translator}"),
+        );
+        let out = sb.appliance().arg("check").arg(&site).output().unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let open = run("open", "unicast = \"192.0.2.1:9001\"\n");
+    assert!(
+        open.contains("warning: ") && open.contains("open to anyone"),
+        "{open}"
+    );
+    let allowed = run(
+        "allowed",
+        "unicast = \"192.0.2.1:9001\"\nallow = [\"198.51.100.0/24\"]\n",
+    );
+    assert!(!allowed.contains("warning"), "{allowed}");
+    let local = run("local", "unicast = \"127.0.0.1:9001\"\n");
+    assert!(!local.contains("warning"), "{local}");
 }

@@ -491,10 +491,16 @@ fn a_missing_bridge_is_refused_before_anything_changes() {
 
 #[test]
 fn readiness_goes_to_systemd_and_status_passes_mroute_through() {
-    use std::io::{BufRead, BufReader, Write};
     let sb = Sandbox::new();
     sb.bridge("br-iot");
-    let site = sb.write("site.toml", ONE_VLAN);
+    sb.bridge("br-up");
+    // A route, so that `up` runs the multicast forwarder whose status is passed through.
+    let site = sb.write(
+        "site.toml",
+        &format!(
+            "{ONE_VLAN}[[multicast.route]]\nfrom = \"br-iot\"\ngroup = \"239.7.0.0/16\"\nto = [\"br-up\"]\n"
+        ),
+    );
     let notify_path = sb.path("notify");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
     notify
@@ -529,23 +535,19 @@ fn readiness_goes_to_systemd_and_status_passes_mroute_through() {
     let (code, _) = status_json(&sb).expect("status");
     assert_eq!(code, 0);
 
-    // A multicast forwarder's socket in the parts' directory: its answer is passed through.
-    let parts = format!("/proc/{}/root/run/appliance/lab/parts", sb.pid);
-    std::fs::create_dir_all(&parts).unwrap();
-    let sock = format!("{parts}/mroute.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("fake mroute.sock");
-    let server = std::thread::spawn(move || {
-        let (s, _) = listener.accept().unwrap();
-        let mut line = String::new();
-        BufReader::new(&s).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), r#"{"cmd":"status"}"#);
-        (&s).write_all(b"{\"routes\":3,\"vifs\":[\"br-iot\"]}\n")
-            .unwrap();
-    });
-    let (code, v) = status_json(&sb).expect("status");
-    server.join().unwrap();
-    assert_eq!(code, 0);
-    assert_eq!(v["mroute"]["routes"], 3, "{v}");
+    // The real forwarder's answer (its VIFs, its templates) is passed through.
+    let v = wait_until("mroute's status in status", Duration::from_secs(10), || {
+        status_json(&sb).filter(|(_, v)| v["mroute"]["vifs"].is_array())
+    })
+    .1;
+    let vifs: Vec<&str> = v["mroute"]["vifs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["name"].as_str())
+        .collect();
+    assert!(vifs.contains(&"br-iot") && vifs.contains(&"br-up"), "{v}");
+    assert_eq!(v["mroute"]["templates"], 1, "{v}");
     wait_healthy(&sb, &mut up, Duration::from_secs(5));
     assert_eq!(up.stop(), Some(0));
     let msgs: Vec<String> = std::iter::from_fn(|| {

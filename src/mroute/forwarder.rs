@@ -133,12 +133,48 @@ fn static_key(r: &Route) -> (IpAddr, IpAddr) {
     (r.source.expect("static").addr(), r.group.addr())
 }
 
+/// Limits on what upcalls may install, so that one input interface (an untrusted VLAN
+/// with a host sending from spoofed sources) cannot take the others' share of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Learned and stop entries per family.
+    pub max_entries: usize,
+    /// Learned and stop entries per input interface; None: `max_entries` divided by the
+    /// number of the family's interfaces.
+    pub per_interface: Option<usize>,
+    /// Upcalls that may install an entry, per input interface and second.
+    pub upcalls_per_sec: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_entries: MAX_ENTRIES,
+            per_interface: None,
+            upcalls_per_sec: 1000,
+        }
+    }
+}
+
+/// Per input interface: learned and stop entries, and this second's upcalls.
+#[derive(Debug, Clone, Copy, Default)]
+struct Share {
+    entries: usize,
+    second: u64,
+    upcalls: u32,
+    /// Refusals not logged yet (one debug line a second per interface).
+    refused: u64,
+}
+
 /// One family's routing socket and what the forwarder put into it.
 struct Table<K = RouteSocket> {
     sock: K,
     vifs: Vec<Option<Vif>>,
     entries: HashMap<(IpAddr, IpAddr), Entry>,
     generation: u64,
+    limits: Limits,
+    shares: [Share; MAXVIFS],
+    started: Instant,
 }
 
 /// What a reload changed.
@@ -210,6 +246,7 @@ pub struct Forwarder {
     joins: BTreeMap<JoinKey, JoinSocket>,
     /// The configuration a reload replaced, freed after the reload has answered.
     retired: Option<Config>,
+    limits: Limits,
 }
 
 impl Forwarder {
@@ -227,6 +264,7 @@ impl Forwarder {
             v6: None,
             joins: BTreeMap::new(),
             retired: None,
+            limits: Limits::default(),
         };
         let changes = f.apply(config)?;
         Ok((f, changes))
@@ -251,6 +289,14 @@ impl Forwarder {
         let ch = self.apply(c)?;
         self.drop_retired();
         Ok(ch)
+    }
+
+    /// Sets the limits on learned entries and upcalls (see [`Limits`]).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        for t in [self.v4.as_mut(), self.v6.as_mut()].into_iter().flatten() {
+            t.limits = limits;
+        }
     }
 
     /// Frees what the last reload replaced (20,000 routes take a few ms to free).
@@ -311,6 +357,9 @@ impl Forwarder {
                     vifs: Vec::new(),
                     entries: HashMap::new(),
                     generation: 0,
+                    limits: self.limits,
+                    shares: [Share::default(); MAXVIFS],
+                    started: Instant::now(),
                 });
             }
             if let Some(t) = slot.as_mut() {
@@ -330,6 +379,9 @@ impl Forwarder {
         }
         self.sync_joins(&new, &mut ch);
         self.retired = Some(std::mem::replace(&mut self.config, new));
+        for t in [self.v4.as_mut(), self.v6.as_mut()].into_iter().flatten() {
+            t.recount();
+        }
         Ok(ch)
     }
 
@@ -417,6 +469,7 @@ impl Forwarder {
                 removed += 1;
                 false
             });
+            t.recount();
         }
         removed
     }
@@ -534,18 +587,71 @@ impl<K: RouteWrite> Table<K> {
         Ok(())
     }
 
+    /// Counts learned and stop entries per input interface again (after a sync or an
+    /// expiry sweep changed the table).
+    fn recount(&mut self) {
+        for s in &mut self.shares {
+            s.entries = 0;
+        }
+        for e in self.entries.values() {
+            if e.origin != Origin::Configured
+                && let Some(s) = self.shares.get_mut(e.iif as usize)
+            {
+                s.entries += 1;
+            }
+        }
+    }
+
+    /// Whether an upcall on `vif` for a new entry may install one: within the table's
+    /// cap, the interface's share of it, and the interface's upcall rate.
+    fn admit(&mut self, vif: u16) -> Result<(), &'static str> {
+        let interfaces = self.vifs.iter().filter(|v| v.is_some()).count().max(1);
+        let limits = self.limits;
+        let share = limits
+            .per_interface
+            .unwrap_or(limits.max_entries / interfaces);
+        let second = self.started.elapsed().as_secs();
+        let total: usize = self.shares.iter().map(|s| s.entries).sum();
+        let Some(s) = self.shares.get_mut(vif as usize) else {
+            return Err("no such VIF");
+        };
+        if s.second != second {
+            s.second = second;
+            s.upcalls = 0;
+        }
+        if s.upcalls >= limits.upcalls_per_sec {
+            return Err("its interface's upcall rate is used up");
+        }
+        s.upcalls += 1;
+        if total >= limits.max_entries || self.entries.len() >= MAX_ENTRIES {
+            return Err("the table is full");
+        }
+        if s.entries >= share {
+            return Err("its interface has its share of the table");
+        }
+        Ok(())
+    }
+
     fn upcall(&mut self, cfg: &Config, u: Upcall) {
         let key = (u.source, u.group);
-        let existing = self.entries.get(&key);
-        if existing.is_none() && self.entries.len() >= MAX_ENTRIES {
+        if !self.entries.contains_key(&key)
+            && let Err(why) = self.admit(u.vif)
+        {
             // A flood of new sources: the kernel drops their queued packets after 10 s.
-            tracing::debug!(
-                "({},{}): {MAX_ENTRIES} entries already; not installed",
-                u.source,
-                u.group
-            );
+            let s = &mut self.shares[(u.vif as usize).min(MAXVIFS - 1)];
+            s.refused += 1;
+            let refused = s.refused;
+            if refused.is_power_of_two() {
+                tracing::info!(
+                    "({},{}) on {}: not installed: {why} ({refused} refused on it so far)",
+                    u.source,
+                    u.group,
+                    self.vif_name(u.vif),
+                );
+            }
             return;
         }
+        let existing = self.entries.get(&key);
         match u.kind {
             kernel::MSG_NOCACHE => {
                 if existing.is_some_and(|e| e.origin == Origin::Configured) {
@@ -577,8 +683,26 @@ impl<K: RouteWrite> Table<K> {
         {
             let _ = self.sock.del_mfc(s, g, old.iif);
         }
-        if let Err(err) = self.install(s, g, e) {
-            tracing::warn!("installing ({s},{g}) from an upcall: {err}");
+        let old = self
+            .entries
+            .get(&key)
+            .filter(|o| o.origin != Origin::Configured)
+            .map(|o| o.iif);
+        let new_iif = (e.origin != Origin::Configured).then_some(e.iif);
+        match self.install(s, g, e) {
+            Ok(()) => {
+                if let Some(i) = old
+                    && let Some(sh) = self.shares.get_mut(i as usize)
+                {
+                    sh.entries = sh.entries.saturating_sub(1);
+                }
+                if let Some(i) = new_iif
+                    && let Some(sh) = self.shares.get_mut(i as usize)
+                {
+                    sh.entries += 1;
+                }
+            }
+            Err(err) => tracing::warn!("installing ({s},{g}) from an upcall: {err}"),
         }
     }
 
@@ -956,6 +1080,9 @@ mod tests {
                 .collect(),
             entries: HashMap::new(),
             generation: 0,
+            limits: Limits::default(),
+            shares: [Share::default(); MAXVIFS],
+            started: Instant::now(),
         };
         t.sync_entries(Family::Ipv4, cfg, Scope::Every, &mut Changes::default())
             .unwrap();

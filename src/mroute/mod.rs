@@ -86,13 +86,20 @@ pub struct Invocation {
     pub ask: Option<control::Request>,
     /// Print a status answer as JSON.
     pub json: bool,
+    /// Limits on learned entries and upcalls.
+    pub limits: forwarder::Limits,
 }
 
 /// `appliance mroute (SITE | --smcroute-conf FILE) [--status [--json] | --reload]`.
 pub fn main(inv: Invocation) -> std::process::ExitCode {
     use crate::exit::{EXIT_FAILED, EXIT_INVALID, EXIT_NOT_RUNNING};
     use std::process::ExitCode;
-    let Invocation { source, ask, json } = inv;
+    let Invocation {
+        source,
+        ask,
+        json,
+        limits,
+    } = inv;
     if let Some(req) = ask {
         let answer = source
             .socket()
@@ -119,7 +126,7 @@ pub fn main(inv: Invocation) -> std::process::ExitCode {
             }
         };
     }
-    match run::serve(source) {
+    match run::serve(source, limits) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ MrouteError::Load(_)) => {
             eprintln!("{e}");

@@ -1,11 +1,16 @@
-//! `appliance mroute`: the forwarder's process. One thread, one poll loop over the routing
-//! sockets (upcalls), a signalfd (SIGHUP reloads, SIGTERM/SIGINT stop) and the control
-//! socket; idle learned entries are swept on a timer.
+//! `appliance mroute`: the forwarder's process. One thread owns the forwarder: one poll
+//! loop over the routing sockets (upcalls), a signalfd (SIGHUP reloads, SIGTERM/SIGINT
+//! stop) and a wake-up from the control thread; idle learned entries are swept on a timer.
+//! The control socket's clients are served off that path ([`Control`]): their reads and
+//! writes happen on threads of their own, and only a parsed request reaches the forwarder's
+//! thread, so a slow or silent client never delays an upcall.
 
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -83,7 +88,7 @@ fn sweep_interval(expire: Duration) -> Duration {
 }
 
 /// Runs the forwarder until SIGTERM or SIGINT.
-pub fn serve(source: Source) -> Result<(), MrouteError> {
+pub fn serve(source: Source, limits: super::forwarder::Limits) -> Result<(), MrouteError> {
     let sigfd =
         signals::block(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT]).map_err(|source| {
             MrouteError::Signal {
@@ -103,7 +108,8 @@ pub fn serve(source: Source) -> Result<(), MrouteError> {
     let fw_table = config.firewall.clone();
     let result = (|| {
         let t0 = Instant::now();
-        let (fwd, ch) = Forwarder::start(config)?;
+        let (mut fwd, ch) = Forwarder::start(config)?;
+        fwd.set_limits(limits);
         tracing::info!(
             "mroute ready in {:?}: {} static entries, {} templates, {} VIFs/MIFs, {} joins; control socket {}",
             t0.elapsed(),
@@ -117,7 +123,12 @@ pub fn serve(source: Source) -> Result<(), MrouteError> {
             ch.joined,
             sock_path.display()
         );
-        event_loop(&source, fwd, &sigfd, &listener)
+        let control = Control::start(listener).map_err(|source| MrouteError::Control {
+            op: "starting the control thread for",
+            path: sock_path.clone(),
+            source,
+        })?;
+        event_loop(&source, fwd, &sigfd, &control)
     })();
     // Clean exit or failure: our table and socket go; the routes went with the sockets.
     if let Some(fw) = fw_table
@@ -182,7 +193,7 @@ fn event_loop(
     source: &Source,
     mut fwd: Forwarder,
     sigfd: &SignalFd,
-    listener: &UnixListener,
+    control: &Control,
 ) -> Result<(), MrouteError> {
     use std::os::fd::AsFd;
     let mut next_sweep = Instant::now() + sweep_interval(fwd.config().expire);
@@ -197,7 +208,7 @@ fn event_loop(
         let ready: Vec<bool> = {
             let mut fds = vec![
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(control.wake.as_fd(), PollFlags::POLLIN),
                 PollFd::new(links.as_fd(), PollFlags::POLLIN),
             ];
             for (_, fd) in &upcall_fds {
@@ -263,10 +274,16 @@ fn event_loop(
             }
         }
         if ready[1] {
-            while let Ok((stream, _)) = listener.accept() {
-                if let Err(e) = answer(stream, source, &mut fwd) {
-                    tracing::warn!("control socket: {e}");
-                }
+            for (req, reply) in control.pending() {
+                let answer = match req {
+                    Request::Status => {
+                        let mut v = serde_json::to_value(fwd.status()).expect("status serializes");
+                        v["ok"] = true.into();
+                        v
+                    }
+                    Request::Reload => reload(source, &mut fwd),
+                };
+                let _ = reply.send(answer);
                 fwd.drop_retired();
             }
         }
@@ -278,20 +295,104 @@ fn event_loop(
     }
 }
 
-fn answer(stream: UnixStream, source: &Source, fwd: &mut Forwarder) -> std::io::Result<()> {
-    // A client that says nothing must not hold up upcalls for long.
-    jsonl::answer_one(stream, Duration::from_millis(500), |req| match req {
-        Ok(Request::Status) => {
-            let mut v = serde_json::to_value(fwd.status()).expect("status serializes");
-            v["ok"] = true.into();
-            v
+/// The control socket served off the forwarder's thread: an accept thread, and a thread
+/// per client (at most [`MAX_CLIENTS`] at once) that reads the request line (capped in
+/// size and time by `jsonl`), hands the parsed request to the forwarder's thread, and
+/// writes the answer with a timeout.
+struct Control {
+    /// Readable when requests wait in `requests` (one byte per request).
+    wake: UnixStream,
+    requests: mpsc::Receiver<(Request, mpsc::SyncSender<serde_json::Value>)>,
+}
+
+/// Clients served at once; more wait in the listen backlog.
+const MAX_CLIENTS: usize = 16;
+/// A client has this long to send its whole request line.
+const READ_WITHIN: Duration = Duration::from_secs(2);
+/// A reload of a large configuration can take a while.
+const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+impl Control {
+    fn start(listener: UnixListener) -> std::io::Result<Control> {
+        let (wake, waker) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        waker.set_nonblocking(true)?;
+        listener.set_nonblocking(false)?;
+        let (tx, rx) = mpsc::channel();
+        let clients = Arc::new(AtomicUsize::new(0));
+        std::thread::Builder::new()
+            .name("mroute-control".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    if clients.load(Ordering::Acquire) >= MAX_CLIENTS {
+                        let _ = jsonl::write_answer(
+                            &stream,
+                            &serde_json::json!({"ok": false, "error": "busy: too many control clients"}),
+                        );
+                        continue;
+                    }
+                    clients.fetch_add(1, Ordering::AcqRel);
+                    let (tx, waker, clients) = (tx.clone(), waker.try_clone(), clients.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("mroute-client".into())
+                        .spawn(move || {
+                            if let Ok(waker) = waker
+                                && let Err(e) = serve_client(&stream, &tx, &waker)
+                            {
+                                tracing::debug!("control client: {e}");
+                            }
+                            clients.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    if spawned.is_err() {
+                        tracing::warn!("control socket: cannot start a thread for a client");
+                    }
+                }
+            })?;
+        Ok(Control { wake, requests: rx })
+    }
+
+    /// The requests waiting, each with where its answer goes.
+    fn pending(&self) -> Vec<(Request, mpsc::SyncSender<serde_json::Value>)> {
+        use std::io::Read;
+        let mut buf = [0u8; 256];
+        while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+        self.requests.try_iter().collect()
+    }
+}
+
+fn serve_client(
+    stream: &UnixStream,
+    to_forwarder: &mpsc::Sender<(Request, mpsc::SyncSender<serde_json::Value>)>,
+    waker: &UnixStream,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let answer = match jsonl::read_line(stream, READ_WITHIN) {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            serde_json::json!({"ok": false, "error": e.to_string()})
         }
-        Ok(Request::Reload) => reload(source, fwd),
-        Err(e) => serde_json::json!({
-            "ok": false,
-            "error": format!("{e}; send {{\"cmd\":\"status\"}} or {{\"cmd\":\"reload\"}}"),
-        }),
-    })
+        Err(e) => return Err(e),
+        Ok(text) => match serde_json::from_str::<Request>(&text) {
+            Err(e) => serde_json::json!({
+                "ok": false,
+                "error": format!("{e}; send {{\"cmd\":\"status\"}} or {{\"cmd\":\"reload\"}}"),
+            }),
+            Ok(req) => {
+                let (tx, rx) = mpsc::sync_channel(1);
+                if to_forwarder.send((req, tx)).is_err() {
+                    return Ok(());
+                }
+                let _ = (&*waker).write(&[1]);
+                match rx.recv_timeout(ANSWER_WITHIN) {
+                    Ok(v) => v,
+                    Err(_) => {
+                        serde_json::json!({"ok": false, "error": "the forwarder did not answer"})
+                    }
+                }
+            }
+        },
+    };
+    jsonl::write_answer(stream, &answer)
 }
 
 /// Re-reads the configuration and applies the difference; an invalid file changes nothing.

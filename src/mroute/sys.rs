@@ -146,7 +146,16 @@ impl RouteSocket {
                 let mut m: kernel::mif6ctl = zeroed();
                 m.mif6c_mifi = vifi;
                 m.vifc_threshold = threshold;
-                m.mif6c_pifi = ifindex as u16;
+                // struct mif6ctl holds the index in 16 bits: a larger one would name
+                // another interface.
+                m.mif6c_pifi = u16::try_from(ifindex).map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "ifindex {ifindex} does not fit the 16 bits of an IPv6 MIF (struct mif6ctl)"
+                        ),
+                    )
+                })?;
                 setsockopt(&self.sock, self.level(), kernel::MRT6_ADD_MIF, &m)
             }
         }

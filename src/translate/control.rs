@@ -28,6 +28,9 @@ struct Session {
     id: u32,
     /// Due time of the next announcement, in 100 ms ticks of [`Control::tick`].
     next_announce: u32,
+    /// Announced by SAP and registered with the Menu (a new flow is once it has lived
+    /// `announce_after`).
+    announced: bool,
 }
 
 pub struct Control {
@@ -39,6 +42,10 @@ pub struct Control {
     sap_v6: Option<UdpSocket>,
     sap_interval: Option<Duration>,
     sessions: HashMap<SocketAddr, Session>,
+    /// New flows not announced yet, oldest first, with the tick they are due.
+    unannounced: std::collections::VecDeque<(SocketAddr, u32)>,
+    /// In 100 ms ticks.
+    announce_after: u32,
     menu: Option<mpsc::Sender<MenuJob>>,
     state_file: Option<PathBuf>,
     dirty: bool,
@@ -93,6 +100,8 @@ impl Control {
             sap_v6,
             sap_interval: cfg.sap_interval,
             sessions: HashMap::new(),
+            unannounced: std::collections::VecDeque::new(),
+            announce_after: (cfg.announce_after.as_millis() / 100).min(u32::MAX as u128 / 2) as u32,
             menu,
             state_file: cfg.state_file.clone(),
             dirty: false,
@@ -165,13 +174,16 @@ impl Control {
                     py_addr(src),
                     humantime::format_duration(idle)
                 );
-                if let Some(s) = self.sessions.remove(&src) {
+                // A flow never announced goes without a word to SAP or the Menu.
+                if let Some(s) = self.sessions.remove(&src)
+                    && s.announced
+                {
                     self.send_sap(src, &s, true);
-                }
-                if let Some(m) = &self.menu {
-                    let _ = m.send(MenuJob::Remove {
-                        id: self.amt_url(group),
-                    });
+                    if let Some(m) = &self.menu {
+                        let _ = m.send(MenuJob::Remove {
+                            id: self.amt_url(group),
+                        });
+                    }
                 }
                 self.dirty = true;
             }
@@ -209,21 +221,51 @@ impl Control {
         self.session_ids = self.session_ids.wrapping_add(1);
         let id = self.session_ids;
         let sdp = self.sdp(src, group, id);
+        // A restored flow lived before the restart; a new one is announced once it has
+        // lived `announce_after`, so a burst of one-datagram senders announces nothing.
+        let due = if restored {
+            self.tick()
+        } else {
+            self.tick().saturating_add(self.announce_after)
+        };
         let s = Session {
             group,
             hash: sap::msg_id_hash(&sdp),
             id,
-            next_announce: self.tick(),
+            next_announce: due,
+            announced: false,
         };
         self.sessions.insert(src, s);
-        if let Some(m) = &self.menu {
-            let _ = m.send(MenuJob::Add {
-                id: url,
-                source: self.source.to_string(),
-                group: group.to_string(),
-            });
-        }
+        self.unannounced.push_back((src, due));
         self.dirty = true;
+        self.announce_due();
+    }
+
+    /// Announces and registers the new flows that have lived long enough.
+    fn announce_due(&mut self) {
+        let tick = self.tick();
+        while let Some(&(src, due)) = self.unannounced.front() {
+            if due > tick {
+                break;
+            }
+            self.unannounced.pop_front();
+            // Gone meanwhile, or a later flow of the same sender (with its own entry).
+            let Some(s) = self.sessions.get_mut(&src) else {
+                continue;
+            };
+            if s.announced || s.next_announce != due {
+                continue;
+            }
+            s.announced = true;
+            let group = s.group;
+            if let Some(m) = &self.menu {
+                let _ = m.send(MenuJob::Add {
+                    id: self.amt_url(group),
+                    source: self.source.to_string(),
+                    group: group.to_string(),
+                });
+            }
+        }
     }
 
     fn refused(&mut self, src: SocketAddr, why: Refusal) {
@@ -245,6 +287,7 @@ impl Control {
     }
 
     fn periodic(&mut self) {
+        self.announce_due();
         let now = Instant::now();
         if self.sap_v4.is_some() || self.sap_v6.is_some() {
             let interval = self.sap_interval.unwrap_or_else(|| {
@@ -254,7 +297,7 @@ impl Control {
             let mut due = vec![];
             let tick = self.tick();
             for (src, s) in self.sessions.iter_mut() {
-                if s.next_announce <= tick {
+                if s.announced && s.next_announce <= tick {
                     // ±1/3 jitter (RFC 2974 §3.1) so announcers never synchronise.
                     let jitter = 2.0 / 3.0 + rand::random::<f64>() * 2.0 / 3.0;
                     let wait = (interval.as_secs_f64() * jitter * 10.0).max(1.0) as u32;
@@ -339,7 +382,9 @@ impl Control {
 
     fn shutdown(&mut self) {
         for (src, s) in &self.sessions {
-            self.send_sap(*src, s, true);
+            if s.announced {
+                self.send_sap(*src, s, true);
+            }
         }
         self.save();
     }

@@ -96,6 +96,7 @@ pub enum Refusal {
     SpaceFull,
     TooManyFlows,
     RateLimited,
+    TotalRateLimited,
 }
 
 impl std::fmt::Display for Refusal {
@@ -105,6 +106,7 @@ impl std::fmt::Display for Refusal {
             Refusal::SpaceFull => "every group of the space is in use",
             Refusal::TooManyFlows => "the translator has its maximum number of flows",
             Refusal::RateLimited => "its address opens new flows too fast",
+            Refusal::TotalRateLimited => "new flows arrive too fast from all senders together",
         })
     }
 }
@@ -123,6 +125,8 @@ pub struct Limits {
     pub max_flows: u32,
     /// New flows per source address per second.
     pub new_per_sec: u32,
+    /// New flows per second from all sources together.
+    pub new_total_per_sec: u32,
 }
 
 pub struct FlowTable {
@@ -132,6 +136,8 @@ pub struct FlowTable {
     used: HashSet<u32>,
     /// Per source address: (second, new flows in it).
     opened: HashMap<IpAddr, (u32, u32)>,
+    /// All sources: (second, new flows in it).
+    opened_total: (u32, u32),
 }
 
 impl FlowTable {
@@ -142,6 +148,7 @@ impl FlowTable {
             flows: HashMap::new(),
             used: HashSet::new(),
             opened: HashMap::new(),
+            opened_total: (0, 0),
         }
     }
 
@@ -173,6 +180,12 @@ impl FlowTable {
             return Admit::Refused(Refusal::SpaceFull);
         }
         let sec = now / TICKS_PER_SEC;
+        if self.opened_total.0 != sec {
+            self.opened_total = (sec, 0);
+        }
+        if self.opened_total.1 >= self.limits.new_total_per_sec {
+            return Admit::Refused(Refusal::TotalRateLimited);
+        }
         let e = self.opened.entry(src.ip()).or_insert((sec, 0));
         if e.0 != sec {
             *e = (sec, 0);
@@ -181,6 +194,7 @@ impl FlowTable {
             return Admit::Refused(Refusal::RateLimited);
         }
         e.1 += 1;
+        self.opened_total.1 += 1;
         let Some(group) = self.pick() else {
             return Admit::Refused(Refusal::SpaceFull);
         };
@@ -264,6 +278,7 @@ mod tests {
                 allow: vec![],
                 max_flows: max,
                 new_per_sec: 1000,
+                new_total_per_sec: u32::MAX,
             },
         )
     }
@@ -316,6 +331,7 @@ mod tests {
                 ],
                 max_flows: 3,
                 new_per_sec: 2,
+                new_total_per_sec: u32::MAX,
             },
         );
         let other = SocketAddr::new("198.51.100.1".parse().unwrap(), 1);
@@ -362,5 +378,33 @@ mod tests {
         );
         let big = Space::new("ff3e::/32".parse().unwrap()).unwrap();
         assert_eq!(big.usable(), u32::MAX - 1);
+    }
+
+    #[test]
+    fn the_total_new_flow_rate_holds_across_sources() {
+        let mut t = FlowTable::new(
+            Space::new("232.1.0.0/16".parse().unwrap()).unwrap(),
+            Limits {
+                allow: vec![],
+                max_flows: 10_000,
+                new_per_sec: 10,
+                new_total_per_sec: 5,
+            },
+        );
+        // Seven senders, one flow each, in the same second: five get a group.
+        let admitted: Vec<Admit> = (1..=7u8)
+            .map(|i| t.admit(SocketAddr::from(([127, 0, 0, i], 5000)), 3))
+            .collect();
+        assert!(admitted[..5].iter().all(|a| matches!(a, Admit::New(_))));
+        assert_eq!(admitted[5], Admit::Refused(Refusal::TotalRateLimited));
+        // A known flow still passes; the next second opens five more.
+        assert!(matches!(
+            t.admit(SocketAddr::from(([127, 0, 0, 1], 5000)), 4),
+            Admit::Known(_)
+        ));
+        assert!(matches!(
+            t.admit(SocketAddr::from(([127, 0, 0, 6], 5000)), TICKS_PER_SEC + 3),
+            Admit::New(_)
+        ));
     }
 }

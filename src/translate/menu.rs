@@ -3,12 +3,16 @@
 //! group}` answers 201 and an access code; `POST {url}/api/remove/` with
 //! `{unique_identifier, access_code}` takes the stream off. Failed calls are retried with
 //! exponential backoff; the first failure is logged, then nothing until a call succeeds.
-//! http:// is plain HTTP/1.1 over a TcpStream; https:// goes through the system's `curl`
-//! (Debian keeps its TLS up to date; these calls are rare and off the data path).
+//!
+//! The calls go through `ureq` (rustls for https, trusting the system's CA bundle or
+//! `SSL_CERT_FILE`), each within [`CALL_DEADLINE`] as a whole and with an answer of at most
+//! [`MAX_ANSWER`] bytes, so a Menu that drips or floods its answers costs one call's
+//! deadline, not the thread. Access codes are never logged; the file keeping them is 0600.
+//! A panic in the thread is logged and the thread started again.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -76,15 +80,13 @@ impl MenuUrl {
 #[derive(Debug, thiserror::Error)]
 pub enum MenuError {
     #[error("POST {url}: {source}")]
-    Io { url: String, source: std::io::Error },
+    Http { url: String, source: ureq::Error },
     #[error("POST {url}: answered {status}: {body}")]
     Status {
         url: String,
         status: u16,
         body: String,
     },
-    #[error("POST {url}: unreadable answer")]
-    Garbled { url: String },
 }
 
 pub struct Menu;
@@ -98,6 +100,10 @@ struct Pending {
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 const GIVE_UP_AFTER: u32 = 10;
+/// One call, connecting, sending and reading the whole answer included.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
+/// The largest answer read (an access code fits many times over).
+pub const MAX_ANSWER: u64 = 64 * 1024;
 
 impl Menu {
     /// Starts the Menu thread; the URL was checked by `Config`. Access codes are kept in
@@ -113,9 +119,71 @@ impl Menu {
         });
         let _ = std::thread::Builder::new()
             .name("translate-menu".into())
-            .spawn(move || run(url, rx, codes_file));
+            .spawn(move || {
+                let agent = agent();
+                restarting(FIRST_RETRY, || {
+                    run(&agent, &url, &rx, codes_file.as_deref())
+                })
+            });
         tx
     }
+}
+
+/// Runs `body` until it returns; a panic is logged and `body` started again after
+/// `pause`. (A panic is a bug; the calls still due are retried by the next Prune or flow
+/// event, and the codes are on disk.)
+fn restarting(pause: Duration, mut body: impl FnMut()) {
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut body)) {
+            Ok(()) => return,
+            Err(p) => {
+                let why = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!("the Multicast Menu thread failed ({why}); starting it again");
+                std::thread::sleep(pause);
+            }
+        }
+    }
+}
+
+/// The roots https calls trust: `SSL_CERT_FILE` if set, else the system's bundle, else
+/// the Mozilla roots built in.
+fn roots() -> ureq::tls::RootCerts {
+    let file = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+    let certs: Vec<_> = std::fs::read(&file)
+        .map(|pem| {
+            ureq::tls::parse_pem(&pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if certs.is_empty() {
+        tracing::debug!(
+            "no CA certificates in {}: using the built-in roots",
+            file.display()
+        );
+        return ureq::tls::RootCerts::WebPki;
+    }
+    ureq::tls::RootCerts::new_with_certs(&certs)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(CALL_DEADLINE))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent("appliance-translate")
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots()).build())
+        .build()
+        .into()
 }
 
 fn load_codes(path: Option<&Path>) -> HashMap<String, String> {
@@ -124,19 +192,31 @@ fn load_codes(path: Option<&Path>) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Writes the codes to `path` (0600: a code removes a stream from the Menu).
 fn save_codes(path: Option<&Path>, codes: &HashMap<String, String>) {
+    use std::os::unix::fs::PermissionsExt;
     if let Some(p) = path {
         let tmp = p.with_extension("tmp");
-        let r = std::fs::write(&tmp, serde_json::to_vec(codes).unwrap_or_default())
-            .and_then(|_| std::fs::rename(&tmp, p));
+        let _ = std::fs::remove_file(&tmp);
+        let r = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&serde_json::to_vec(codes).unwrap_or_default())?;
+                f.sync_all()
+            })
+            .and_then(|_| std::fs::rename(&tmp, p))
+            // A file from before codes were kept private.
+            .and_then(|_| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)));
         if let Err(e) = r {
             tracing::warn!("saving Multicast Menu access codes to {}: {e}", p.display());
         }
     }
 }
 
-fn run(url: MenuUrl, rx: mpsc::Receiver<MenuJob>, codes_file: Option<PathBuf>) {
-    let file = codes_file.as_deref();
+fn run(agent: &ureq::Agent, url: &MenuUrl, rx: &mpsc::Receiver<MenuJob>, file: Option<&Path>) {
     let mut codes = load_codes(file);
     let mut queue: Vec<Pending> = Vec::new();
     let mut failing = false;
@@ -187,13 +267,15 @@ fn run(url: MenuUrl, rx: mpsc::Receiver<MenuJob>, codes_file: Option<PathBuf>) {
                 continue;
             }
             let result = match &queue[i].job {
-                MenuJob::Add { id, source, group } => add(&url, id, source, group).map(|code| {
-                    tracing::info!("Added {id} to the Multicast Menu (access code {code})");
-                    codes.insert(id.clone(), code);
-                    save_codes(file, &codes);
-                }),
+                MenuJob::Add { id, source, group } => {
+                    add(agent, url, id, source, group).map(|code| {
+                        tracing::info!("Added {id} to the Multicast Menu");
+                        codes.insert(id.clone(), code);
+                        save_codes(file, &codes);
+                    })
+                }
                 MenuJob::Remove { id } => match codes.get(id) {
-                    Some(code) => remove(&url, id, code).map(|_| {
+                    Some(code) => remove(agent, url, id, code).map(|_| {
                         tracing::info!("Removed {id} from the Multicast Menu");
                         codes.remove(id);
                         save_codes(file, &codes);
@@ -228,9 +310,15 @@ fn run(url: MenuUrl, rx: mpsc::Receiver<MenuJob>, codes_file: Option<PathBuf>) {
     }
 }
 
-fn add(url: &MenuUrl, id: &str, source: &str, group: &str) -> Result<String, MenuError> {
+fn add(
+    agent: &ureq::Agent,
+    url: &MenuUrl,
+    id: &str,
+    source: &str,
+    group: &str,
+) -> Result<String, MenuError> {
     let body = serde_json::json!({"unique_identifier": id, "source": source, "group": group});
-    let (status, text, full) = post(url, "/api/add/", &body.to_string())?;
+    let (status, text, full) = post(agent, url, "/api/add/", &body.to_string())?;
     if status != 201 && status != 200 {
         return Err(MenuError::Status {
             url: full,
@@ -253,9 +341,9 @@ fn add(url: &MenuUrl, id: &str, source: &str, group: &str) -> Result<String, Men
     Ok(code)
 }
 
-fn remove(url: &MenuUrl, id: &str, code: &str) -> Result<(), MenuError> {
+fn remove(agent: &ureq::Agent, url: &MenuUrl, id: &str, code: &str) -> Result<(), MenuError> {
     let body = serde_json::json!({"unique_identifier": id, "access_code": code});
-    let (status, text, full) = post(url, "/api/remove/", &body.to_string())?;
+    let (status, text, full) = post(agent, url, "/api/remove/", &body.to_string())?;
     if !(200..300).contains(&status) {
         return Err(MenuError::Status {
             url: full,
@@ -267,7 +355,12 @@ fn remove(url: &MenuUrl, id: &str, code: &str) -> Result<(), MenuError> {
 }
 
 /// One POST with a JSON body; returns (status, body, URL for messages).
-fn post(url: &MenuUrl, api: &str, body: &str) -> Result<(u16, String, String), MenuError> {
+fn post(
+    agent: &ureq::Agent,
+    url: &MenuUrl,
+    api: &str,
+    body: &str,
+) -> Result<(u16, String, String), MenuError> {
     let path = format!("{}{api}", url.path);
     let host = if url.host.contains(':') {
         format!("[{}]", url.host)
@@ -276,109 +369,25 @@ fn post(url: &MenuUrl, api: &str, body: &str) -> Result<(u16, String, String), M
     };
     let scheme = if url.tls { "https" } else { "http" };
     let full = format!("{scheme}://{host}:{}{path}", url.port);
-    if url.tls {
-        return curl(&full, body).map(|(status, text)| (status, text, full));
-    }
-    let io = |source| MenuError::Io {
+    let err = |source| MenuError::Http {
         url: full.clone(),
         source,
     };
-    let addr = (url.host.as_str(), url.port)
-        .to_socket_addrs()
-        .map_err(io)?
-        .next()
-        .ok_or_else(|| io(std::io::Error::other("no address")))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: appliance-translate\r\n\r\n{body}",
-        url.port,
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(io)?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(io)?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or(MenuError::Garbled { url: full.clone() })?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body, full))
-}
-
-/// An https POST through curl: the body on stdin, the status code on the last line.
-fn curl(full: &str, body: &str) -> Result<(u16, String), MenuError> {
-    use std::process::{Command, Stdio};
-    let io = |source| MenuError::Io {
-        url: full.to_string(),
-        source,
-    };
-    let mut child = Command::new("curl")
-        .args([
-            "--silent",
-            "--show-error",
-            "--max-time",
-            "10",
-            "--request",
-            "POST",
-            "--header",
-            "Content-Type: application/json",
-            "--header",
-            "Accept: application/json",
-            "--user-agent",
-            "appliance-translate",
-            "--data-binary",
-            "@-",
-            "--write-out",
-            "\n%{http_code}",
-            "--",
-            full,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(body.as_bytes()).map_err(io)?;
-    }
-    let out = child.wait_with_output().map_err(io)?;
-    if !out.status.success() {
-        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(io(std::io::Error::other(format!("curl: {why}"))));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let status = code.trim().parse().map_err(|_| MenuError::Garbled {
-        url: full.to_string(),
-    })?;
-    Ok((status, body.to_string()))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    let mut resp = agent
+        .post(&full)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json")
+        .send(body)
+        .map_err(err)?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(MAX_ANSWER)
+        .lossy_utf8(true)
+        .read_to_string()
+        .map_err(err)?;
+    Ok((status, text, full))
 }
 
 #[cfg(test)]
@@ -403,7 +412,14 @@ mod tests {
     }
 
     #[test]
-    fn chunked() {
-        assert_eq!(dechunk("4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n"), "abcdef");
+    fn a_panicking_menu_thread_is_started_again() {
+        let mut runs = 0;
+        restarting(Duration::from_millis(1), || {
+            runs += 1;
+            if runs == 1 {
+                panic!("a bug");
+            }
+        });
+        assert_eq!(runs, 2);
     }
 }

@@ -75,6 +75,10 @@ pub struct Config {
     pub allow: Vec<IpNet>,
     pub max_flows: u32,
     pub new_flows_per_sec: u32,
+    /// New flows per second from all sources together.
+    pub new_flows_total_per_sec: u32,
+    /// A new flow is announced (SAP) and registered (Menu) once it has lived this long.
+    pub announce_after: Duration,
     pub sap: bool,
     /// None: the RFC 2974 interval (at least 300 s).
     pub sap_interval: Option<Duration>,
@@ -96,6 +100,18 @@ impl Config {
     }
 }
 
+/// The warning for a translator anyone upstream can use: its unicast address is not a
+/// loopback one and no `allow` list limits who may open flows. None when it is closed.
+pub fn open_to_anyone(unicast: SocketAddr, allow: &[IpNet]) -> Option<String> {
+    (allow.is_empty() && !unicast.ip().is_loopback()).then(|| {
+        format!(
+            "the translator on {unicast} is open to anyone who can reach it: any sender \
+             may open flows (announced by SAP, registered with the Menu); set \
+             [translator] allow to the senders' prefixes"
+        )
+    })
+}
+
 /// The original's default unicast address: that of the interface holding the IPv4 default
 /// route.
 pub fn default_unicast_ip() -> Result<IpAddr, TranslateError> {
@@ -109,6 +125,9 @@ pub struct Bound {
     /// The multicast source address receivers see (for SDP and the amt:// URL).
     pub source: IpAddr,
     pub ifindex: u32,
+    /// The buffer sizes the kernel granted: (unicast receive, multicast send), in bytes
+    /// as getsockopt reports them (twice what was asked: the kernel's bookkeeping).
+    pub buffers: (usize, usize),
 }
 
 const SOCKET_BUFFER: usize = 8 << 20;
@@ -132,7 +151,7 @@ pub fn bind(cfg: &Config) -> Result<Bound, TranslateError> {
     if cfg.unicast.is_ipv6() {
         let _ = u.set_only_v6(true);
     }
-    big_buffers(&u, true);
+    let rcvbuf = big_buffers(&u, true);
     u.bind(&cfg.unicast.into())
         .map_err(sock_err("binding unicast socket to", cfg.unicast))?;
     u.set_nonblocking(true)
@@ -145,7 +164,7 @@ pub fn bind(cfg: &Config) -> Result<Bound, TranslateError> {
         Some(Protocol::UDP),
     )
     .map_err(sock_err("creating multicast socket for", cfg.space))?;
-    big_buffers(&m, false);
+    let sndbuf = big_buffers(&m, false);
     let same_family = cfg.unicast.is_ipv6() == v6 && !cfg.unicast.ip().is_unspecified();
     if same_family {
         // Sent from the translator's own address, the one the SDP and amt:// URL name.
@@ -170,11 +189,13 @@ pub fn bind(cfg: &Config) -> Result<Bound, TranslateError> {
         multicast: m,
         source,
         ifindex,
+        buffers: (rcvbuf, sndbuf),
     })
 }
 
-/// Socket buffers sized for bursts; as root the limit of rmem_max does not apply.
-fn big_buffers(s: &Socket, recv: bool) {
+/// Socket buffers sized for bursts: forced past net.core.rmem_max/wmem_max with
+/// CAP_NET_ADMIN, else as large as those allow. Returns the size the kernel granted.
+fn big_buffers(s: &Socket, recv: bool) -> usize {
     let size = SOCKET_BUFFER as libc::c_int;
     let (force, plain) = if recv {
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)
@@ -186,6 +207,12 @@ fn big_buffers(s: &Socket, recv: bool) {
             break;
         }
     }
+    let got = if recv {
+        s.recv_buffer_size()
+    } else {
+        s.send_buffer_size()
+    };
+    got.unwrap_or(0)
 }
 
 /// Counters of the data path.
@@ -237,6 +264,10 @@ pub struct Engine {
 
 const REFUSED_REMEMBERED: usize = 4096;
 
+/// Full batches forwarded per wakeup before the loop looks at the stop signal and the
+/// clock again (16 × 64 datagrams: well under a millisecond of work).
+pub const MAX_BATCHES_PER_WAKEUP: usize = 16;
+
 impl Engine {
     pub fn new(cfg: &Config, events: mpsc::Sender<Event>) -> Result<Engine, TranslateError> {
         let space = Space::new(cfg.space)?;
@@ -249,6 +280,7 @@ impl Engine {
                     allow: cfg.allow.clone(),
                     max_flows: cfg.max_flows,
                     new_per_sec: cfg.new_flows_per_sec,
+                    new_total_per_sec: cfg.new_flows_total_per_sec,
                 },
             ),
             batch: Batch::new(cfg.batch.max(1)),
@@ -341,10 +373,12 @@ impl Engine {
         Ok(self.stats)
     }
 
-    /// Receives and forwards until the socket is empty.
+    /// Receives and forwards until the socket is empty or [`MAX_BATCHES_PER_WAKEUP`]
+    /// batches went through, so that under a flood the stop signal and the idle sweep are
+    /// still looked at between rounds.
     fn drain(&mut self, ufd: RawFd, msock: &Socket, object: &str) -> Result<(), TranslateError> {
         let mfd = msock.as_raw_fd();
-        loop {
+        for _ in 0..MAX_BATCHES_PER_WAKEUP {
             let n = self
                 .batch
                 .recv(ufd)
@@ -388,6 +422,7 @@ impl Engine {
                 return Ok(());
             }
         }
+        Ok(())
     }
 
     /// The multicast interface was re-created (a new index): send by the new one.
@@ -539,6 +574,23 @@ pub fn main(cfg: Config) -> Result<(), TranslateError> {
         interface = cfg.interface.as_deref().unwrap_or("(routing table)"),
         "translating unicast to multicast"
     );
+    if let Some(w) = open_to_anyone(cfg.unicast, &cfg.allow) {
+        tracing::warn!("{w}");
+    }
+    // getsockopt reports twice the size set (the kernel's bookkeeping share).
+    let wanted = 2 * SOCKET_BUFFER;
+    let (rcv, snd) = bound.buffers;
+    if rcv < wanted || snd < wanted {
+        tracing::warn!(
+            receive = rcv,
+            send = snd,
+            wanted,
+            "socket buffers smaller than wanted (no CAP_NET_ADMIN while binding, and \
+             net.core.rmem_max/wmem_max lower): bursts may be dropped"
+        );
+    } else {
+        tracing::info!(receive = rcv, send = snd, "socket buffers");
+    }
     let (tx, rx) = mpsc::channel();
     let mut engine = Engine::new(&cfg, tx)?;
     let ctl = control::Control::new(&cfg, &bound)?;
@@ -560,4 +612,78 @@ pub fn main(cfg: Config) -> Result<(), TranslateError> {
             "translator stopped"
         );
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket full of datagrams: one wakeup forwards a bounded number of batches and
+    /// returns to the poll (where the stop signal and the idle sweep are looked at)
+    /// instead of draining the flood first.
+    #[test]
+    fn a_flood_does_not_hold_the_data_path_in_one_wakeup() {
+        if !nix::unistd::Uid::effective().is_root() {
+            panic!("needs root (SO_RCVBUFFORCE for a socket that holds the flood)");
+        }
+        // Through the CLI, as `appliance translate` builds it.
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "appliance",
+            "translate",
+            "--unicast-nif-ip",
+            "127.0.0.1",
+            "--unicast-port",
+            "0",
+            "--multicast-interface",
+            "lo",
+            "--ttl",
+            "0",
+            "--multicast-addr-space",
+            "232.250.0.0/16",
+            "--multicast-port",
+            "9",
+            "--max-flows",
+            "10",
+            "--no-sap",
+        ])
+        .unwrap();
+        let crate::cli::Command::Translate(args) = cli.command else {
+            unreachable!("parsed as translate")
+        };
+        let cfg = args.config().unwrap();
+        let bound = bind(&cfg).expect("bind on loopback");
+        let to = bound.unicast.local_addr().unwrap().as_socket().unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..5000 {
+            let _ = tx.send_to(b"flood", to);
+        }
+        let (events, _rx) = mpsc::channel();
+        let mut engine = Engine::new(&cfg, events).unwrap();
+        // One wakeup's work.
+        engine
+            .drain(bound.unicast.as_raw_fd(), &bound.multicast, "test")
+            .unwrap();
+        let stats = engine.stats;
+        let mut left = 0;
+        let mut buf = [0u8; 64];
+        while bound.unicast.recv(unsafe_buf(&mut buf)).is_ok() {
+            left += 1;
+        }
+        let queued = stats.received + left;
+        assert!(
+            queued > 2 * (MAX_BATCHES_PER_WAKEUP * 64) as u64,
+            "only {queued} queued"
+        );
+        assert!(
+            stats.received <= (MAX_BATCHES_PER_WAKEUP * 64) as u64,
+            "{} of {queued} datagrams forwarded in one wakeup",
+            stats.received
+        );
+    }
+
+    fn unsafe_buf(b: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
+        // SAFETY: u8 and MaybeUninit<u8> have the same layout; recv only writes.
+        unsafe { &mut *(b as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) }
+    }
 }
