@@ -213,6 +213,9 @@ fn mldv2_join_then_last_leave_after_the_last_listener_queries() {
     let sb = Sandbox::new();
     lan(&sb, &["h1", "h2"]);
     let mut p = Probe::start(&sb, "probe", None, &[&["br0"][..], &TIMERS].concat());
+    // Only the querier sends last-listener queries: wait until we are it (br0's link-local
+    // address has passed DAD), else a leave can only time out.
+    our_ipv6_querier(&mut p);
     let j1 = join(&sb, "h1", G6, None);
     let e = p.wanted(G6, true, Duration::from_secs(10));
     assert_eq!(version(&e), "mld2", "{e}");
