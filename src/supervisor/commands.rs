@@ -86,6 +86,7 @@ pub fn down(path: &Path, state_dir: Option<PathBuf>) -> ExitCode {
     // Whatever is left (a supervisor killed with SIGKILL, a partial up) goes now.
     let errors = runtime().block_on(apply::teardown(&plan.site, Some(&plan), &dir));
     crate::render::machine::remove_all_cgroups(&plan);
+    super::remove_parts(&plan);
     let _ = std::fs::remove_file(dir.join("lock"));
     let _ = std::fs::remove_dir(&dir);
     if errors.is_empty() {

@@ -54,6 +54,22 @@ pub enum UpError {
     },
 }
 
+/// The parts' sockets go, and the sources' SDP files; the translator's flows and the
+/// headend's learnt SDPs stay for the next up (and keep `parts/`).
+pub fn remove_parts(plan: &Plan) {
+    if let Ok(list) = std::fs::read_dir(&plan.parts_dir) {
+        for e in list.flatten() {
+            if e.path().extension().is_some_and(|x| x == "sock") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(&plan.parts_dir);
+    if let Some(h) = &plan.headend {
+        let _ = std::fs::remove_dir_all(&h.source_sdp_dir);
+    }
+}
+
 /// Takes the site's lock in its state directory: only one supervisor per site.
 pub fn lock(plan: &Plan) -> Result<Flock<File>, UpError> {
     let dir = &plan.state_dir;
@@ -470,19 +486,7 @@ impl Sup {
                 format!(" with {} error(s)", errors.len())
             }
         );
-        // The parts' sockets go; the translator's flows stay for the next up.
-        if let Ok(list) = std::fs::read_dir(&self.plan.parts_dir) {
-            for e in list.flatten() {
-                if e.path().extension().is_some_and(|x| x == "sock") {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.plan.parts_dir);
-        if let Some(h) = &self.plan.headend {
-            // Only the sources' SDP files: nothing there outlives the headend.
-            let _ = std::fs::remove_dir_all(&h.source_sdp_dir);
-        }
+        remove_parts(&self.plan);
         let _ = std::fs::remove_file(dir.join("lock"));
         let _ = std::fs::remove_dir(&dir);
         drop(lock);
