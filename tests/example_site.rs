@@ -60,6 +60,9 @@ fn the_example_site_comes_up_whole_and_goes_away_without_a_trace() {
         );
     }
     assert_eq!(state("headend"), "healthy", "{v}");
+    // The translator's own answer comes through: on 127.0.0.1 it is not open to anyone.
+    assert_eq!(v["translate"]["healthy"], true, "{v}");
+    assert!(v["translate"]["open_to_anyone"].is_null(), "{v}");
     assert_eq!(v["headend"]["services"][0]["state"], "idle", "{v}");
 
     // The forwarder's own status comes through, with both bridges as VIFs.

@@ -268,6 +268,9 @@ fn status_text(v: &Value) -> String {
     if !v["mroute"].is_null() {
         out.push_str(&format!("mroute: {}\n", v["mroute"]));
     }
+    if let Some(w) = v["translate"]["open_to_anyone"].as_str() {
+        out.push_str(&format!("translate: warning: {w}\n"));
+    }
     if !v["headend"].is_null() {
         out.push_str(&headend_text(&v["headend"]));
     }
@@ -360,6 +363,23 @@ fn headend_text(h: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_says_when_the_translator_is_open_to_anyone() {
+        let mut v = serde_json::json!({
+            "site": "lab", "pid": 1, "healthy": true, "uptime_ms": 0, "state_dir": "/run/x",
+            "children": [],
+            "translate": {"healthy": true, "open_to_anyone": null},
+        });
+        assert!(!status_text(&v).contains("open to anyone"));
+        v["translate"]["open_to_anyone"] =
+            crate::translate::open_to_anyone("192.0.2.1:9001".parse().unwrap(), &[]).into();
+        let t = status_text(&v);
+        assert!(
+            t.contains("translate: warning: the translator on 192.0.2.1:9001 is open to anyone"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn status_says_why_a_part_is_unhealthy_or_missing() {

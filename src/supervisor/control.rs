@@ -76,6 +76,10 @@ async fn answer(cmd: &str, tx: &mpsc::UnboundedSender<Msg>, dir: &Path) -> Value
             if mroute.exists() {
                 v["mroute"] = ask_mroute(&mroute).await;
             }
+            let translate = parts.join("translate.sock");
+            if translate.exists() {
+                v["translate"] = ask_status(&translate).await;
+            }
             let headend = parts.join("headend.sock");
             if headend.exists() {
                 v["headend"] = ask_status(&headend).await;

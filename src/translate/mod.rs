@@ -509,6 +509,7 @@ fn serve_status(
     path: PathBuf,
     listener: std::os::unix::net::UnixListener,
     bound: &Bound,
+    open: Option<String>,
 ) -> Result<(), TranslateError> {
     let addr = |s: &Socket| {
         s.local_addr()
@@ -522,6 +523,8 @@ fn serve_status(
         "multicast": addr(&bound.multicast),
         "source": bound.source,
         "ifindex": bound.ifindex,
+        // Said while it holds: anyone upstream may open flows.
+        "open_to_anyone": open,
     });
     listener
         .set_nonblocking(false)
@@ -565,7 +568,12 @@ pub fn main(cfg: Config) -> Result<(), TranslateError> {
     };
     drop_capabilities()?;
     if let Some((path, listener)) = status {
-        serve_status(path, listener, &bound)?;
+        serve_status(
+            path,
+            listener,
+            &bound,
+            open_to_anyone(cfg.unicast, &cfg.allow),
+        )?;
     }
     tracing::info!(
         unicast = %cfg.unicast,
