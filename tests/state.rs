@@ -180,6 +180,24 @@ fn a_corrupt_record_is_kept_and_down_finds_the_rest_by_scanning() {
     assert_eq!(kept.trim(), "20");
 }
 
+/// A new `up` after a crash whose record is corrupt removes the leftovers first, as `down`
+/// does (the plan plus a scan), instead of building over them.
+#[test]
+fn up_after_a_crash_with_a_corrupt_record_removes_the_leftovers_first() {
+    let (sb, site) = crashed_two_vlans();
+    sb.sh("truncate -s 20 /run/appliance/lab/state.json");
+    let mut up = Up::start(&sb, &site);
+    wait_healthy(&sb, &mut up);
+    let logs = up.log();
+    assert!(logs.contains("is corrupt"), "{logs}");
+    assert!(logs.contains("removing what the plan and a scan"), "{logs}");
+    let kept = sb.sh("wc -c < /run/appliance/lab/state.json.corrupt");
+    assert_eq!(kept.trim(), "20");
+    up.stop();
+    let down = sb.appliance().arg("down").arg(&site).output().unwrap();
+    check(&down, "appliance down");
+}
+
 #[test]
 fn the_record_stays_until_a_teardown_without_errors() {
     let (sb, site) = crashed_two_vlans();

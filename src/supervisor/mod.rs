@@ -361,14 +361,19 @@ fn owned_dir(dir: &Path, user: &str, mode: u32) -> Result<(), UpError> {
 /// What an earlier `up` left in the state directory (it crashed or was killed) goes first.
 async fn remove_leftovers(plan: &Plan) {
     let dir = &plan.state_dir;
-    let Some(old) = Record::load(dir) else {
-        return;
-    };
-    info!(
-        "found what an earlier up (pid {}) left in {}: removing it first",
-        old.pid,
-        dir.display()
-    );
+    match Record::load_checked(dir) {
+        Ok(None) => return,
+        Ok(Some(old)) => info!(
+            "found what an earlier up (pid {}) left in {}: removing it first",
+            old.pid,
+            dir.display()
+        ),
+        // Kept aside as state.json.corrupt; the plan and a scan find the rest, as in down.
+        Err(e) => warn!(
+            "{e}: removing what the plan and a scan for the site's names find of an earlier \
+             up first"
+        ),
+    }
     for e in apply::teardown(&plan.site, Some(plan), dir).await {
         warn!("removing leftovers: {e}");
     }
