@@ -11,7 +11,7 @@ pub mod spawner;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,7 @@ pub fn lock(plan: &Plan) -> Result<Flock<File>, UpError> {
         .truncate(false)
         .write(true)
         .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|source| UpError::Io {
             op: "opening lock",
