@@ -27,7 +27,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,7 @@ use tokio::task::JoinHandle;
 use super::membership::{Action, Family, Heard, Membership, MembershipStatus, QuerierConfig, Why};
 use super::wire::{self, Message};
 use crate::mroute::kernel;
+use crate::sockets::{ifindex, set_multicast, setsockopt};
 
 /// How often interfaces and addresses are looked up again.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -352,35 +353,17 @@ impl Task {
     }
 }
 
-fn ifindex(name: &str) -> Option<u32> {
-    nix::net::if_::if_nametoindex(name).ok()
-}
-
 /// The address we query from and every address of this host (of any family).
 fn addresses(family: Family, name: &str, ifindex: u32) -> (Option<IpAddr>, Vec<IpAddr>) {
-    let mut ours = Vec::new();
-    let mut first_v4 = None;
-    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        for a in addrs {
-            let Some(addr) = a.address else { continue };
-            let ip = if let Some(v4) = addr.as_sockaddr_in() {
-                IpAddr::V4(v4.ip())
-            } else if let Some(v6) = addr.as_sockaddr_in6() {
-                IpAddr::V6(v6.ip())
-            } else {
-                continue;
-            };
-            if a.interface_name == name && first_v4.is_none() && ip.is_ipv4() {
-                first_v4 = Some(ip);
-            }
-            ours.push(ip);
-        }
-    }
+    let all = crate::sockets::addresses();
     let me = match family {
-        Family::Ipv4 => first_v4,
+        Family::Ipv4 => all
+            .iter()
+            .find(|(n, ip)| n == name && ip.is_ipv4())
+            .map(|(_, ip)| *ip),
         Family::Ipv6 => link_local(ifindex).map(IpAddr::V6),
     };
-    (me, ours)
+    (me, all.into_iter().map(|(_, ip)| ip).collect())
 }
 
 /// The lowest usable (not tentative, not failed DAD) link-local address of an interface,
@@ -409,32 +392,6 @@ fn link_local_in(text: &str, ifindex: u32) -> Option<Ipv6Addr> {
                 .then_some(addr)
         })
         .min()
-}
-
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, val: &T) -> io::Result<()> {
-    setsockopt_bytes(
-        fd,
-        level,
-        opt,
-        (val as *const T).cast(),
-        std::mem::size_of::<T>(),
-    )
-}
-
-fn setsockopt_bytes(
-    fd: RawFd,
-    level: libc::c_int,
-    opt: libc::c_int,
-    ptr: *const libc::c_void,
-    len: usize,
-) -> io::Result<()> {
-    // SAFETY: `ptr` points to `len` live bytes owned by the caller for this call.
-    let r = unsafe { libc::setsockopt(fd, level, opt, ptr, len as libc::socklen_t) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 fn annotate(e: io::Error, what: &str) -> io::Error {
@@ -470,13 +427,8 @@ impl Link {
                 for t in wire::MLD_TYPES {
                     filter[usize::from(t >> 5)] &= !(1u32 << (t & 31));
                 }
-                setsockopt(
-                    s.as_raw_fd(),
-                    libc::IPPROTO_ICMPV6,
-                    kernel::ICMP6_FILTER,
-                    &filter,
-                )
-                .map_err(|e| annotate(e, "setting ICMP6_FILTER"))?;
+                setsockopt(&s, libc::IPPROTO_ICMPV6, kernel::ICMP6_FILTER, &filter)
+                    .map_err(|e| annotate(e, "setting ICMP6_FILTER"))?;
                 s.bind_device(Some(name.as_bytes()))
                     .map_err(|e| annotate(e, &format!("binding to device {name}")))?;
                 for g in [
@@ -486,17 +438,11 @@ impl Link {
                     s.join_multicast_v6(&g, ifindex)
                         .map_err(|e| annotate(e, &format!("joining {g} on {name}")))?;
                 }
-                s.set_multicast_if_v6(ifindex)?;
-                s.set_multicast_hops_v6(1)?;
+                set_multicast(&s, true, 1, ifindex)
+                    .map_err(|e| annotate(e, "setting IPV6_MULTICAST_IF and hop limit 1"))?;
                 s.set_multicast_loop_v6(false)?;
-                setsockopt_bytes(
-                    s.as_raw_fd(),
-                    libc::IPPROTO_IPV6,
-                    IPV6_HOPOPTS,
-                    HOPOPTS_RA.as_ptr().cast(),
-                    HOPOPTS_RA.len(),
-                )
-                .map_err(|e| annotate(e, "setting the Router Alert option (IPV6_HOPOPTS)"))?;
+                setsockopt(&s, libc::IPPROTO_IPV6, IPV6_HOPOPTS, &HOPOPTS_RA)
+                    .map_err(|e| annotate(e, "setting the Router Alert option (IPV6_HOPOPTS)"))?;
                 s
             }
             Family::Ipv4 => {
@@ -512,30 +458,13 @@ impl Link {
                     s.join_multicast_v4_n(&g, &InterfaceIndexOrAddress::Index(ifindex))
                         .map_err(|e| annotate(e, &format!("joining {g} on {name}")))?;
                 }
-                let mreqn = libc::ip_mreqn {
-                    imr_multiaddr: libc::in_addr { s_addr: 0 },
-                    imr_address: libc::in_addr { s_addr: 0 },
-                    imr_ifindex: ifindex as libc::c_int,
-                };
-                setsockopt(
-                    s.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_MULTICAST_IF,
-                    &mreqn,
-                )
-                .map_err(|e| annotate(e, "setting IP_MULTICAST_IF"))?;
-                s.set_multicast_ttl_v4(1)?;
+                set_multicast(&s, false, 1, ifindex)
+                    .map_err(|e| annotate(e, "setting IP_MULTICAST_IF and TTL 1"))?;
                 s.set_multicast_loop_v4(false)?;
-                setsockopt_bytes(
-                    s.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_OPTIONS,
-                    IPOPT_RA.as_ptr().cast(),
-                    IPOPT_RA.len(),
-                )
-                .map_err(|e| annotate(e, "setting the Router Alert option (IP_OPTIONS)"))?;
+                setsockopt(&s, libc::IPPROTO_IP, libc::IP_OPTIONS, &IPOPT_RA)
+                    .map_err(|e| annotate(e, "setting the Router Alert option (IP_OPTIONS)"))?;
                 let one: libc::c_int = 1;
-                setsockopt(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_ROUTER_ALERT, &one)
+                setsockopt(&s, libc::IPPROTO_IP, libc::IP_ROUTER_ALERT, &one)
                     .map_err(|e| annotate(e, "setting IP_ROUTER_ALERT"))?;
                 s
             }
@@ -649,7 +578,7 @@ fn forwarding(family: Family, ifindex: u32, table: u32) -> io::Result<Socket> {
             let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
             // Nothing is read from it: block every ICMPv6 type.
             setsockopt(
-                s.as_raw_fd(),
+                &s,
                 libc::IPPROTO_ICMPV6,
                 kernel::ICMP6_FILTER,
                 &[u32::MAX; 8],
@@ -667,11 +596,9 @@ fn forwarding(family: Family, ifindex: u32, table: u32) -> io::Result<Socket> {
     };
     // Nothing is read from it either: the smallest buffer, so copies are dropped early.
     let _ = s.set_recv_buffer_size(1);
-    setsockopt(s.as_raw_fd(), level, kernel::MRT_TABLE, &table)
-        .map_err(|e| annotate(e, "MRT_TABLE"))?;
+    setsockopt(&s, level, kernel::MRT_TABLE, &table).map_err(|e| annotate(e, "MRT_TABLE"))?;
     let one: libc::c_int = 1;
-    setsockopt(s.as_raw_fd(), level, kernel::MRT_INIT, &one)
-        .map_err(|e| annotate(e, "MRT_INIT"))?;
+    setsockopt(&s, level, kernel::MRT_INIT, &one).map_err(|e| annotate(e, "MRT_INIT"))?;
     if family == Family::Ipv4 {
         // SAFETY: vifctl is a plain C struct of integers; all-zero is a valid value.
         let mut v: kernel::vifctl = unsafe { std::mem::zeroed() };
@@ -679,8 +606,7 @@ fn forwarding(family: Family, ifindex: u32, table: u32) -> io::Result<Socket> {
         v.vifc_flags = kernel::VIFF_USE_IFINDEX;
         v.vifc_threshold = 1;
         v.vifc_lcl_ifindex = ifindex as libc::c_int;
-        setsockopt(s.as_raw_fd(), level, kernel::MRT_ADD_VIF, &v)
-            .map_err(|e| annotate(e, "MRT_ADD_VIF"))?;
+        setsockopt(&s, level, kernel::MRT_ADD_VIF, &v).map_err(|e| annotate(e, "MRT_ADD_VIF"))?;
     }
     Ok(s)
 }
