@@ -280,6 +280,50 @@ impl std::fmt::Debug for Station {
 /// How many bytes are read before deciding what a body is.
 const SNIFF: usize = 512;
 
+/// A response whose first bytes were read for sniffing, with what was needed to say what
+/// came back.
+struct Sniffed {
+    final_url: String,
+    /// The HTTP status (2xx: others are errors).
+    status: u16,
+    content_type: Option<String>,
+    /// The content type as an error message shows it.
+    ct_text: String,
+    reader: BodyReader<'static>,
+    prefix: Vec<u8>,
+    started: Instant,
+}
+
+/// Reads the first bytes of a response (to tell media, playlists and pages apart); an
+/// answer outside 2xx is an error naming its status, content type and first bytes.
+fn sniff(resp: ureq::http::Response<ureq::Body>) -> Result<Sniffed, HttpError> {
+    use ureq::ResponseExt;
+    let final_url = resp.get_uri().to_string();
+    let status = resp.status().as_u16();
+    let content_type = header(&resp, "content-type");
+    let ct_text = content_type.clone().unwrap_or_else(|| "(none)".into());
+    let mut reader = resp.into_body().into_reader();
+    let started = Instant::now();
+    let prefix = read_up_to(&mut reader, SNIFF).unwrap_or_default();
+    if !(200..300).contains(&status) {
+        return Err(HttpError::Status {
+            url: final_url,
+            status,
+            content_type: ct_text,
+            first: first_bytes(&prefix),
+        });
+    }
+    Ok(Sniffed {
+        final_url,
+        status,
+        content_type,
+        ct_text,
+        reader,
+        prefix,
+        started,
+    })
+}
+
 fn header(r: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
     r.headers()
         .get(name)
@@ -401,30 +445,23 @@ fn open(
         });
     }
     let resp = get(agent, url, cfg, true)?;
-    use ureq::ResponseExt;
-    let final_url = resp.get_uri().to_string();
-    let status = resp.status().as_u16();
-    let content_type = header(&resp, "content-type");
     let metaint = header(&resp, "icy-metaint");
     let meta = StreamMeta {
         name: header(&resp, "icy-name"),
         title: None,
         url: header(&resp, "icy-url"),
         description: header(&resp, "icy-description"),
-        content_type: content_type.clone(),
+        content_type: header(&resp, "content-type"),
     };
-    let ct_text = content_type.clone().unwrap_or_else(|| "(none)".into());
-    let mut reader = resp.into_body().into_reader();
-    let started = Instant::now();
-    let prefix = read_up_to(&mut reader, SNIFF).unwrap_or_default();
-    if !(200..300).contains(&status) {
-        return Err(HttpError::Status {
-            url: final_url,
-            status,
-            content_type: ct_text,
-            first: first_bytes(&prefix),
-        });
-    }
+    let Sniffed {
+        final_url,
+        status,
+        content_type,
+        ct_text,
+        reader,
+        prefix,
+        started,
+    } = sniff(resp)?;
     // The first bytes of an ICY stream may hold a metadata block: sniff media only
     // from before it.
     let metaint = match metaint {
@@ -529,23 +566,15 @@ pub struct FetchedList {
 pub fn fetch_list(url: &str, cfg: &HttpConfig) -> Result<FetchedList, HttpError> {
     check_url(url)?;
     let agent = agent(cfg);
-    let resp = get(&agent, url, cfg, false)?;
-    use ureq::ResponseExt;
-    let final_url = resp.get_uri().to_string();
-    let status = resp.status().as_u16();
-    let content_type = header(&resp, "content-type");
-    let ct_text = content_type.clone().unwrap_or_else(|| "(none)".into());
-    let mut reader = resp.into_body().into_reader();
-    let started = Instant::now();
-    let prefix = read_up_to(&mut reader, SNIFF).unwrap_or_default();
-    if !(200..300).contains(&status) {
-        return Err(HttpError::Status {
-            url: final_url,
-            status,
-            content_type: ct_text,
-            first: first_bytes(&prefix),
-        });
-    }
+    let Sniffed {
+        final_url,
+        content_type,
+        ct_text,
+        reader,
+        prefix,
+        started,
+        ..
+    } = sniff(get(&agent, url, cfg, false)?)?;
     if playlist::detect(content_type.as_deref(), &prefix).is_none()
         && is_media(content_type.as_deref(), &prefix)
     {
