@@ -37,6 +37,9 @@ pub struct Record {
     /// transaction.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// Directories `up` made for mount spaces (under the state directory), removed whole.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
 }
 
 pub const FILE: &str = "state.json";

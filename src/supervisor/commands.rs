@@ -274,6 +274,100 @@ fn status_text(v: &Value) -> String {
     if !v["headend"].is_null() {
         out.push_str(&headend_text(&v["headend"]));
     }
+    if !v["routing"].is_null() {
+        out.push_str(&routing_text(&v["routing"]));
+    }
+    out
+}
+
+/// What FRR says (the `frr` part's status): daemons, configuration, PIM neighbours, the
+/// (S,G) and (*,G) state, IGMP groups.
+fn routing_text(r: &Value) -> String {
+    if let Some(e) = r["error"].as_str() {
+        return format!("routing (FRR): {e}\n");
+    }
+    let list = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    let mut out = format!(
+        "routing (FRR): {}{}\n",
+        if r["healthy"] == true {
+            "healthy"
+        } else {
+            "unhealthy"
+        },
+        r["why"]
+            .as_str()
+            .map(|w| format!(" ({})", esc(w)))
+            .unwrap_or_default()
+    );
+    let daemons: Vec<String> = r["daemons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let ok = if d["answers"] == true {
+                "answers"
+            } else {
+                "silent"
+            };
+            format!("{} {ok}", s(&d["name"]))
+        })
+        .collect();
+    out.push_str(&format!(
+        "  daemons: {}; configuration pushed {} time(s)\n",
+        daemons.join(", "),
+        r["pushes"]
+    ));
+    out.push_str(&format!(
+        "  PIM on: {}; IGMP on: {}\n",
+        list(&r["pim_interfaces"]).join(" "),
+        list(&r["igmp_interfaces"]).join(" ")
+    ));
+    for rp in r["rps"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  RP {} for {}\n",
+            s(&rp["address"]),
+            s(&rp["group"])
+        ));
+    }
+    let neighbors = r["neighbors"].as_array().cloned().unwrap_or_default();
+    if neighbors.is_empty() {
+        out.push_str("  no PIM neighbours\n");
+    }
+    for n in neighbors {
+        out.push_str(&format!(
+            "  neighbour {} on {} (up {})\n",
+            s(&n["address"]),
+            s(&n["interface"]),
+            n["uptime"].as_str().unwrap_or("?")
+        ));
+    }
+    for m in r["mroutes"].as_array().into_iter().flatten() {
+        let source = m["source"].as_str().unwrap_or("*");
+        out.push_str(&format!(
+            "  ({source}, {}) in {} -> {}{}\n",
+            s(&m["group"]),
+            m["iif"].as_str().unwrap_or("?"),
+            list(&m["oil"]).join(" "),
+            if m["installed"] == true {
+                ""
+            } else {
+                " (not installed)"
+            }
+        ));
+    }
+    for g in r["igmp_groups"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  IGMP receivers of {} on {}\n",
+            s(&g["group"]),
+            s(&g["interface"])
+        ));
+    }
     out
 }
 

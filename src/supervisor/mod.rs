@@ -138,6 +138,19 @@ pub fn preflight(plan: &Plan) -> Vec<String> {
         }
     }
     for c in &plan.children {
+        for g in &c.groups {
+            if users.insert(format!("group {g}"))
+                && !matches!(nix::unistd::Group::from_name(g), Ok(Some(_)))
+            {
+                problems.push(format!(
+                    "group {g} (for {}) does not exist: scripts/install-deps installs the \
+                     package that makes it",
+                    c.name
+                ));
+            }
+        }
+    }
+    for c in &plan.children {
         if c.program != crate::plan::Program::External || !seen.insert(c.argv[0].clone()) {
             continue;
         }
@@ -156,6 +169,9 @@ pub fn preflight(plan: &Plan) -> Vec<String> {
         let user = match c.argv[0].as_str() {
             "avahi-daemon" => Some("avahi"),
             "dbus-daemon" => Some("messagebus"),
+            d if d.starts_with(crate::plan::routing::FRR_BIN) => {
+                Some(crate::plan::routing::FRR_USER)
+            }
             _ => None,
         };
         if let Some(u) = user
