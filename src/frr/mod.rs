@@ -101,40 +101,65 @@ pub fn vtysh(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// One `vtysh -d DAEMON -c COMMAND` whose answer is JSON.
-fn ask_json(daemon: &str, command: &str) -> Result<Value, String> {
-    let text = vtysh(&["-d", daemon, "-c", command])?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{daemon} answered {command:?} with something not JSON: {e}"))
+/// pimd's questions whose answers are JSON, asked in one `vtysh`.
+const PIM_QUESTIONS: &[&str] = &[
+    "show ip pim interface json",
+    "show ip igmp interface json",
+    "show ip pim rp-info json",
+    "show ip pim neighbor json",
+    "show ip mroute json",
+    "show ip igmp groups json",
+];
+
+/// Asks one daemon several questions in one `vtysh -d DAEMON -c Q …` and splits the
+/// answers (one JSON document each); a missing or damaged answer is Null, and said.
+fn ask_json(daemon: &str, questions: &[&str]) -> Result<(Vec<Value>, Option<String>), String> {
+    let mut args = vec!["-d", daemon];
+    for q in questions {
+        args.extend(["-c", q]);
+    }
+    let text = vtysh(&args)?;
+    let mut out: Vec<Value> = serde_json::Deserializer::from_str(&text)
+        .into_iter::<Value>()
+        .map_while(Result::ok)
+        .take(questions.len())
+        .collect();
+    let n = out.len();
+    let short = (n < questions.len()).then(|| {
+        format!(
+            "{daemon} answered {n} of {} questions with JSON (the first left: {:?})",
+            questions.len(),
+            questions[n]
+        )
+    });
+    out.resize(questions.len(), Value::Null);
+    Ok((out, short))
 }
 
 /// Asks FRR what it has: each daemon over its vty socket, then pimd's state.
 pub fn observe(frr: &FrrPlan) -> Observed {
     let mut o = Observed::default();
     for d in &frr.daemons {
-        let answer = if d == "pimd" {
-            vtysh(&["-d", d, "-c", "show running-config"]).map(|text| {
+        let answer = vtysh(&["-d", d, "-c", "show running-config"]).map(|text| {
+            if d == "pimd" {
                 o.configured = Some(state::configured(&text));
-            })
-        } else {
-            vtysh(&["-d", d, "-c", "show running-config"]).map(|_| ())
-        };
+            }
+        });
         o.daemons.push((d.clone(), answer.err()));
     }
     if o.daemons.iter().any(|(d, e)| d == "pimd" && e.is_none()) {
-        let mut errors = vec![];
-        let mut ask = |cmd: &str| {
-            ask_json("pimd", cmd)
-                .map_err(|e| errors.push(e))
-                .unwrap_or(Value::Null)
-        };
-        o.pim_interfaces = state::interfaces(&ask("show ip pim interface json"));
-        o.igmp_interfaces = state::interfaces(&ask("show ip igmp interface json"));
-        o.rps = state::rps(&ask("show ip pim rp-info json"));
-        o.neighbors = state::neighbors(&ask("show ip pim neighbor json"));
-        o.mroutes = state::mroutes(&ask("show ip mroute json"));
-        o.igmp_groups = state::igmp_groups(&ask("show ip igmp groups json"));
-        o.errors = errors;
+        match ask_json("pimd", PIM_QUESTIONS) {
+            Ok((a, short)) => {
+                o.errors.extend(short);
+                o.pim_interfaces = state::interfaces(&a[0]);
+                o.igmp_interfaces = state::interfaces(&a[1]);
+                o.rps = state::rps(&a[2]);
+                o.neighbors = state::neighbors(&a[3]);
+                o.mroutes = state::mroutes(&a[4]);
+                o.igmp_groups = state::igmp_groups(&a[5]);
+            }
+            Err(e) => o.errors.push(e),
+        }
     }
     o
 }
@@ -201,7 +226,9 @@ impl Part {
     }
 }
 
-/// Runs the part until SIGTERM or SIGINT.
+/// Runs the part until SIGTERM or SIGINT: a thread asks FRR (every 100 ms until the
+/// configuration is in place, then every [`OBSERVE_EVERY`]) and pushes; requests are
+/// answered at once with what it last found.
 pub fn main(frr: &FrrPlan) -> Result<(), FrrError> {
     let io = |what: String| move |source| FrrError::Io { what, source };
     let stop =
@@ -214,24 +241,43 @@ pub fn main(frr: &FrrPlan) -> Result<(), FrrError> {
         frr.daemons.join(", "),
         sock.display()
     );
-    let mut part = Part {
-        observed: Observed::waiting(&frr.daemons, &frr.daemons),
-        at: None,
-        pushes: 0,
-        last_push: None,
-        push_error: None,
-    };
+    let latest = std::sync::Arc::new(std::sync::Mutex::new(status(
+        frr,
+        &Observed::waiting(&frr.daemons, &frr.daemons),
+        0,
+        None,
+    )));
+    {
+        let latest = latest.clone();
+        let frr = frr.clone();
+        std::thread::Builder::new()
+            .name("frr-observe".into())
+            .spawn(move || {
+                let mut part = Part {
+                    observed: Observed::default(),
+                    at: None,
+                    pushes: 0,
+                    last_push: None,
+                    push_error: None,
+                };
+                loop {
+                    part.refresh(&frr);
+                    let v = part.status(&frr);
+                    let settled = v["healthy"] == true;
+                    if let Ok(mut l) = latest.lock() {
+                        *l = v;
+                    }
+                    // A poll interval, not a wait for an event: FRR tells nobody.
+                    std::thread::sleep(if settled {
+                        OBSERVE_EVERY
+                    } else {
+                        Duration::from_millis(100)
+                    });
+                }
+            })
+            .map_err(io("starting the observer thread".into()))?;
+    }
     loop {
-        // Quickly while the daemons come up, then every OBSERVE_EVERY.
-        let settled = part.pushes > 0 && part.observed.all_answer();
-        let every = if settled {
-            OBSERVE_EVERY
-        } else {
-            Duration::from_millis(100)
-        };
-        if part.at.is_none_or(|t| t.elapsed() >= every) {
-            part.refresh(frr);
-        }
         let mut fds = [
             libc::pollfd {
                 fd: control.as_raw_fd(),
@@ -244,24 +290,16 @@ pub fn main(frr: &FrrPlan) -> Result<(), FrrError> {
                 revents: 0,
             },
         ];
-        let wait = every.as_millis() as libc::c_int;
         // SAFETY: two valid pollfds of live fds.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, wait) };
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
         if fds[1].revents != 0 {
             let sig = crate::signals::next(&stop).map_or("a signal", |s| s.as_str());
             tracing::info!("{sig}: stopping");
             break;
         }
         if fds[0].revents != 0 {
-            // An answer says what FRR says now, not two seconds ago.
-            if part
-                .at
-                .is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
-            {
-                part.refresh(frr);
-            }
             while let Ok((stream, _)) = control.accept() {
-                let v = part.status(frr);
+                let v = latest.lock().map(|v| v.clone()).unwrap_or(Value::Null);
                 let _ = crate::jsonl::answer_one(
                     stream,
                     Duration::from_millis(500),
