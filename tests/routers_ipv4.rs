@@ -54,17 +54,8 @@ impl Router {
         Router { name, state, up }
     }
 
-    /// The supervisor's status (with the `frr` part's under "routing"), straight from its
-    /// control socket (the socket file is on the test's filesystem).
     fn status(&self) -> Option<serde_json::Value> {
-        use std::io::{BufRead, BufReader, Write};
-        let mut s =
-            std::os::unix::net::UnixStream::connect(self.state.join("control.sock")).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).ok()?;
-        serde_json::from_str(&line).ok()
+        status_at(&self.state)
     }
 
     fn healthy(&self) -> bool {
@@ -114,6 +105,18 @@ impl Router {
     fn stop(&mut self) -> Option<i32> {
         self.up.signal(15).code()
     }
+}
+
+/// The supervisor's status (with the `frr` part's under "routing"), straight from its
+/// control socket in `state` (the socket file is on the test's filesystem).
+fn status_at(state: &Path) -> Option<serde_json::Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(state.join("control.sock")).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
 }
 
 /// The five namespaces and their links: src (10.1.0.2) — a-src|A|a-b (10.1.0.1,
@@ -330,6 +333,85 @@ fn a_join_behind_two_frr_routers_brings_the_source_and_pimd_recovers_from_kill_9
                 || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .is_ok_and(|s| s.contains(") Z")),
             "pid {pid} of FRR still runs after down"
+        );
+    }
+}
+
+/// Processes whose executable is one of FRR's daemons and whose mounts show `state`'s
+/// run directory over /run/frr (they belong to this router, not another test's).
+fn frr_processes_of(state: &Path) -> Vec<u32> {
+    let run = state.join("frr/run");
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if !["zebra", "staticd", "pimd"].contains(&comm.trim()) {
+            continue;
+        }
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        if mounts.contains(&*run.to_string_lossy()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// `up` killed with SIGKILL twice: once in the middle of building (as soon as FRR's
+/// configuration is written), once with FRR healthy. Either way its FRR daemons die with
+/// it (its PID namespace), no mount is left in the sandbox, and `down` removes FRR's
+/// directories with the rest of the state; a second `down` is fine.
+#[test]
+fn a_killed_up_leaves_no_frr_and_down_removes_its_directories() {
+    require_root();
+    require_program("vtysh");
+    for healthy_first in [false, true] {
+        let sb = Sandbox::new();
+        sb.sh("ip link add x0 type veth peer name x1\n\
+             ip addr add 10.9.0.1/24 dev x0\nip addr add 10.9.1.1/24 dev x1\n\
+             ip link set x0 up\nip link set x1 up\n");
+        let state = sb.path("state");
+        let site = sb.write(
+            "r.toml",
+            &format!(
+                "[site]\nname = \"r\"\nstate_dir = \"{}\"\n\n\
+                 [routing]\nengine = \"frr\"\ninterfaces = [\"x0\", \"x1\"]\nrp = \"10.9.0.1\"\n",
+                state.display()
+            ),
+        );
+        let mut up = Up::start(&sb, &site);
+        let conf = state.join("frr/etc/frr.conf");
+        wait_until(
+            "FRR's configuration written",
+            Duration::from_secs(20),
+            || conf.exists().then_some(()),
+        );
+        if healthy_first {
+            wait_until("the router healthy", Duration::from_secs(30), || {
+                status_at(&state)
+                    .is_some_and(|v| v["healthy"] == true)
+                    .then_some(())
+            });
+            assert_eq!(frr_processes_of(&state).len(), 3, "{}", up.log());
+        }
+        // SAFETY: kill(2) with plain integers, on the up this test started.
+        unsafe { libc_kill(up.pid as i32, 9) };
+        let _ = up.child.wait();
+        wait_until(
+            "FRR's daemons gone with up",
+            Duration::from_secs(10),
+            || frr_processes_of(&state).is_empty().then_some(()),
+        );
+        for _ in 0..2 {
+            let down = sb.appliance().arg("down").arg(&site).output().unwrap();
+            check(&down, "appliance down after up was killed");
+        }
+        assert!(gone(&state), "down left {}", state.display());
+        let mounts = sb.sh("cat /proc/self/mountinfo");
+        assert!(
+            !mounts.contains(&*state.to_string_lossy()),
+            "a mount of the site is left:\n{mounts}"
         );
     }
 }
