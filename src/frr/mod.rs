@@ -176,7 +176,6 @@ fn missing_sockets(frr: &FrrPlan) -> Vec<String> {
 /// What the part knows between requests.
 struct Part {
     observed: Observed,
-    at: Option<Instant>,
     pushes: u32,
     last_push: Option<Instant>,
     push_error: Option<String>,
@@ -189,16 +188,13 @@ impl Part {
         let waiting = missing_sockets(frr);
         if !waiting.is_empty() {
             self.observed = Observed::waiting(&frr.daemons, &waiting);
-            self.at = Some(Instant::now());
             return;
         }
         self.observed = observe(frr);
-        self.at = Some(Instant::now());
         let due = self.last_push.is_none_or(|t| t.elapsed() >= PUSH_EVERY);
         if due && self.observed.all_answer() && !state::missing(frr, &self.observed).is_empty() {
             self.push(frr);
             self.observed = observe(frr);
-            self.at = Some(Instant::now());
         }
     }
 
@@ -255,7 +251,6 @@ pub fn main(frr: &FrrPlan) -> Result<(), FrrError> {
             .spawn(move || {
                 let mut part = Part {
                     observed: Observed::default(),
-                    at: None,
                     pushes: 0,
                     last_push: None,
                     push_error: None,

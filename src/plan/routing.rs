@@ -316,6 +316,91 @@ pub fn frr_conf(hostname: &str, pim: &[String], igmp: &[String], rps: &[Rp]) -> 
 mod tests {
     use super::*;
 
+    fn frr() -> FrrPlan {
+        let site: crate::site::Routing = toml::from_str(
+            "engine = \"frr\"\ninterfaces = [\"up0\", \"br-lan\"]\nrp = \"10.0.0.1\"\n",
+        )
+        .unwrap();
+        plan(
+            "b",
+            std::path::Path::new("/run/appliance/b"),
+            Some(&site),
+            false,
+        )
+        .unwrap()
+        .frr
+        .unwrap()
+    }
+
+    #[test]
+    fn the_daemons_run_in_the_foreground_in_the_mount_space_and_the_part_after_them() {
+        let f = frr();
+        let c = children(
+            &f,
+            "/etc/appliance/b.toml".as_ref(),
+            "/run/appliance/b".as_ref(),
+        );
+        let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["zebra", "staticd", "pimd", "frr"]);
+        for d in &c[..3] {
+            assert_eq!(d.netns.as_deref(), Some(MOUNT_SPACE));
+            assert!(!d.argv.contains(&"-d".to_string()), "in the foreground");
+            let argv = d.argv.join(" ");
+            assert!(argv.contains("-u frr -g frr -A 127.0.0.1 -P 0"), "{argv}");
+            assert!(
+                argv.ends_with("--vty_socket /run/frr --log stdout"),
+                "{argv}"
+            );
+            assert_eq!(
+                crate::supervisor::spawn::ready_socket(d),
+                Some(format!("/run/frr/{}.vty", d.name).into())
+            );
+        }
+        assert!(c[0].after.is_empty());
+        assert_eq!(c[1].after, ["zebra"]);
+        assert_eq!(c[2].after, ["zebra"]);
+        let part = &c[3];
+        assert_eq!(part.after, ["zebra", "staticd", "pimd"]);
+        assert_eq!(part.user.as_deref(), Some(crate::plan::PARTS_USER));
+        assert_eq!(part.groups, [VTY_GROUP]);
+        assert!(part.caps.is_empty());
+        assert_eq!(
+            part.health,
+            Health::Control {
+                socket: "/run/appliance/b/parts/frr.sock".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_mount_space_binds_the_sites_directories_over_frrs() {
+        let m = mount_space(&frr());
+        let binds: Vec<String> = m
+            .mounts
+            .iter()
+            .map(|x| match x {
+                Mount::Bind { source, target } => format!("{source} {target}"),
+                _ => panic!("binds only"),
+            })
+            .collect();
+        assert_eq!(
+            binds,
+            [
+                "/run/appliance/b/frr/run /run/frr",
+                "/run/appliance/b/frr/etc /etc/frr",
+                "/run/appliance/b/frr/tmp /var/tmp/frr"
+            ]
+        );
+        assert_eq!(m.dirs[0].path, std::path::Path::new("/run/appliance/b/frr"));
+        let conf = m
+            .files
+            .iter()
+            .find(|f| f.path.ends_with("frr.conf"))
+            .unwrap();
+        assert_eq!((conf.user.as_str(), conf.group.as_str()), ("frr", "frrvty"));
+        assert!(conf.contents.contains("ip pim rp 10.0.0.1 224.0.0.0/4"));
+    }
+
     #[test]
     fn frr_conf_has_pim_igmp_and_rps() {
         let rps = vec![Rp {
