@@ -210,6 +210,19 @@ fn status_text(v: &Value) -> String {
     for n in v["namespaces"].as_array().into_iter().flatten() {
         out.push_str(&format!("  {:<20} {}\n", s(&n["name"]), s(&n["pin"])));
     }
+    for m in v["mount_spaces"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<20} the host's network, private mounts: {}\n",
+            s(&m["name"]),
+            m["binds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     out.push_str("veths:\n");
     for n in v["veths"].as_array().into_iter().flatten() {
         out.push_str(&format!(
@@ -457,6 +470,35 @@ fn headend_text(h: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_shows_what_frr_says() {
+        let v = serde_json::json!({"site": "b", "healthy": false, "children": [],
+            "mount_spaces": [{"name": "frr", "binds": ["/s/frr/run over /run/frr"]}],
+            "routing": {"healthy": false, "why": "pimd: its vty socket is not there yet",
+                "daemons": [{"name": "zebra", "answers": true}, {"name": "pimd", "answers": false}],
+                "pushes": 2, "pim_interfaces": ["b-a", "b-r1"], "igmp_interfaces": ["b-r1"],
+                "rps": [{"address": "10.0.0.1", "group": "239.0.0.0/8"}],
+                "neighbors": [{"interface": "b-a", "address": "10.0.0.1", "uptime": "00:00:42"}],
+                "mroutes": [
+                    {"source": null, "group": "239.1.2.3", "iif": "b-a", "oil": ["b-r1"], "installed": true},
+                    {"source": "10.1.0.2", "group": "239.1.2.3", "iif": "b-a", "oil": ["b-r1"], "installed": false}],
+                "igmp_groups": [{"interface": "b-r1", "group": "239.1.2.3"}]}});
+        let t = status_text(&v);
+        for line in [
+            "frr                  the host's network, private mounts: /s/frr/run over /run/frr",
+            "routing (FRR): unhealthy (pimd: its vty socket is not there yet)",
+            "daemons: zebra answers, pimd silent; configuration pushed 2 time(s)",
+            "PIM on: b-a b-r1; IGMP on: b-r1",
+            "RP 10.0.0.1 for 239.0.0.0/8",
+            "neighbour 10.0.0.1 on b-a (up 00:00:42)",
+            "(*, 239.1.2.3) in b-a -> b-r1\n",
+            "(10.1.0.2, 239.1.2.3) in b-a -> b-r1 (not installed)",
+            "IGMP receivers of 239.1.2.3 on b-r1",
+        ] {
+            assert!(t.contains(line), "{line:?} not in:\n{t}");
+        }
+    }
 
     #[test]
     fn status_says_when_the_translator_is_open_to_anyone() {

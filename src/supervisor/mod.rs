@@ -848,6 +848,13 @@ impl Sup {
             "namespaces": self.plan.namespaces.iter().map(|n| json!({
                 "name": n.name, "kind": n.kind, "pin": n.pin, "mounts": n.mount_pin,
             })).collect::<Vec<_>>(),
+            "mount_spaces": self.plan.mount_spaces.iter().map(|m| json!({
+                "name": m.name, "owner": m.owner,
+                "binds": m.mounts.iter().filter_map(|x| match x {
+                    crate::plan::Mount::Bind { source, target } => Some(format!("{source} over {target}")),
+                    _ => None,
+                }).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
             "veths": self.plan.veths.iter().map(|v| json!({
                 "host": v.host, "bridge": v.bridge, "netns": v.netns, "peer": v.peer,
                 "host_mac": v.host_mac, "peer_mac": v.peer_mac, "addresses": v.addresses,
