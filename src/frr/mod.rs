@@ -1,6 +1,6 @@
 //! The `frr` part: pushes the site's generated FRR configuration into the daemons with
-//! `vtysh -b`, pushes it again when a daemon comes back without it (a restarted pimd is
-//! empty), and answers `{"cmd":"status"}` with what FRR itself says: which daemons answer
+//! `vtysh -b`, pushes it again when pimd lacks it (a restarted pimd comes back empty),
+//! and answers `{"cmd":"status"}` with what FRR itself says: which daemons answer
 //! over their vty sockets, whether the configuration is in place, the PIM neighbours, the
 //! (S,G) and (*,G) state and the IGMP groups.
 //!
@@ -31,9 +31,9 @@ pub enum FrrError {
 
 /// How long one `vtysh` may take before it is killed.
 const VTYSH_WAIT: Duration = Duration::from_secs(5);
-/// The most output read from one `vtysh` (a large multicast table is some 100 KiB).
+/// The most output read from one `vtysh`: memory stays bounded whatever FRR prints.
 const VTYSH_MAX: u64 = 8 << 20;
-/// How often FRR is asked while nobody asks us (the supervisor asks every 2 s).
+/// How often FRR is asked once it is healthy (every 100 ms until then).
 const OBSERVE_EVERY: Duration = Duration::from_secs(2);
 /// The configuration is pushed again at most this often while it is not in place.
 const PUSH_EVERY: Duration = Duration::from_secs(2);
@@ -222,9 +222,9 @@ impl Part {
     }
 }
 
-/// Runs the part until SIGTERM or SIGINT: a thread asks FRR (every 100 ms until the
-/// configuration is in place, then every [`OBSERVE_EVERY`]) and pushes; requests are
-/// answered at once with what it last found.
+/// Runs the part until SIGTERM or SIGINT: a thread asks FRR (every 100 ms until it is
+/// healthy, then every [`OBSERVE_EVERY`]) and pushes; requests are answered at once with
+/// what it last found.
 pub fn main(frr: &FrrPlan) -> Result<(), FrrError> {
     let io = |what: String| move |source| FrrError::Io { what, source };
     let stop =
