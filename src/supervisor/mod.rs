@@ -150,11 +150,23 @@ pub fn preflight(plan: &Plan) -> Vec<String> {
             }
         }
     }
-    for c in &plan.children {
-        if c.program != crate::plan::Program::External || !seen.insert(c.argv[0].clone()) {
+    // The frr part pushes FRR's configuration with vtysh.
+    let vtysh = plan
+        .routing
+        .as_ref()
+        .is_some_and(|r| r.frr.is_some())
+        .then(|| ("vtysh".to_string(), crate::plan::routing::PART.to_string()));
+    let programs = plan
+        .children
+        .iter()
+        .filter(|c| c.program == crate::plan::Program::External)
+        .map(|c| (c.argv[0].clone(), c.name.clone()))
+        .chain(vtysh);
+    for (program, name) in programs {
+        if !seen.insert(program.clone()) {
             continue;
         }
-        let p = Path::new(&c.argv[0]);
+        let p = Path::new(&program);
         let found = if p.is_absolute() {
             p.is_file()
         } else {
@@ -162,11 +174,10 @@ pub fn preflight(plan: &Plan) -> Vec<String> {
         };
         if !found {
             problems.push(format!(
-                "{} (for {}) is not installed or not on PATH",
-                c.argv[0], c.name
+                "{program} (for {name}) is not installed or not on PATH"
             ));
         }
-        let user = match c.argv[0].as_str() {
+        let user = match program.as_str() {
             "avahi-daemon" => Some("avahi"),
             "dbus-daemon" => Some("messagebus"),
             d if d.starts_with(crate::plan::routing::FRR_BIN) => {
@@ -177,7 +188,7 @@ pub fn preflight(plan: &Plan) -> Vec<String> {
         if let Some(u) = user
             && !matches!(nix::unistd::User::from_name(u), Ok(Some(_)))
         {
-            problems.push(format!("user {u} (for {}) does not exist", c.argv[0]));
+            problems.push(format!("user {u} (for {program}) does not exist"));
         }
     }
     problems
