@@ -407,7 +407,12 @@ fn a_killed_up_leaves_no_frr_and_down_removes_its_directories() {
             let down = sb.appliance().arg("down").arg(&site).output().unwrap();
             check(&down, "appliance down after up was killed");
         }
-        assert!(gone(&state), "down left {}", state.display());
+        assert!(
+            gone(&state),
+            "down left {}: {}",
+            state.display(),
+            sb.sh(&format!("find {} -ls", state.display()))
+        );
         let mounts = sb.sh("cat /proc/self/mountinfo");
         assert!(
             !mounts.contains(&*state.to_string_lossy()),
