@@ -368,10 +368,10 @@ fn systemd_analyze_verifies_every_rendered_unit() {
             }
             let mut name = rel_unit.to_path_buf();
             let text = f.as_str().replace(render::BINARY, &bin);
-            // The template, under the site's instance name.
-            if name == Path::new("appliance@.service") {
+            // The templates (appliance@, appliance-netns@), under the site's instance name.
+            if let Some(t) = name.to_str().and_then(|n| n.strip_suffix("@.service")) {
                 let (p, _) = load(rel);
-                name = PathBuf::from(format!("appliance@{}.service", p.site));
+                name = PathBuf::from(format!("{t}@{}.service", p.site));
             }
             let out = dir.join(&name);
             std::fs::create_dir_all(out.parent().unwrap()).unwrap();
