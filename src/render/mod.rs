@@ -64,6 +64,8 @@ pub const NSPAWN_DIR: &str = "etc/systemd/nspawn";
 pub const NETWORK_DIR: &str = "etc/systemd/network";
 pub const SYSCTL_DIR: &str = "etc/sysctl.d";
 pub const SITE_DIR: &str = "etc/appliance";
+/// Where Debian's frr package reads its configuration.
+pub const FRR_DIR: &str = "etc/frr";
 pub const MACHINES_DIR: &str = "var/lib/appliance/machines";
 /// Where each machine's root (the host's `/`, bound read-only) is mounted:
 /// systemd-nspawn@NAME.service looks for NAME there.
@@ -80,6 +82,9 @@ const NETDEV: &str = include_str!("../../network/bridge.netdev");
 const NETWORK: &str = include_str!("../../network/bridge.network");
 const SYSCTL: &str = include_str!("../../sysctl/appliance.conf");
 const RULESET: &str = include_str!("../../firewall/ruleset.nft");
+const FRR_DAEMONS: &str = include_str!("../../frr/daemons");
+const FRR_VTYSH: &str = include_str!("../../frr/vtysh.conf");
+const FRR_DROPIN: &str = include_str!("../../units/appliance-frr.conf");
 
 /// What the supervisor itself needs, whatever its children keep (the site drop-in says why).
 pub const SUPERVISOR_CAPS: [&str; 7] = [
@@ -117,6 +122,7 @@ pub fn render(plan: &Plan, site_toml: &str) -> Tree {
         machine(&mut t, plan, ns);
     }
     network(&mut t, plan);
+    frr(&mut t, plan);
     if !plan.sysctls.is_empty() {
         let lines: Vec<String> = plan
             .sysctls
@@ -261,6 +267,48 @@ fn machine(t: &mut Tree, plan: &Plan, ns: &Namespace) {
         t.insert(etc.join(rel), f);
     }
 }
+
+/// FRR's configuration for a site with `engine = "frr"`: the plan's `frr.conf`, the
+/// daemons Debian's frr.service starts, vtysh's integrated configuration, and frr.service
+/// enabled and ordered before the site.
+fn frr(t: &mut Tree, plan: &Plan) {
+    let Some(frr) = plan.routing.as_ref().and_then(|r| r.frr.as_ref()) else {
+        return;
+    };
+    let site = plan.site.as_str();
+    let daemons: String = crate::plan::routing::FRR_DAEMONS
+        .iter()
+        .filter(|d| !ALWAYS_STARTED.contains(d))
+        .map(|d| {
+            let on = frr.daemons.iter().any(|x| x == d);
+            format!("{d}={}\n", if on { "yes" } else { "no" })
+        })
+        .collect();
+    let vars = [("SITE", site), ("DAEMONS", daemons.trim_end())];
+    t.insert(
+        Path::new(FRR_DIR).join("frr.conf"),
+        RenderedFile::text(frr.config.clone()),
+    );
+    t.insert(
+        Path::new(FRR_DIR).join("daemons"),
+        RenderedFile::text(fill(FRR_DAEMONS, &vars)),
+    );
+    t.insert(
+        Path::new(FRR_DIR).join("vtysh.conf"),
+        RenderedFile::text(fill(FRR_VTYSH, &vars)),
+    );
+    t.insert(
+        Path::new(UNIT_DIR).join("multi-user.target.wants/frr.service"),
+        RenderedFile::link("/lib/systemd/system/frr.service"),
+    );
+    t.insert(
+        Path::new(UNIT_DIR).join(format!("appliance@{site}.service.d/frr.conf")),
+        RenderedFile::text(fill(FRR_DROPIN, &vars)),
+    );
+}
+
+/// Daemons frr.service starts whatever /etc/frr/daemons says (frrinit.sh).
+const ALWAYS_STARTED: [&str; 2] = ["zebra", "staticd"];
 
 /// A machine's /etc in an image.
 pub fn etc_dir(machine: &str) -> String {
