@@ -180,9 +180,21 @@ pub fn sysctl_key(key: &str) -> String {
     key.to_string()
 }
 
-/// The capabilities `appliance@SITE.service` keeps: the supervisor's and every child's.
+/// What the supervisor needs to run a part as another user (the site drop-in says why).
+pub const SWITCH_USER_CAPS: [&str; 4] = ["CAP_CHOWN", "CAP_FOWNER", "CAP_SETGID", "CAP_SETUID"];
+
+/// True if a child runs as a user of its own (`user` in the plan).
+fn switches_user(plan: &Plan) -> bool {
+    plan.children.iter().any(|c| c.user.is_some())
+}
+
+/// The capabilities `appliance@SITE.service` keeps: the supervisor's (with those to switch
+/// user when a child runs as its own) and every child's.
 pub fn site_caps(plan: &Plan) -> Vec<String> {
     let mut caps: Vec<String> = SUPERVISOR_CAPS.iter().map(|s| s.to_string()).collect();
+    if switches_user(plan) {
+        caps.extend(SWITCH_USER_CAPS.iter().map(|s| s.to_string()));
+    }
     caps.extend(plan.children.iter().flat_map(|c| c.caps.iter().cloned()));
     caps.sort();
     caps.dedup();
@@ -216,10 +228,31 @@ fn site_dropin(plan: &Plan) -> String {
             "",
         )
     };
+    let users: Vec<&str> = {
+        let mut u: Vec<&str> = plan
+            .children
+            .iter()
+            .filter_map(|c| c.user.as_deref())
+            .collect();
+        u.sort();
+        u.dedup();
+        u
+    };
+    let user_caps = if users.is_empty() {
+        "No part runs as a user of its own.".to_string()
+    } else {
+        format!(
+            "Parts run as their own user ({}): CAP_CHOWN and CAP_FOWNER (handing them their\n\
+             # directories, and setting the mode of what is then theirs), CAP_SETUID and\n\
+             # CAP_SETGID (switching to it, setgroups(2) included).",
+            users.join(", ")
+        )
+    };
     fill(
         SITE_DROPIN,
         &[
             ("SITE", &plan.site),
+            ("USER_CAPS", &user_caps),
             ("CHILD_CAPS", &child_caps),
             ("CAPS", &site_caps(plan).join(" ")),
             ("NNP_WHY", nnp_why),
@@ -406,6 +439,31 @@ mod tests {
         assert_eq!(escape_path("/"), "-");
         assert_eq!(escape_path("//a//.b/c_d:e/"), "a-.b-c_d:e");
         assert_eq!(escape_path("/.x"), "\\x2ex");
+    }
+
+    /// A site whose only child runs as `appliance` (the access router: the forwarder alone)
+    /// keeps what switching to that user takes; children of avahi and dbus bring those
+    /// capabilities along anyway, so the example never showed it missing.
+    #[test]
+    fn a_child_of_its_own_user_gives_the_site_the_caps_to_switch() {
+        let rel = "tests/sites/access-router.toml";
+        let s = crate::site::parse(rel, include_str!("../../tests/sites/access-router.toml"))
+            .expect("valid");
+        let plan = crate::plan::plan(&s, Path::new(rel));
+        assert!(
+            plan.children
+                .iter()
+                .all(|c| c.user.as_deref() == Some("appliance"))
+        );
+        let caps = site_caps(&plan);
+        for c in SWITCH_USER_CAPS {
+            assert!(caps.iter().any(|x| x == c), "{c} missing from {caps:?}");
+        }
+        let dropin = site_dropin(&plan);
+        assert!(
+            dropin.contains("Parts run as their own user (appliance)"),
+            "{dropin}"
+        );
     }
 
     #[test]
