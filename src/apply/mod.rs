@@ -503,7 +503,13 @@ pub async fn teardown(site: &str, plan: Option<&Plan>, state_dir: &Path) -> Vec<
         }
         Err(e) => errors.push(e.to_string()),
     }
-    if !netns.is_empty() {
+    if held > 0 {
+        info!(
+            "namespaces emptied and their veths removed: {}; {held} pin(s) left to `appliance \
+             down` in the mount namespace that made them",
+            netns.len()
+        );
+    } else if !netns.is_empty() {
         info!("namespaces and their veths removed: {}", netns.len());
     }
     let mnt = state_dir.join("mnt");
