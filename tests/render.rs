@@ -82,7 +82,11 @@ fn golden_render_of_a_site_with_every_option() {
 
 #[test]
 fn render_is_pure_complete_and_filled() {
-    for rel in ["site.toml", "tests/sites/full.toml"] {
+    for rel in [
+        "site.toml",
+        "tests/sites/full.toml",
+        "tests/sites/access-router.toml",
+    ] {
         let (p, text) = load(rel);
         let a = render::render(&p, &text);
         assert_eq!(a, render::render(&p, &text), "{rel}: two renders differ");
