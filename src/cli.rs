@@ -94,6 +94,10 @@ pub enum Command {
         /// in its parts/; default the site's.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// FRR is the system's (frr.service, whose watchfrr pushes the configuration):
+        /// only observe.
+        #[arg(long)]
+        system: bool,
     },
     /// The monitoring relay alone.
     Monitor {
@@ -216,7 +220,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Translate(args) => translate(&args),
         Command::Monitor { site, state_dir } => monitor(&site, state_dir),
         Command::Headend { site, state_dir } => headend(&site, state_dir),
-        Command::Frr { site, state_dir } => frr(&site, state_dir),
+        Command::Frr {
+            site,
+            state_dir,
+            system,
+        } => frr(&site, state_dir, system),
     }
 }
 
@@ -318,7 +326,7 @@ fn headend(path: &std::path::Path, state_dir: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn frr(path: &std::path::Path, state_dir: Option<PathBuf>) -> ExitCode {
+fn frr(path: &std::path::Path, state_dir: Option<PathBuf>, system: bool) -> ExitCode {
     let loaded = match site::load(path) {
         Ok(l) => l,
         Err(errors) => return invalid(&errors),
@@ -332,7 +340,7 @@ fn frr(path: &std::path::Path, state_dir: Option<PathBuf>) -> ExitCode {
         );
         return ExitCode::from(EXIT_INVALID);
     };
-    match crate::frr::main(&f) {
+    match crate::frr::main(&f, system) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("appliance frr: {e}");

@@ -421,6 +421,113 @@ fn a_killed_up_leaves_no_frr_and_down_removes_its_directories() {
     }
 }
 
+/// As a rendered image runs it: the system runs FRR (here the test, in place of Debian's
+/// frr.service, with the sandbox's own /run/frr and /var/tmp/frr) and pushes the site's
+/// configuration; `up` with `APPLIANCE_FRR=system` (what the rendered unit sets) runs no
+/// daemon of its own, only the frr part, whose status is what the system's FRR says.
+#[test]
+fn with_the_systems_frr_up_runs_only_the_part_and_reports_frr() {
+    require_root();
+    require_program("vtysh");
+    let sb = Sandbox::new();
+    let tmp = sb.path("var-tmp-frr");
+    std::fs::create_dir_all(&tmp).unwrap();
+    sb.sh(&format!(
+        "ip link add x0 type veth peer name x1\n\
+         ip addr add 10.9.0.1/24 dev x0\nip addr add 10.9.1.1/24 dev x1\n\
+         ip link set x0 up\nip link set x1 up\n\
+         mkdir -p /run/frr && chown frr:frr /run/frr\n\
+         chown frr:frr {0} && mount --bind {0} /var/tmp/frr\n",
+        tmp.display()
+    ));
+    let mut daemons = vec![];
+    for d in ["zebra", "staticd", "pimd"] {
+        let mut cmd = sb.cmd(format!("/usr/lib/frr/{d}"));
+        cmd.args([
+            "-u",
+            "frr",
+            "-g",
+            "frr",
+            "-A",
+            "127.0.0.1",
+            "-P",
+            "0",
+            "--log",
+            "stdout",
+        ]);
+        daemons.push(Background::spawn(&sb, d, cmd));
+        let vty = format!("/proc/{}/root/run/frr/{d}.vty", sb.pid);
+        wait_until(
+            &format!("{d}'s vty socket"),
+            Duration::from_secs(20),
+            || Path::new(&vty).exists().then_some(()),
+        );
+    }
+    let state = sb.path("state");
+    let site = sb.write(
+        "s.toml",
+        &format!(
+            "[site]\nname = \"s\"\nstate_dir = \"{}\"\n\n\
+             [routing]\nengine = \"frr\"\ninterfaces = [\"x0\", \"x1\"]\nrp = \"10.9.0.1\"\n",
+            state.display()
+        ),
+    );
+    // What frr.service's watchfrr does with the rendered /etc/frr/frr.conf.
+    let plan = sb
+        .appliance()
+        .args(["plan", "--json"])
+        .arg(&site)
+        .output()
+        .unwrap();
+    check(&plan, "appliance plan --json");
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let conf = sb.write(
+        "frr.conf",
+        plan["routing"]["frr"]["config"].as_str().unwrap(),
+    );
+    check(
+        &sb.cmd("vtysh").arg("-f").arg(&conf).output().unwrap(),
+        "vtysh -f frr.conf",
+    );
+    // What the rendered unit's drop-in sets (units/appliance-frr.conf).
+    let mut cmd = sb.cmd("env");
+    cmd.arg("APPLIANCE_FRR=system")
+        .arg(appliance_bin())
+        .arg("up")
+        .arg(&site);
+    let mut up = Background::spawn(&sb, "up-system", cmd);
+    wait_until(
+        "the site healthy on the system's FRR",
+        Duration::from_secs(30),
+        || {
+            status_at(&state)
+                .is_some_and(|v| v["healthy"] == true)
+                .then_some(())
+        },
+    );
+    let v = status_at(&state).unwrap();
+    let children: Vec<&str> = v["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(children, ["frr"], "{v}");
+    assert_eq!(
+        v["routing"]["pim_interfaces"],
+        serde_json::json!(["x0", "x1"]),
+        "{v}"
+    );
+    assert_eq!(v["routing"]["pushes"], 0, "the part only observes: {v}");
+    assert!(up.logs().contains("APPLIANCE_FRR=system"), "{}", up.logs());
+    assert_eq!(up.signal(15).code(), Some(0), "{}", up.logs());
+    // The system's daemons are not up's: they still run.
+    for d in &mut daemons {
+        assert!(matches!(d.child.try_wait(), Ok(None)), "{}", d.logs());
+    }
+    assert!(gone(&state), "down left {}", state.display());
+}
+
 // SAFETY: matches kill(2)'s C prototype (integers in, an integer out).
 unsafe extern "C" {
     #[link_name = "kill"]

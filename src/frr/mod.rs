@@ -175,6 +175,8 @@ fn missing_sockets(frr: &FrrPlan) -> Vec<String> {
 
 /// What the part knows between requests.
 struct Part {
+    /// FRR is the system's: its watchfrr pushes, the part only observes.
+    system: bool,
     observed: Observed,
     pushes: u32,
     last_push: Option<Instant>,
@@ -192,7 +194,11 @@ impl Part {
         }
         self.observed = observe(frr);
         let due = self.last_push.is_none_or(|t| t.elapsed() >= PUSH_EVERY);
-        if due && self.observed.all_answer() && !state::missing(frr, &self.observed).is_empty() {
+        if !self.system
+            && due
+            && self.observed.all_answer()
+            && !state::missing(frr, &self.observed).is_empty()
+        {
             self.push(frr);
             self.observed = observe(frr);
         }
@@ -223,9 +229,9 @@ impl Part {
 }
 
 /// Runs the part until SIGTERM or SIGINT: a thread asks FRR (every 100 ms until it is
-/// healthy, then every [`OBSERVE_EVERY`]) and pushes; requests are answered at once with
-/// what it last found.
-pub fn main(frr: &FrrPlan) -> Result<(), FrrError> {
+/// healthy, then every [`OBSERVE_EVERY`]) and pushes (unless `system`: the system's
+/// watchfrr does); requests are answered at once with what it last found.
+pub fn main(frr: &FrrPlan, system: bool) -> Result<(), FrrError> {
     let io = |what: String| move |source| FrrError::Io { what, source };
     let stop =
         crate::signals::block_termination().map_err(io("blocking the stop signals".into()))?;
@@ -250,6 +256,7 @@ pub fn main(frr: &FrrPlan) -> Result<(), FrrError> {
             .name("frr-observe".into())
             .spawn(move || {
                 let mut part = Part {
+                    system,
                     observed: Observed::default(),
                     pushes: 0,
                     last_push: None,

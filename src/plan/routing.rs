@@ -258,6 +258,28 @@ pub fn children(
     out
 }
 
+/// The environment variable the rendered site unit sets to `system` (see
+/// `units/appliance-frr.conf`): FRR's daemons are Debian's `frr.service`'s, not `up`'s.
+pub const FRR_ENV: &str = "APPLIANCE_FRR";
+
+/// The plan as `up` runs it when the system runs FRR (a rendered image: Debian's
+/// `frr.service`, whose watchfrr pushes `/etc/frr/frr.conf` itself): no daemons and no
+/// mount space of its own; the `frr` part runs in the host's mounts, where `/run/frr` is
+/// the system's, and only observes (`--system`).
+pub fn leave_frr_to_the_system(plan: &mut super::Plan) {
+    let Some(frr) = plan.routing.as_ref().and_then(|r| r.frr.as_ref()) else {
+        return;
+    };
+    let daemons = frr.daemons.clone();
+    plan.children.retain(|c| !daemons.contains(&c.name));
+    plan.mount_spaces.retain(|m| m.name != MOUNT_SPACE);
+    for c in plan.children.iter_mut().filter(|c| c.name == PART) {
+        c.netns = None;
+        c.after.clear();
+        c.argv.push("--system".into());
+    }
+}
+
 fn mld_proxy(p: &MldProxy) -> MldProxyPlan {
     let rv = p.robustness;
     MldProxyPlan {
@@ -370,6 +392,27 @@ mod tests {
                 socket: "/run/appliance/b/parts/frr.sock".into()
             }
         );
+    }
+
+    #[test]
+    fn with_the_systems_frr_up_runs_only_the_part_and_it_only_observes() {
+        let site = crate::site::Site {
+            routing: Some(
+                toml::from_str("engine = \"frr\"\ninterfaces = [\"up0\"]\nrp = \"10.0.0.1\"\n")
+                    .unwrap(),
+            ),
+            ..toml::from_str("[site]\nname = \"b\"\n").unwrap()
+        };
+        let mut p = super::super::plan(&site, "/etc/appliance/b.toml".as_ref());
+        assert_eq!(p.children.len(), 4);
+        leave_frr_to_the_system(&mut p);
+        assert!(p.mount_spaces.is_empty());
+        let names: Vec<&str> = p.children.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [PART]);
+        let part = &p.children[0];
+        assert_eq!(part.netns, None);
+        assert!(part.after.is_empty());
+        assert_eq!(part.argv.last().map(String::as_str), Some("--system"));
     }
 
     #[test]

@@ -32,10 +32,19 @@ fn load(path: &Path, state_dir: Option<PathBuf>) -> Result<Plan, ExitCode> {
 }
 
 pub fn up(path: &Path, state_dir: Option<PathBuf>) -> ExitCode {
-    let plan = match load(path, state_dir) {
+    let mut plan = match load(path, state_dir) {
         Ok(p) => p,
         Err(c) => return c,
     };
+    if plan.routing.as_ref().is_some_and(|r| r.frr.is_some())
+        && std::env::var(plan::routing::FRR_ENV).as_deref() == Ok("system")
+    {
+        tracing::info!(
+            "{}=system: FRR's daemons are the system's (frr.service); up runs only the frr part",
+            plan::routing::FRR_ENV
+        );
+        plan::routing::leave_frr_to_the_system(&mut plan);
+    }
     let problems = super::preflight(&plan);
     if !problems.is_empty() {
         for p in &problems {
