@@ -536,3 +536,108 @@ fn queries_leave_from_our_link_local_address_with_router_alert_and_hop_limit_1()
         assert!(seen.contains(d), "no query to {d} seen: {rows:?}");
     }
 }
+
+/// MLD queries the sniffer reads during `window`: source and ICMPv6 length (24 bytes for
+/// MLDv1, 28 or more for MLDv2).
+fn queries_during(s: &socket2::Socket, window: Duration) -> Vec<(IpAddr, usize)> {
+    let end = Instant::now() + window;
+    let mut out = Vec::new();
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    while Instant::now() < end {
+        if let Ok((n, from)) = s.recv_from(&mut buf)
+            && let Some(a) = from.as_socket()
+        {
+            out.push((a.ip(), n));
+        }
+    }
+    out
+}
+
+/// Sends one MLDv1 general query from `from` on a host's eth0 (hop limit 1, Router Alert).
+/// A stand-in for an MLDv1 router: none runs here (Debian's FRR has no pim6d).
+fn mldv1_query(sb: &Sandbox, host: &str, from: Ipv6Addr) {
+    use appliance::headend::wire::{Message, Query, Version};
+    in_netns(sb, Some(host), move || {
+        let idx = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV6),
+        )
+        .expect("raw socket");
+        s.bind(&std::net::SocketAddrV6::new(from, 0, 0, idx).into())
+            .expect("bind the querier's address");
+        s.set_multicast_if_v6(idx).expect("IPV6_MULTICAST_IF");
+        s.set_multicast_hops_v6(1).expect("hop limit");
+        // Hop-by-hop Router Alert (value 0 = MLD), PadN.
+        let ra: [u8; 8] = [0, 0, 5, 2, 0, 0, 1, 0];
+        // SAFETY: a live array of the size we pass.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                54, // IPV6_HOPOPTS
+                ra.as_ptr().cast(),
+                ra.len() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "IPV6_HOPOPTS");
+        let q = Query::general(Version::Mld1, Duration::from_secs(1), 0, Duration::ZERO);
+        let bytes = Message::Query(q).to_mld();
+        assert_eq!(bytes.len(), 24);
+        let to = std::net::SocketAddrV6::new("ff02::1".parse().unwrap(), 0, 0, idx);
+        s.send_to(&bytes, &to.into())
+            .expect("sending the MLDv1 query");
+    });
+}
+
+#[test]
+fn an_mldv1_querier_on_the_link_makes_ours_send_mldv1_queries_until_it_is_silent() {
+    let sb = Sandbox::new();
+    lan(&sb, &["h1", "q"]);
+    let mut p = Probe::start(&sb, "probe", None, &[&["br0"][..], &TIMERS].concat());
+    let ours: IpAddr = our_ipv6_querier(&mut p).parse().unwrap();
+    let sniffer = query_sniffer(&sb, "h1");
+    let ours_of = |seen: Vec<(IpAddr, usize)>| -> Vec<usize> {
+        seen.into_iter()
+            .filter(|(a, _)| *a == ours)
+            .map(|(_, n)| n)
+            .collect()
+    };
+    let v2 = ours_of(queries_during(&sniffer, Duration::from_millis(2500)));
+    assert!(
+        v2.iter().any(|n| *n >= 28),
+        "no MLDv2 query from us ({ours}): {v2:?}"
+    );
+    // An MLDv1 router with a higher address (fe80::ffff:… is above any link-local of
+    // ours): the election keeps us querying, in its version.
+    let old: Ipv6Addr = "fe80::ffff:ffff:ffff:fffe".parse().unwrap();
+    sb.sh(&format!("ip -n q addr add {old}/64 dev eth0 nodad"));
+    mldv1_query(&sb, "q", old);
+    p.bg.wait_for("an older querier on the link", Duration::from_secs(10));
+    let st = p.status();
+    let v6 = st
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["family"] == "ipv6"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(v6["membership"]["querier_version"], "mld1", "{v6}");
+    assert_eq!(v6["membership"]["older_querier"], old.to_string(), "{v6}");
+    assert_eq!(v6["membership"]["we_query"], true, "{v6}");
+    // Our next general query (every 2 s) is MLDv1: 24 bytes.
+    let seen = wait_until("an MLDv1 query from us", Duration::from_secs(5), || {
+        let n = ours_of(queries_during(&sniffer, Duration::from_millis(200)));
+        n.contains(&24).then_some(n)
+    });
+    assert!(seen.iter().all(|n| *n == 24), "{seen:?}");
+    // Silent for the Older Version Querier Present timeout (2 × 2 s + 0.5 s): MLDv2 again.
+    p.bg.wait_for("our queries are MLDv2 again", Duration::from_secs(10));
+    wait_until(
+        "an MLDv2 query from us again",
+        Duration::from_secs(5),
+        || {
+            let n = ours_of(queries_during(&sniffer, Duration::from_millis(200)));
+            n.iter().any(|n| *n >= 28).then_some(())
+        },
+    );
+}

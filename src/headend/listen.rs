@@ -231,8 +231,25 @@ impl Task {
         let (me, ours) = addresses(self.family, &self.name, ifindex);
         let mut actions = m.set_addresses(Instant::now(), me, ours);
         let mut buf = vec![0u8; 65_536];
+        let mut version = m.querier_version();
         loop {
             self.act(&link, ifindex, &m, std::mem::take(&mut actions));
+            if m.querier_version() != version {
+                version = m.querier_version();
+                match m.older_querier() {
+                    Some(q) => tracing::warn!(
+                        iface = %self.name, querier = %q,
+                        "an older querier on the link: our queries are {version} until it has \
+                         been silent for {:?}",
+                        m.older_querier_interval()
+                    ),
+                    None => tracing::info!(
+                        iface = %self.name,
+                        "no older querier heard for {:?}: our queries are {version} again",
+                        m.older_querier_interval()
+                    ),
+                }
+            }
             self.set_slot(|s| {
                 s.ifindex = Some(ifindex);
                 s.error = link.degraded.clone();
