@@ -453,6 +453,14 @@ fn an_interface_that_appears_later_is_picked_up() {
     assert_eq!(e["why"]["kind"], "interface-gone", "{e}");
     let e = p.wanted(G6, true, Duration::from_secs(15));
     assert_eq!(e["iface"], "br1", "{e}");
+    // Both were seen by netlink events, not by a periodic check.
+    let logs = p.bg.logs();
+    assert!(
+        logs.contains("the interface appeared (seen by a netlink event)")
+            && logs.contains("re-created (seen by a netlink event)")
+            && !logs.contains("periodic check"),
+        "{logs}"
+    );
 }
 
 #[test]
