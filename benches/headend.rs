@@ -5,8 +5,11 @@
 //! (`ffmpeg -nostdin -re -f lavfi -i sine=frequency=440 -c:a libopus -f rtp {rtp}`).
 //! - join to the first RTP packet at the receiver, p50 and p95 over 20 joins: cold (the
 //!   join starts the source), lingering (the source still runs after the last leave) and
-//!   warm (it runs from the start), beside ffmpeg's own launch-to-first-packet for the
-//!   same command (sent to a local port) in the same run;
+//!   warm (it runs from the start), each from no listener, beside ffmpeg's own
+//!   launch-to-first-packet for the same command (sent to a local port) in the same run,
+//!   and a new socket on a host that is a member already (no report at all); each split
+//!   into join → the listener logging it heard the report, and the relay's share (its
+//!   output added → first packet out), from the headend's log;
 //! - leave to source stopped with the default timers (last-listener interval 1 s, count 2);
 //! - 32 services running at once: the headend's CPU and RSS.
 
@@ -18,7 +21,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use serde_json::Value;
@@ -71,10 +74,12 @@ fn tone(n: u32, extra: &str) -> String {
 
 fn start(sb: &Sandbox, site: &Path, name: &str) -> Background {
     let mut cmd = sb.appliance();
-    // The relay's debug lines say when each output's first packet went out (its share).
-    cmd.arg("headend")
-        .arg(site)
-        .env("APPLIANCE_LOG", "warn,appliance::headend::relay=debug");
+    // The relay's debug lines say when each output's first packet went out (its share);
+    // the listener's say when it heard each join.
+    cmd.arg("headend").arg(site).env(
+        "APPLIANCE_LOG",
+        "warn,appliance::headend::relay=debug,appliance::headend::listen=info",
+    );
     let bg = Background::spawn(sb, name, cmd);
     let sock = site.with_file_name(format!("{name}-state/parts/headend.sock"));
     wait_until("the headend's control socket", T, || {
@@ -103,6 +108,9 @@ fn state(sock: &Path, n: u32) -> String {
     service(sock, n)["state"].as_str().unwrap_or("").to_string()
 }
 
+/// Every join: its group and wall-clock time (the headend's log has wall-clock times).
+static JOINED: std::sync::Mutex<Vec<(IpAddr, SystemTime)>> = std::sync::Mutex::new(Vec::new());
+
 /// Joins `group` on h1's eth0 (its kernel reports at once); returns the socket and when.
 fn join(sb: &Sandbox, g: &str) -> (UdpSocket, Instant) {
     let g: IpAddr = g.parse().unwrap();
@@ -113,6 +121,7 @@ fn join(sb: &Sandbox, g: &str) -> (UdpSocket, Instant) {
         s.bind(&SocketAddr::new(g, 5004).into()).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
         let IpAddr::V6(g6) = g else { unreachable!() };
+        JOINED.lock().unwrap().push((g, SystemTime::now()));
         let t = Instant::now();
         s.join_multicast_v6(&g6, idx).unwrap();
         (s.into(), t)
@@ -140,6 +149,45 @@ fn relay_share(bg: &Background, n: u32) -> Vec<Duration> {
             let rest = &l[l.find(&head)? + head.len()..];
             let ms: f64 = rest.split_whitespace().nth(1)?.parse().ok()?;
             Some(Duration::from_secs_f64(ms / 1000.0))
+        })
+        .collect()
+}
+
+/// Seconds since midnight UTC of a log line's RFC 3339 timestamp (`…T05:29:34.123456Z`).
+fn log_time_of_day(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split('T').nth(1)?;
+    let mut f = t.trim_end_matches('Z').split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        f.next()?.parse().ok()?,
+        f.next()?.parse().ok()?,
+        f.next()?.parse().ok()?,
+    );
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// For each join of service `n`: join → the headend's listener logging it heard the join
+/// (the receiver's kernel sending its report, and our reading it).
+fn heard_delays(bg: &Background, n: u32) -> Vec<Duration> {
+    let g: IpAddr = group(n).parse().unwrap();
+    let heard: Vec<f64> = bg
+        .err()
+        .lines()
+        .filter(|l| l.contains(": join ") && l.contains(&format!("group={g} ")))
+        .filter_map(log_time_of_day)
+        .collect();
+    JOINED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(j, _)| *j == g)
+        .filter_map(|(_, at)| {
+            let d = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()?
+                .as_secs_f64()
+                % 86_400.0;
+            let h = heard.iter().copied().find(|h| *h >= d)?;
+            Some(Duration::from_secs_f64(h - d))
         })
         .collect()
 }
@@ -200,8 +248,9 @@ fn joins(sb: &Sandbox, sock: &Path, n: u32, settle: &str) -> Vec<Duration> {
     v
 }
 
-/// The floor: a new socket on a host that is a member already (no report, nothing for
-/// the headend to do) waits only for the next packet of a flowing stream.
+/// A new socket on a host that is a member already (no report, nothing for the headend to
+/// do) waits for the next packet of the flowing stream: what a join costs without a
+/// packet sent at once.
 fn joins_flowing(sb: &Sandbox, n: u32) -> Vec<Duration> {
     let (keep, t) = join(sb, &group(n));
     first_packet(&keep, t);
@@ -270,19 +319,21 @@ fn main() {
     });
     let mut linger = joins(&sb, &sock, 2, "lingering");
     let mut warm = joins(&sb, &sock, 3, "running");
-    let mut flowing = joins_flowing(&sb, 3);
     let shares: Vec<Vec<Duration>> = [1, 2, 3].map(|n| relay_share(&bg, n)).into();
+    let heard: Vec<Vec<Duration>> = [1, 2, 3].map(|n| heard_delays(&bg, n)).into();
+    // After the figures above are taken: these joins send no report.
+    let mut flowing = joins_flowing(&sb, 3);
     println!(
         "  ffmpeg alone, launch to first packet   p50 {:>9}  p95 {:>9}  (baseline, about 140 ms here)",
         ms(pct(&mut alone, 0.5)),
         ms(pct(&mut alone, 0.95))
     );
     println!(
-        "  a new socket on a member host         p50 {:>9}  p95 {:>9}  (floor: the next packet of a flowing stream)",
+        "  a new socket on a member host         p50 {:>9}  p95 {:>9}  (no report: the stream's next packet)",
         ms(pct(&mut flowing, 0.5)),
         ms(pct(&mut flowing, 0.95))
     );
-    for ((what, v, aim), mut share) in [
+    for (((what, v, aim), mut share), mut heard) in [
         ("cold join to first packet", &mut cold, "aim p50 < 250 ms"),
         (
             "lingering join to first packet",
@@ -293,12 +344,21 @@ fn main() {
     ]
     .into_iter()
     .zip(shares)
+    .zip(heard)
     {
         println!(
             "  {what:<38} p50 {:>9}  p95 {:>9}  ({aim})",
             ms(pct(v, 0.5)),
             ms(pct(v, 0.95))
         );
+        if !heard.is_empty() {
+            println!(
+                "    of which join to report heard ({} joins)                p50 {}  p95 {}",
+                heard.len(),
+                ms(pct(&mut heard, 0.5)),
+                ms(pct(&mut heard, 0.95))
+            );
+        }
         if !share.is_empty() {
             println!(
                 "    of which the relay (output added to first packet out, {} joins) p50 {}  p95 {}",
