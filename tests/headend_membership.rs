@@ -649,3 +649,110 @@ fn an_mldv1_querier_on_the_link_makes_ours_send_mldv1_queries_until_it_is_silent
         },
     );
 }
+
+/// IGMP queries a host sees during `window`: source and IGMP length (8 bytes for v1/v2,
+/// 12 or more for v3), from a raw IGMP socket (which reads the IP header too).
+fn igmp_queries_during(s: &socket2::Socket, window: Duration) -> Vec<(IpAddr, usize)> {
+    let end = Instant::now() + window;
+    let mut out = Vec::new();
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    while Instant::now() < end {
+        if let Ok(n) = s.recv(&mut buf) {
+            // SAFETY: recv initialised the first n bytes.
+            let b: Vec<u8> = buf[..n]
+                .iter()
+                .map(|x| unsafe { x.assume_init() })
+                .collect();
+            let ihl = usize::from(b.first().map_or(0, |v| v & 0x0f)) * 4;
+            if n > ihl && n >= 20 && b[ihl] == 0x11 {
+                let src = IpAddr::from([b[12], b[13], b[14], b[15]]);
+                out.push((src, n - ihl));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn an_igmpv2_querier_from_frr_makes_ours_send_igmpv2_queries() {
+    let (zebra, pimd) = ("/usr/lib/frr/zebra", "/usr/lib/frr/pimd");
+    for p in [zebra, pimd] {
+        assert!(
+            std::path::Path::new(p).is_file(),
+            "{p} is missing: scripts/install-deps installs frr"
+        );
+    }
+    let sb = Sandbox::new();
+    lan(&sb, &["h1", "q"]);
+    let mut p = Probe::start(&sb, "probe", None, &[&["br0"][..], &TIMERS].concat());
+    let sniffer = in_netns(&sb, Some("h1"), || {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_IGMP)),
+        )
+        .expect("raw IGMP socket");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        s
+    });
+    let ours: IpAddr = "10.0.0.1".parse().unwrap();
+    wait_until("an IGMPv3 query from us", Duration::from_secs(10), || {
+        igmp_queries_during(&sniffer, Duration::from_millis(200))
+            .contains(&(ours, 12))
+            .then_some(())
+    });
+    // FRR's pimd on q (10.0.0.12, above ours), IGMPv2 on eth0: it queries at start, then
+    // hears our lower address and only listens.
+    let dir = sb.path("frr");
+    sb.sh(&format!(
+        "mkdir -p {d} && chown frr:frr {d}",
+        d = dir.display()
+    ));
+    sb.write(
+        "frr/pimd.conf",
+        "interface eth0\n ip igmp\n ip igmp version 2\n ip igmp query-max-response-time 10\n \
+         ip igmp query-interval 2\n",
+    );
+    let d = dir.display().to_string();
+    let daemon = |prog: &str, name: &str, conf: Option<&str>| {
+        let mut c = sb.in_host("q", prog);
+        if let Some(f) = conf {
+            c.args(["-f", f]);
+        }
+        c.args([
+            "-i",
+            &format!("{d}/{name}.pid"),
+            "-z",
+            &format!("{d}/zserv.api"),
+        ])
+        .args(["--vty_socket", &d, "-A", "127.0.0.1", "-P", "0"])
+        .arg(format!("--log=file:{d}/{name}.log"));
+        Background::spawn(&sb, name, c)
+    };
+    let _zebra = daemon(zebra, "zebra", None);
+    wait_until("zebra's socket", Duration::from_secs(10), || {
+        dir.join("zserv.api").exists().then_some(())
+    });
+    let conf = format!("{d}/pimd.conf");
+    let _pimd = daemon(pimd, "pimd", Some(&conf));
+    p.bg.wait_for("an older querier on the link", Duration::from_secs(10));
+    let st = p.status();
+    let v4 = st
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["family"] == "ipv4"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(v4["membership"]["querier_version"], "igmp2", "{v4}");
+    assert_eq!(v4["membership"]["older_querier"], "10.0.0.12", "{v4}");
+    assert_eq!(v4["membership"]["we_query"], true, "{v4}");
+    // Our next general query is IGMPv2: 8 bytes.
+    let seen = wait_until("an IGMPv2 query from us", Duration::from_secs(5), || {
+        let q = igmp_queries_during(&sniffer, Duration::from_millis(200));
+        q.contains(&(ours, 8)).then_some(q)
+    });
+    assert!(
+        !seen.contains(&(ours, 12)),
+        "IGMPv3 queries from us in v2 mode: {seen:?}"
+    );
+}
