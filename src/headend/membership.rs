@@ -28,6 +28,9 @@
 //!   [`Action::Heard`] (a join or leave, for the log).
 //! - [`Membership::next_deadline`] says when to call `on_timer` next;
 //!   [`Membership::status`]`(now)` is a serializable snapshot ([`MembershipStatus`]).
+//! - [`Membership::querier_version`], [`Membership::older_querier`] and
+//!   [`Membership::older_querier_interval`]: the version our queries use while an older
+//!   querier is on the link (see below).
 //!
 //! Router state per group (RFC 9777 §7.2, RFC 3376 §6.2): INCLUDE(A) with a timer per
 //! source, or EXCLUDE(X, Y) with a filter timer, X the requested sources (with timers) and
