@@ -37,6 +37,11 @@ pub enum Command {
         site: PathBuf,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Seconds IPv6 duplicate address detection may take before an address still
+        /// tentative keeps the site unhealthy and READY=1 back (the kernel's defaults take
+        /// 1-2 s; a link with more `dad_transmits` needs longer).
+        #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
+        dad_wait: std::time::Duration,
     },
     /// Remove everything `up` made, also after a crash.
     Down {
@@ -190,11 +195,23 @@ pub struct TranslateArgs {
     pub control_socket: Option<PathBuf>,
 }
 
+/// A duration given as seconds (`10`, `0.5`).
+fn seconds(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|f| std::time::Duration::try_from_secs_f64(f).ok())
+        .ok_or_else(|| format!("{s:?} is not a number of seconds (0 or more)"))
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { site } => check(&site),
         Command::Plan { site, json } => print_plan(&site, json),
-        Command::Up { site, state_dir } => supervisor::commands::up(&site, state_dir),
+        Command::Up {
+            site,
+            state_dir,
+            dad_wait,
+        } => supervisor::commands::up(&site, state_dir, dad_wait),
         Command::Down { site, state_dir } => supervisor::commands::down(&site, state_dir),
         Command::Status { state_dir, json } => supervisor::commands::status(state_dir, json),
         Command::Services { state_dir } => supervisor::commands::services(state_dir),
@@ -373,5 +390,28 @@ mod tests {
         }
         let e = Cli::try_parse_from(["appliance", "no-such-part", "--help"]).unwrap_err();
         assert_ne!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+    }
+
+    #[test]
+    fn dad_wait_is_seconds_and_defaults_to_ten() {
+        use std::time::Duration;
+        let wait = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Up { dad_wait, .. }) => Ok(dad_wait),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(
+            wait(&["appliance", "up", "s.toml"]),
+            Ok(supervisor::DAD_WAIT)
+        );
+        assert_eq!(
+            wait(&["appliance", "up", "s.toml", "--dad-wait", "0.5"]),
+            Ok(Duration::from_millis(500))
+        );
+        for bad in ["-1", "ten", "NaN", "inf"] {
+            let bad = &format!("--dad-wait={bad}");
+            let e = wait(&["appliance", "up", "s.toml", bad]).unwrap_err();
+            assert!(e.contains("is not a number of seconds"), "{bad}: {e}");
+        }
     }
 }
