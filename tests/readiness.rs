@@ -164,7 +164,7 @@ fn an_ipv6_address_still_tentative_when_the_wait_ends_holds_ready_back() {
     // No wait at all: the kernel's duplicate address detection takes at least one
     // retransmission time (1 s here: net.ipv6.neigh.default.retrans_time_ms), so the
     // address is still tentative when the supervisor first reads it.
-    let (mut up, notify) = up_notified(&sb, &["--dad-wait", "0"]);
+    let (mut up, notify) = up_notified(&sb, &["--dad-wait", "0s"]);
     let v = wait_unhealthy_with(&sb, &mut up, "tentative");
     let pending: Vec<&str> = v["addresses"]["pending"]
         .as_array()
@@ -216,7 +216,7 @@ fn an_ipv6_address_removed_before_it_was_usable_holds_ready_back() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (mut up, notify) = up_notified(&sb, &["--dad-wait", "3"]);
+    let (mut up, notify) = up_notified(&sb, &["--dad-wait", "3s"]);
     let out = remover.wait_with_output().unwrap();
     let seen = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
