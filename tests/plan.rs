@@ -192,3 +192,27 @@ fn accept_in_inserts_each_forward_rule_of_the_right_family() {
         ]
     );
 }
+
+#[test]
+fn an_access_router_plans_frr_and_the_mld_proxy() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sites/access-router.toml");
+    let loaded = appliance::site::load(&path).unwrap();
+    let p = appliance::plan::plan(&loaded.site, &path);
+    let r = p.routing.as_ref().expect("a routing plan");
+    assert_eq!(r.ipv4_table, Some(appliance::plan::routing::Ipv4Owner::Frr));
+    let frr = r.frr.as_ref().unwrap();
+    assert_eq!(frr.daemons, ["zebra", "staticd", "pimd"]);
+    assert!(frr.config.contains("ip pim rp 10.0.0.1 224.0.0.0/4"));
+    let proxy = r.mld_proxy.as_ref().unwrap();
+    assert_eq!(
+        (proxy.upstream.as_str(), proxy.downstream.as_slice()),
+        ("up0", &["br-lan".to_string()][..])
+    );
+    // The proxy's routes are the forwarder's: its interfaces are MIFs, IPv4 is left alone.
+    assert_eq!(p.multicast.mifs, ["up0", "br-lan"]);
+    assert!(p.multicast.vifs.is_empty());
+    assert!(p.children.iter().any(|c| c.name == "mroute"));
+    let text = p.to_string();
+    assert!(text.contains("MLD proxy (RFC 4605): upstream up0, downstream br-lan"));
+}

@@ -5,6 +5,7 @@ pub mod avahi;
 pub mod firewall;
 pub mod groups;
 pub mod machine;
+pub mod routing;
 mod text;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -45,6 +46,9 @@ pub struct Plan {
     pub headend: Option<HeadendPlan>,
     pub translator: Option<TranslatorPlan>,
     pub monitors: Vec<MonitorPlan>,
+    /// `[routing]`: FRR for IPv4 and the MLD proxy for IPv6.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<routing::RoutingPlan>,
     /// `[site] avahi`: with machines, each VLAN's and reflector's avahi is a systemd-nspawn
     /// machine (see `machine`).
     #[serde(skip_serializing_if = "AvahiMode::is_children")]
@@ -425,12 +429,15 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
             headend: None,
             translator: None,
             monitors: Vec::new(),
+            routing: None,
             avahi: site.site.avahi,
         },
     };
     b.vlans();
     b.reflectors();
     b.multicast();
+    b.routing();
+    b.mroute_child();
     b.translator();
     b.headend();
     b.monitors();
@@ -727,7 +734,17 @@ impl Builder<'_> {
                 }
             }
         }
-        if !self.plan.multicast.routes.is_empty() || !self.plan.multicast.joins.is_empty() {
+    }
+
+    /// The forwarder runs for routes and joins, and for the MLD proxy's routes.
+    fn mroute_child(&mut self) {
+        let proxy = self
+            .plan
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.mld_proxy.is_some());
+        if !self.plan.multicast.routes.is_empty() || !self.plan.multicast.joins.is_empty() || proxy
+        {
             let argv = vec![
                 "appliance".to_string(),
                 "mroute".into(),
@@ -825,6 +842,29 @@ impl Builder<'_> {
             idle: t.idle,
             state_file,
         });
+    }
+
+    fn routing(&mut self) {
+        let Some(r) = &self.site.routing else {
+            return;
+        };
+        for i in r.interfaces.iter().chain(r.igmp.iter().flatten()) {
+            self.uses(i, "routing".into());
+        }
+        if let Some(p) = &r.mld_proxy {
+            for i in std::iter::once(&p.upstream).chain(&p.downstream) {
+                self.uses(i, "routing.mld_proxy".into());
+                if !self.plan.multicast.mifs.contains(i) {
+                    self.plan.multicast.mifs.push(i.clone());
+                }
+            }
+        }
+        self.plan.routing = routing::plan(
+            &self.plan.site,
+            &self.plan.state_dir,
+            Some(r),
+            !self.plan.multicast.vifs.is_empty(),
+        );
     }
 
     fn headend(&mut self) {

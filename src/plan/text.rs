@@ -19,6 +19,7 @@ impl Display for Plan {
         headend(self, f)?;
         translator(self, f)?;
         monitors(self, f)?;
+        routing(self, f)?;
         Ok(())
     }
 }
@@ -342,6 +343,60 @@ fn monitors(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
             f,
             "  {}: join {} on {}, UDP {} {how} {}",
             m.name, m.group, m.interface, m.port, m.deliver
+        )?;
+    }
+    Ok(())
+}
+
+/// Who routes IPv4 multicast, FRR's daemons and configuration, the MLD proxy.
+fn routing(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
+    let Some(r) = &p.routing else {
+        return Ok(());
+    };
+    writeln!(f, "\nrouting: engine {}", r.engine)?;
+    writeln!(
+        f,
+        "  the kernel's IPv4 multicast table: {}",
+        match r.ipv4_table {
+            Some(routing::Ipv4Owner::Frr) => "FRR's pimd (the forwarder leaves IPv4 alone)",
+            Some(routing::Ipv4Owner::Forwarder) => "the forwarder",
+            None => "unused",
+        }
+    )?;
+    if let Some(frr) = &r.frr {
+        writeln!(
+            f,
+            "  FRR daemons {} in {} (bound over /run/frr and /etc/frr)",
+            frr.daemons.join(", "),
+            frr.dir.display()
+        )?;
+        writeln!(
+            f,
+            "  PIM on {}; IGMP on {}",
+            frr.pim.join(" "),
+            frr.igmp.join(" ")
+        )?;
+        for rp in &frr.rps {
+            writeln!(f, "  rendezvous point {} for {}", rp.address, rp.group)?;
+        }
+        writeln!(f, "  frr.conf:")?;
+        for line in frr.config.lines() {
+            writeln!(f, "    {line}")?;
+        }
+    }
+    if let Some(m) = &r.mld_proxy {
+        let q = &m.querier;
+        writeln!(
+            f,
+            "  MLD proxy (RFC 4605): upstream {}, downstream {}; querier on each downstream: \
+             robustness {}, query every {}, response {}, last listener {} x {}",
+            m.upstream,
+            m.downstream.join(" "),
+            q.robustness,
+            humantime::format_duration(q.query_interval),
+            humantime::format_duration(q.query_response_interval),
+            q.last_listener_count,
+            humantime::format_duration(q.last_listener_interval),
         )?;
     }
     Ok(())

@@ -178,6 +178,7 @@ const TOP_KEYS: &[&str] = &[
     "translator",
     "headend",
     "monitor",
+    "routing",
 ];
 
 /// The elements of an array of tables that deserialized, with their places in the file's
@@ -362,6 +363,9 @@ impl<'a> Ctx<'a> {
         let translator = table
             .remove("translator")
             .and_then(|v| self.section::<Translator>("translator", v));
+        let routing = table
+            .remove("routing")
+            .and_then(|v| self.section::<Routing>("routing", v));
         let known = Known {
             site: site.is_some(),
             vlans: vlan.whole,
@@ -395,6 +399,7 @@ impl<'a> Ctx<'a> {
                 h
             }),
             monitor: monitor.items,
+            routing,
         };
         (site, known, maps)
     }

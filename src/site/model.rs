@@ -27,6 +27,8 @@ pub struct Site {
     pub headend: Option<Headend>,
     #[serde(default)]
     pub monitor: Vec<Monitor>,
+    #[serde(default)]
+    pub routing: Option<Routing>,
 }
 
 impl Site {
@@ -466,6 +468,117 @@ pub struct Service {
     /// Run the source from the start; joins only switch the relay.
     #[serde(default)]
     pub warm: bool,
+}
+
+/// `[routing]`: how multicast crosses several routers of one site.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    /// Who routes IPv4 multicast between routers.
+    #[serde(default)]
+    pub engine: Engine,
+    /// Where PIM runs (`ip pim`), with `engine = "frr"`.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Where IGMP is heard from receivers (`ip igmp`); default: `interfaces`.
+    #[serde(default)]
+    pub igmp: Option<Vec<String>>,
+    /// The rendezvous point: one address for 224.0.0.0/4, or `[[routing.rp]]` per group range.
+    #[serde(default)]
+    pub rp: Option<RpSpec>,
+    /// IPv6: RFC 4605 MLD proxying towards the router that has the sources.
+    #[serde(default)]
+    pub mld_proxy: Option<MldProxy>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// `[[multicast.route]]` only: the appliance's own forwarder.
+    #[default]
+    Static,
+    /// FRR's zebra, staticd and pimd (PIM-SM, IGMPv3) own the IPv4 multicast table.
+    Frr,
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Engine::Static => "static",
+            Engine::Frr => "frr",
+        })
+    }
+}
+
+/// `rp = "10.0.0.1"` (for 224.0.0.0/4) or `[[routing.rp]]` tables.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum RpSpec {
+    One(std::net::Ipv4Addr),
+    Each(Vec<Rp>),
+}
+
+impl<'de> Deserialize<'de> for RpSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RpSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "an IPv4 address (\"10.0.0.1\") or [[routing.rp]] tables with group and address",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RpSpec, E> {
+                v.parse().map(RpSpec::One).map_err(|_| {
+                    E::custom(format!(
+                        "{v:?} is not an IPv4 address (the RP's, like \"10.0.0.1\")"
+                    ))
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RpSpec, A::Error> {
+                Vec::<Rp>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RpSpec::Each)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl RpSpec {
+    /// Every (group range, RP address), the single form covering 224.0.0.0/4.
+    pub fn ranges(&self) -> Vec<Rp> {
+        match self {
+            RpSpec::One(a) => vec![Rp {
+                group: "224.0.0.0/4".parse().expect("a valid prefix"),
+                address: *a,
+            }],
+            RpSpec::Each(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rp {
+    pub group: ipnet::Ipv4Net,
+    pub address: std::net::Ipv4Addr,
+}
+
+/// `[routing.mld_proxy]`: one upstream, the querier on each downstream (RFC 4605).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MldProxy {
+    pub upstream: String,
+    pub downstream: Vec<String>,
+    /// RFC 9777 §9 timers of the downstream querier, as in `[headend]`.
+    #[serde(default = "default_robustness")]
+    pub robustness: u8,
+    #[serde(default = "default_query_interval", with = "duration")]
+    pub query_interval: Duration,
+    #[serde(default = "default_query_response_interval", with = "duration")]
+    pub query_response_interval: Duration,
+    #[serde(default = "default_last_listener_interval", with = "duration")]
+    pub last_listener_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -673,3 +673,65 @@ fn a_state_dir_that_is_not_dedicated_is_refused() {
         at(&d, 3, 13, "site.state_dir", says);
     }
 }
+
+#[test]
+fn routing_errors_point_at_their_keys() {
+    let errs = all(&format!(
+        "{SITE}[multicast]\n[[multicast.route]]\nfrom = \"a\"\ngroup = \"239.1.1.1\"\nto = [\"b\"]\n\
+         [routing]\nengine = \"frr\"\ninterfaces = [\"up0\", \"up0\"]\n\
+         [[routing.rp]]\ngroup = \"232.0.0.0/8\"\naddress = \"224.0.0.1\"\n\
+         [routing.mld_proxy]\nupstream = \"up0\"\ndownstream = [\"up0\"]\n"
+    ));
+    assert_eq!(errs.len(), 5, "{}", show(&errs));
+    at(&errs[0], 4, 1, "multicast.route[0]", "FRR's pimd owns");
+    at(&errs[1], 10, 22, "routing.interfaces[1]", "named twice");
+    at(
+        &errs[2],
+        12,
+        9,
+        "routing.rp[0].group",
+        "SSM needs no rendezvous point",
+    );
+    at(
+        &errs[3],
+        13,
+        11,
+        "routing.rp[0].address",
+        "cannot be a rendezvous point",
+    );
+    at(
+        &errs[4],
+        16,
+        15,
+        "routing.mld_proxy.downstream[0]",
+        "never forwards to its upstream",
+    );
+}
+
+#[test]
+fn frr_needs_interfaces_and_an_rp_and_static_takes_neither() {
+    let errs = all(&format!("{SITE}[routing]\nengine = \"frr\"\n"));
+    assert_eq!(errs.len(), 2, "{}", show(&errs));
+    assert!(errs.iter().any(|d| d.field == "routing.interfaces"));
+    assert!(
+        errs.iter()
+            .any(|d| d.field == "routing.rp" && d.message.contains("missing"))
+    );
+    let d = one(&format!("{SITE}[routing]\nrp = \"10.0.0.1\"\n"));
+    at(&d, 4, 6, "routing.rp", "only with engine = \"frr\"");
+    let d = one(&format!("{SITE}[routing]\nrp = \"nope\"\n"));
+    at(&d, 4, 6, "routing.rp", "not an IPv4 address");
+}
+
+#[test]
+fn the_access_router_site_is_valid() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sites/access-router.toml"
+    ))
+    .unwrap();
+    let site = parse("access-router.toml", &text).unwrap();
+    let r = site.routing.unwrap();
+    assert_eq!(r.engine, Engine::Frr);
+    assert_eq!(r.rp.unwrap().ranges()[0].group.to_string(), "224.0.0.0/4");
+}

@@ -88,6 +88,9 @@ pub fn validate_parts(site: &Site, known: Known) -> Vec<Problem> {
         check_headend(&mut c, h);
     }
     check_monitors(&mut c, &site.monitor);
+    if let Some(r) = &site.routing {
+        check_routing(&mut c, site, r);
+    }
     if known.site {
         check_derived_names(&mut c, site);
     }
@@ -479,6 +482,180 @@ fn check_multicast(c: &mut Check, m: &Multicast) {
     }
 }
 
+fn check_routing(c: &mut Check, site: &Site, r: &Routing) {
+    check_ifname_list(c, "routing.interfaces", &r.interfaces);
+    if let Some(igmp) = &r.igmp {
+        check_ifname_list(c, "routing.igmp", igmp);
+    }
+    match r.engine {
+        Engine::Static => {
+            for (key, set) in [
+                ("routing.interfaces", !r.interfaces.is_empty()),
+                ("routing.igmp", r.igmp.is_some()),
+                ("routing.rp", r.rp.is_some()),
+            ] {
+                if set {
+                    c.err(
+                        key,
+                        "only with engine = \"frr\" (the static engine routes only \
+                         [[multicast.route]])",
+                    );
+                }
+            }
+        }
+        Engine::Frr => {
+            if r.interfaces.is_empty() {
+                c.err(
+                    "routing.interfaces",
+                    "name the interfaces PIM runs on (towards other routers and receivers)",
+                );
+            }
+            match &r.rp {
+                None => c.err(
+                    "routing.rp",
+                    "missing: PIM-SM needs a rendezvous point for any-source groups, \
+                     rp = \"ADDRESS\" or [[routing.rp]] tables",
+                ),
+                Some(RpSpec::Each(v)) if v.is_empty() => {
+                    c.err("routing.rp", "name at least one rendezvous point")
+                }
+                Some(rp) => check_rps(c, rp),
+            }
+            check_frr_owns_ipv4(c, site);
+        }
+    }
+    if let Some(p) = &r.mld_proxy {
+        check_mld_proxy(c, site, p);
+    }
+}
+
+fn check_ifname_list(c: &mut Check, key: &str, names: &[String]) {
+    let mut seen = BTreeSet::new();
+    for (i, n) in names.iter().enumerate() {
+        c.result(format!("{key}[{i}]"), check_ifname(n));
+        if !seen.insert(n) {
+            c.err(format!("{key}[{i}]"), format!("{n:?} is named twice"));
+        }
+    }
+}
+
+fn check_rps(c: &mut Check, rp: &RpSpec) {
+    let all: ipnet::Ipv4Net = "224.0.0.0/4".parse().expect("a valid prefix");
+    let ssm: ipnet::Ipv4Net = "232.0.0.0/8".parse().expect("a valid prefix");
+    let (at, ranges) = match rp {
+        RpSpec::One(_) => (None, rp.ranges()),
+        RpSpec::Each(v) => (Some(()), v.clone()),
+    };
+    let mut seen = BTreeSet::new();
+    for (i, r) in ranges.iter().enumerate() {
+        let p = match at {
+            None => "routing.rp".to_string(),
+            Some(()) => format!("routing.rp[{i}]"),
+        };
+        let a = r.address;
+        if a.is_multicast() || a.is_unspecified() || a.is_broadcast() || a.is_loopback() {
+            c.err(
+                if at.is_some() {
+                    format!("{p}.address")
+                } else {
+                    p.clone()
+                },
+                format!("{a} cannot be a rendezvous point: give a router's unicast address"),
+            );
+        }
+        if at.is_some() {
+            if !all.contains(&r.group) {
+                c.err(
+                    format!("{p}.group"),
+                    format!("{} is not a multicast range (within 224.0.0.0/4)", r.group),
+                );
+            } else if ssm.contains(&r.group) {
+                c.err(
+                    format!("{p}.group"),
+                    format!(
+                        "{} is source-specific (232.0.0.0/8): SSM needs no rendezvous point",
+                        r.group
+                    ),
+                );
+            }
+            if !seen.insert(r.group) {
+                c.err(
+                    format!("{p}.group"),
+                    format!("{} has a rendezvous point already", r.group),
+                );
+            }
+        }
+    }
+}
+
+/// With `engine = "frr"` FRR's pimd owns the kernel's IPv4 multicast table (MRT_INIT is
+/// one socket per table): the forwarder may not route IPv4 too.
+fn check_frr_owns_ipv4(c: &mut Check, site: &Site) {
+    let Some(m) = &site.multicast else { return };
+    const WHY: &str = "with routing.engine = \"frr\" FRR's pimd owns the kernel's IPv4 \
+                       multicast table; let PIM route it (routing.interfaces) or use \
+                       engine = \"static\"";
+    for (i, r) in m.route.iter().enumerate() {
+        if r.group.0.addr().is_ipv4() {
+            c.err(format!("multicast.route[{i}]"), WHY);
+        }
+    }
+    for (i, j) in m.join.iter().enumerate() {
+        if j.group.is_ipv4() {
+            c.err(format!("multicast.join[{i}]"), WHY);
+        }
+    }
+    if m.ssdp.is_some() {
+        c.err("multicast.ssdp", WHY);
+    }
+}
+
+fn check_mld_proxy(c: &mut Check, site: &Site, p: &MldProxy) {
+    c.result("routing.mld_proxy.upstream", check_ifname(&p.upstream));
+    check_ifname_list(c, "routing.mld_proxy.downstream", &p.downstream);
+    if p.downstream.is_empty() {
+        c.err(
+            "routing.mld_proxy.downstream",
+            "name at least one interface with receivers behind it",
+        );
+    }
+    for (i, d) in p.downstream.iter().enumerate() {
+        if *d == p.upstream {
+            c.err(
+                format!("routing.mld_proxy.downstream[{i}]"),
+                format!("{d:?} is the upstream: a proxy never forwards to its upstream"),
+            );
+        }
+    }
+    if p.downstream.len() + 1 > MAX_VIFS {
+        c.err(
+            "routing.mld_proxy.downstream",
+            format!("the kernel has {MAX_VIFS} IPv6 MIFs at most, upstream included"),
+        );
+    }
+    if let Some(h) = &site.headend {
+        for (i, d) in p.downstream.iter().enumerate() {
+            if h.interfaces.contains(d) {
+                c.err(
+                    format!("routing.mld_proxy.downstream[{i}]"),
+                    format!(
+                        "the headend answers joins on {d:?} already; one querier per link \
+                         and router"
+                    ),
+                );
+            }
+        }
+    }
+    check_querier_timers(
+        c,
+        "routing.mld_proxy",
+        p.robustness,
+        p.query_interval,
+        p.query_response_interval,
+        p.last_listener_interval,
+    );
+}
+
 /// `::ffff:a.b.c.d` is an IPv4 address in IPv6 clothing: a socket bound to it, a
 /// source matched against it or a route for it never sees the IPv4 packets it means.
 fn check_not_mapped(ip: IpAddr) -> Result<(), String> {
@@ -654,53 +831,72 @@ fn check_headend(c: &mut Check, h: &Headend) {
 const MAX_RESPONSE_CODE: Duration = Duration::from_millis(3_174_400);
 const MAX_QQIC: Duration = Duration::from_secs(31_744);
 
-fn check_headend_timers(c: &mut Check, h: &Headend) {
-    if h.robustness == 0 {
+/// The querier's timers of `[headend]` and `[routing.mld_proxy]`.
+fn check_querier_timers(
+    c: &mut Check,
+    section: &str,
+    robustness: u8,
+    query_interval: Duration,
+    query_response_interval: Duration,
+    last_listener_interval: Duration,
+) {
+    if robustness == 0 {
         c.err(
-            "headend.robustness",
+            format!("{section}.robustness"),
             "0 is not allowed (RFC 9777 §9.1); the default is 2, raise it on lossy links",
         );
     }
-    if h.query_interval < Duration::from_secs(1) || h.query_interval > MAX_QQIC {
+    if query_interval < Duration::from_secs(1) || query_interval > MAX_QQIC {
         c.err(
-            "headend.query_interval",
+            format!("{section}.query_interval"),
             format!(
                 "{} is outside 1s..{}; the default is \"125s\"",
-                humantime::format_duration(h.query_interval),
+                humantime::format_duration(query_interval),
                 humantime::format_duration(MAX_QQIC)
             ),
         );
     }
-    if h.query_response_interval < Duration::from_millis(100)
-        || h.query_response_interval > MAX_RESPONSE_CODE
+    if query_response_interval < Duration::from_millis(100)
+        || query_response_interval > MAX_RESPONSE_CODE
     {
         c.err(
-            "headend.query_response_interval",
+            format!("{section}.query_response_interval"),
             format!(
                 "{} is outside 100ms..{}; the default is \"10s\"",
-                humantime::format_duration(h.query_response_interval),
+                humantime::format_duration(query_response_interval),
                 humantime::format_duration(MAX_RESPONSE_CODE)
             ),
         );
-    } else if h.query_response_interval >= h.query_interval {
+    } else if query_response_interval >= query_interval {
         c.err(
-            "headend.query_response_interval",
+            format!("{section}.query_response_interval"),
             "must be shorter than query_interval (RFC 9777 §9.3), or listeners' answers \
              overlap the next query",
         );
     }
-    if h.last_listener_interval < Duration::from_millis(100)
-        || h.last_listener_interval > MAX_RESPONSE_CODE
+    if last_listener_interval < Duration::from_millis(100)
+        || last_listener_interval > MAX_RESPONSE_CODE
     {
         c.err(
-            "headend.last_listener_interval",
+            format!("{section}.last_listener_interval"),
             format!(
                 "{} is outside 100ms..{}; the default is \"1s\"",
-                humantime::format_duration(h.last_listener_interval),
+                humantime::format_duration(last_listener_interval),
                 humantime::format_duration(MAX_RESPONSE_CODE)
             ),
         );
     }
+}
+
+fn check_headend_timers(c: &mut Check, h: &Headend) {
+    check_querier_timers(
+        c,
+        "headend",
+        h.robustness,
+        h.query_interval,
+        h.query_response_interval,
+        h.last_listener_interval,
+    );
     if h.last_listener_count == Some(0) {
         c.err(
             "headend.last_listener_count",
