@@ -226,22 +226,54 @@ fn main() {
     let sb = topology();
     let parts = std::env::var("BENCH_MROUTE_PARTS").unwrap_or("install,reload,upcall".into());
     let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
-    if parts.contains(&"install") {
-        install(&sb, smc_max);
-    }
-    if parts.contains(&"reload") {
-        reload(&sb, smc_max);
-    }
-    if parts.contains(&"upcall") {
-        upcall(&sb);
-    }
+    let installed = parts.contains(&"install").then(|| install(&sb, smc_max));
+    let reloaded = parts.contains(&"reload").then(|| reload(&sb, smc_max));
+    let upcalled = parts.contains(&"upcall").then(|| upcall(&sb));
     println!(
         "\naims: 20,000 routes < 1 s and >= 20x smcroute; one-route reload < 50 ms; upcall to entry < 2 ms"
     );
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let unmeasured = "not measured in this run";
+    println!("verdicts:");
+    match installed {
+        Some((ours, smc)) => {
+            println!(
+                "   20,000 routes in {}: {}",
+                ms(ours),
+                verdict(ours < Duration::from_secs(1))
+            );
+            match smc {
+                Some(smc) => {
+                    let x = smc.as_secs_f64() / ours.as_secs_f64();
+                    println!("   {x:.0}x smcroute: {}", verdict(x >= 20.0));
+                }
+                None => println!("   20x smcroute: {unmeasured} (BENCH_SMCROUTE_MAX)"),
+            }
+        }
+        None => println!("   20,000 routes: {unmeasured}"),
+    }
+    match reloaded {
+        Some(t) => println!(
+            "   reload in {}: {}",
+            ms(t),
+            verdict(t < Duration::from_millis(50))
+        ),
+        None => println!("   reload: {unmeasured}"),
+    }
+    match upcalled {
+        Some(t) => println!(
+            "   upcall to entry ~ {}: {}",
+            us(t),
+            verdict(t < Duration::from_millis(2))
+        ),
+        None => println!("   upcall to entry: {unmeasured}"),
+    }
 }
 
-/// Section 1: N routes installed from process start.
-fn install(sb: &Sandbox, smc_max: usize) {
+/// Section 1: N routes installed from process start. Returns ours and smcroute's time for
+/// the largest N.
+fn install(sb: &Sandbox, smc_max: usize) -> (Duration, Option<Duration>) {
+    let mut last = (Duration::ZERO, None);
     println!(
         "\n1. install N (S,G) routes from process start until all are in /proc/net/ip_mr_cache"
     );
@@ -273,11 +305,13 @@ fn install(sb: &Sandbox, smc_max: usize) {
                 t.as_secs_f64() / t_ours.as_secs_f64()
             ))
         );
+        last = (t_ours, t_smc);
     }
+    last
 }
 
-/// Section 2: one changed route among 20,000, timed the same way for both.
-fn reload(sb: &Sandbox, smc_max: usize) {
+/// Section 2: one changed route among 20,000, timed the same way for both. Returns ours.
+fn reload(sb: &Sandbox, smc_max: usize) -> Duration {
     println!("\n2. reload that changes one route among 20,000 (route 12345 moves to 239.99.99.99)");
     let n = 20_000;
     let old = group(12345);
@@ -313,7 +347,10 @@ fn reload(sb: &Sandbox, smc_max: usize) {
     assert_eq!(answer["ok"], true, "{answer} {out:?}");
     println!(
         "   appliance: {} from writing the file, through `appliance mroute --reload`, until the new route is in and the old one out (inside the forwarder: {} us, of which re-reading the file {} us; changes {})",
-        t_reload, answer["took_us"], answer["load_us"], answer["reload"]
+        show(t_reload),
+        answer["took_us"],
+        answer["load_us"],
+        answer["reload"]
     );
     stop(sb, c);
     if n <= smc_max {
@@ -330,6 +367,7 @@ fn reload(sb: &Sandbox, smc_max: usize) {
             .output()
             .expect("smcroutectl reload");
         let t = mfc.until_moved(sb, t0, src, old, new, n);
+        let t = show(t);
         println!(
             "   smcroute:  {t} from writing the file, through `smcroutectl reload`, until the new route is in and the old one out ({}; its {n} routes took {} to install first)",
             if out.status.success() {
@@ -342,6 +380,19 @@ fn reload(sb: &Sandbox, smc_max: usize) {
         stop(sb, c);
     } else {
         println!("   smcroute:  (skipped: {n} > BENCH_SMCROUTE_MAX)");
+    }
+    t_reload.0
+}
+
+/// A reload's time, and when the table was whole only later than the move, both.
+fn show((t, moved): (Duration, Option<Duration>)) -> String {
+    match moved {
+        None => ms(t),
+        Some(m) => format!(
+            "{} (moved after {}, the table whole only then)",
+            ms(t),
+            ms(m)
+        ),
     }
 }
 
@@ -407,7 +458,7 @@ impl Mfc {
 
     /// Polls until (src, new) is in the table and (src, old) is not, then checks that the
     /// table holds `n` entries: the time since `t0`, or, when the table was not whole yet,
-    /// the time it was (found by reading /proc, so coarser, and said so).
+    /// the time it was (found by reading /proc, so coarser) and that of the move.
     fn until_moved(
         &self,
         sb: &Sandbox,
@@ -416,7 +467,7 @@ impl Mfc {
         old: Ipv4Addr,
         new: Ipv4Addr,
         n: usize,
-    ) -> String {
+    ) -> (Duration, Option<Duration>) {
         let deadline = t0 + Duration::from_secs(1800);
         while !self.has(src, new) || self.has(src, old) {
             assert!(
@@ -427,7 +478,7 @@ impl Mfc {
         }
         let t = t0.elapsed();
         if mfc_count(sb) == n {
-            return ms(t);
+            return (t, None);
         }
         while mfc_count(sb) != n {
             assert!(
@@ -436,16 +487,12 @@ impl Mfc {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        format!(
-            "{} (moved after {}, the table whole only then)",
-            ms(t0.elapsed()),
-            ms(t)
-        )
+        (t0.elapsed(), Some(t))
     }
 }
 
-/// Section 3: the first packet of a new (*,G) stream.
-fn upcall(sb: &Sandbox) {
+/// Section 3: the first packet of a new (*,G) stream. Returns our upcall-to-entry time.
+fn upcall(sb: &Sandbox) -> Duration {
     println!(
         "\n3. first packet of a new (*,G) stream: sent -> delivered through the entry the upcall installed ({UPCALL_SAMPLES} new groups)"
     );
@@ -459,6 +506,7 @@ fn upcall(sb: &Sandbox) {
         request(&sock, &Request::Status).ok()
     });
     let (med, p99, steady, lost) = upcall_latency(sb, 1);
+    let ours = med.saturating_sub(steady);
     println!(
         "   appliance: first packet median {}, p99 {}; a packet through an existing entry {}; upcall->entry ~ {}; lost {lost}",
         us(med),
@@ -482,4 +530,5 @@ fn upcall(sb: &Sandbox) {
         us(med.saturating_sub(steady))
     );
     stop(sb, c);
+    ours
 }
