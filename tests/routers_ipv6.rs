@@ -1,0 +1,390 @@
+//! IPv6 across several routers by MLD proxying (RFC 4605), end to end: each router is a
+//! network namespace of the test's sandbox running its own `appliance up`, linked by
+//! veths; router A runs the headend (a test-tone service) on its link to B, the routers
+//! behind it proxy (`[routing.mld_proxy]`), and a receiver host's own kernel sends the
+//! MLDv2 join. What the receiver gets is real RTP; what the routers say comes from their
+//! control sockets.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use socket2::{Domain, Protocol, Socket, Type};
+
+const T: Duration = Duration::from_secs(20);
+const G1: &str = "ff3e:40:fd00::8000:1";
+const TONE: &str = "ffmpeg -nostdin -re -f lavfi -i sine=frequency=440 -c:a libopus -f rtp {rtp}";
+/// Short querier timers, on the headend and on every proxy's downstreams.
+const TIMERS: &str = "query_interval = \"2s\"\nquery_response_interval = \"1s\"\n\
+                      last_listener_interval = \"200ms\"\n";
+
+/// `appliance up SITE` inside one router's network namespace; SIGTERM and a wait for
+/// its teardown when dropped.
+struct Router {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    state: PathBuf,
+}
+
+impl Router {
+    fn start(sb: &Sandbox, name: &str, site_body: &str) -> Router {
+        let state = sb.path(&format!("{name}-state"));
+        let site = sb.write(
+            &format!("{name}.toml"),
+            &format!(
+                "[site]\nname = \"{name}\"\nstate_dir = \"{}\"\n{site_body}",
+                state.display()
+            ),
+        );
+        let log = sb.path(&format!("{name}-up.log"));
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = sb
+            .cmd("ip")
+            .args(["netns", "exec", name])
+            .arg(appliance_bin())
+            .arg("up")
+            .arg(&site)
+            .env("APPLIANCE_LOG", "info,appliance=debug")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .spawn()
+            .expect("start appliance up");
+        Router {
+            name: name.into(),
+            child,
+            log,
+            state,
+        }
+    }
+
+    fn log(&self) -> String {
+        read(&self.log)
+    }
+
+    fn socket(&self, part: &str) -> PathBuf {
+        self.state.join("parts").join(part)
+    }
+
+    /// The answer of a part's control socket, None while it does not answer.
+    fn ask(&self, part: &str) -> Option<Value> {
+        ask(&self.socket(part))
+    }
+
+    /// Waits until the part answers status.
+    fn wait_part(&mut self, part: &str) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(&format!("{} on router {}", part, self.name), T, || {
+                self.ask(part)
+            })
+        }));
+        if r.is_err() {
+            panic!("router {}: no {part}:\n{}", self.name, self.log());
+        }
+    }
+
+    /// The forwarder's proxy status.
+    fn proxy(&self) -> Value {
+        self.ask("mroute.sock")
+            .map(|v| v["proxy"].clone())
+            .unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ask(sock: &Path) -> Option<Value> {
+    let mut s = UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+/// Network namespaces named `routers` and veth links `(a, a_if, b, b_if)`, IPv6 up.
+fn routers(sb: &Sandbox, routers: &[&str], links: &[(&str, &str, &str, &str)]) {
+    let mut s = String::new();
+    for r in routers {
+        s.push_str(&format!(
+            "ip netns add {r}\nip -n {r} link set lo up\n\
+             ip netns exec {r} sysctl -qw net.ipv6.conf.all.forwarding=1\n"
+        ));
+    }
+    for (a, ai, b, bi) in links {
+        s.push_str(&format!(
+            "ip link add {ai} netns {a} type veth peer name {bi} netns {b}\n\
+             ip -n {a} link set {ai} up\nip -n {b} link set {bi} up\n"
+        ));
+    }
+    sb.sh(&s);
+}
+
+/// A bridge `br` in `router` with `addr`, and a receiver host `host` behind it
+/// (`host_addr`), which has a multicast route to join with.
+fn lan(sb: &Sandbox, router: &str, br: &str, addr: &str, host: &str, host_addr: &str) {
+    sb.sh(&format!(
+        "ip -n {router} link add {br} type bridge mcast_snooping 0\n\
+         ip -n {router} link set {br} up\n\
+         ip -n {router} addr add {addr} dev {br} nodad\n\
+         ip netns add {host}\n\
+         ip link add h-{host} netns {router} type veth peer name eth0 netns {host}\n\
+         ip -n {router} link set h-{host} master {br} up\n\
+         ip -n {host} link set lo up\nip -n {host} link set eth0 up\n\
+         ip -n {host} addr add {host_addr} dev eth0 nodad\n\
+         ip -n {host} -6 route add ff00::/8 dev eth0 table local metric 1\n"
+    ));
+}
+
+/// Waits until every named (netns, interface) has a usable link-local address: MLD
+/// packets leave from it, and the kernel drops MLD from any other source.
+fn link_locals(sb: &Sandbox, ifaces: &[(&str, &str)]) {
+    for (ns, i) in ifaces {
+        wait_until(&format!("{ns}'s link-local address on {i}"), T, || {
+            let out = sb.sh(&format!("ip -n {ns} -6 -o addr show dev {i} scope link"));
+            (out.contains("inet6") && !out.contains("tentative")).then_some(())
+        });
+    }
+}
+
+fn headend_site() -> String {
+    format!(
+        "[headend]\ninterfaces = [\"ab\"]\nprefix = \"fd00::/64\"\n{TIMERS}\
+         [[headend.service]]\nnumber = 1\nname = \"Tone 1\"\ncommand = \"{TONE}\"\n"
+    )
+}
+
+fn proxy_site(upstream: &str, downstream: &str) -> String {
+    format!(
+        "[routing.mld_proxy]\nupstream = \"{upstream}\"\ndownstream = [\"{downstream}\"]\n{TIMERS}"
+    )
+}
+
+fn service_state(a: &Router) -> String {
+    a.ask("headend.sock")
+        .and_then(|v| {
+            v["services"]
+                .as_array()?
+                .iter()
+                .find(|s| s["number"] == 1)
+                .map(|s| s["state"].as_str().unwrap_or("").to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// A receiver on `host`: a UDP socket on port 5004 that joined `group` on eth0 (its
+/// kernel sends the MLDv2 report), until dropped.
+fn receiver(sb: &Sandbox, host: &str, group: &str) -> UdpSocket {
+    let group: IpAddr = group.parse().unwrap();
+    in_netns(sb, Some(host), move || {
+        let idx = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+        let IpAddr::V6(g) = group else { unreachable!() };
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SocketAddr::new(group, 5004).into()).unwrap();
+        s.join_multicast_v6(&g, idx).unwrap();
+        let u: UdpSocket = s.into();
+        u.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        u
+    })
+}
+
+/// Waits for an RTP packet at the receiver; panics with the routers' logs.
+fn rtp(u: &UdpSocket, routers: &[&Router]) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until("an RTP packet at the receiver", T, || {
+            u.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+        })
+    }));
+    let p = r.unwrap_or_else(|_| {
+        let logs: Vec<String> = routers
+            .iter()
+            .map(|r| format!("--- router {}:\n{}\nproxy: {}", r.name, r.log(), r.proxy()))
+            .collect();
+        panic!("no RTP at the receiver\n{}", logs.join("\n"))
+    });
+    assert_eq!(p[0] >> 6, 2, "not RTP version 2");
+    p
+}
+
+fn wait_for(what: &str, routers: &[&Router], mut cond: impl FnMut() -> bool) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(what, T, || cond().then_some(()))
+    }));
+    if r.is_err() {
+        let logs: Vec<String> = routers
+            .iter()
+            .map(|r| format!("--- router {}:\n{}\nproxy: {}", r.name, r.log(), r.proxy()))
+            .collect();
+        panic!("{what}: not so\n{}", logs.join("\n"));
+    }
+}
+
+/// Raw sockets of `protocol` open in a router's network namespace (/proc/net/raw shows
+/// a raw socket's protocol as its local port).
+fn raw_sockets(sb: &Sandbox, ns: &str, file: &str, protocol: u16) -> usize {
+    let text = sb.sh(&format!("ip netns exec {ns} cat /proc/net/{file}"));
+    let port = format!(":{protocol:04X} ");
+    text.lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| format!("{a} ").ends_with(&port))
+        })
+        .count()
+}
+
+/// tshark on `iface` of router `ns`, printing each MLDv2 report as "source, record types,
+/// groups, sources" (tab-separated, lists comma-separated); started and capturing.
+fn reports(sb: &Sandbox, ns: &str, iface: &str) -> Background {
+    require_program("tshark");
+    let mut cmd = sb.cmd("ip");
+    cmd.args(["netns", "exec", ns, "tshark", "-l", "-n", "-i", iface])
+        // MLD comes behind a hop-by-hop header (Router Alert): BPF's `icmp6` misses it.
+        .args(["-f", "ip6[6] == 0"])
+        .args(["-Y", "icmpv6.type == 143", "-T", "fields", "-e", "ipv6.src"])
+        .args(["-e", "icmpv6.mldr.mar.record_type"])
+        .args(["-e", "icmpv6.mldr.mar.multicast_address"])
+        .args(["-e", "icmpv6.mldr.mar.source_address"]);
+    let mut bg = Background::spawn(sb, &format!("tshark-{ns}-{iface}"), cmd);
+    bg.wait_for("Capturing on", T);
+    bg
+}
+
+/// Whether tshark printed a report from a link-local address with a record of `kind`
+/// (RFC 9777 §5.2.12: 1 IS_IN, 2 IS_EX, 3 TO_IN, 4 TO_EX, 5 ALLOW, 6 BLOCK) for `group`,
+/// naming `source` when given.
+fn reported(t: &Background, kind: u8, group: &str, source: Option<&str>) -> bool {
+    t.out().lines().any(|l| {
+        let f: Vec<&str> = l.split('\t').collect();
+        if f.len() < 3 || !f[0].starts_with("fe80:") {
+            return false;
+        }
+        let kinds: Vec<&str> = f[1].split(',').collect();
+        let groups: Vec<&str> = f[2].split(',').collect();
+        kinds.iter().zip(&groups).any(|(k, g)| {
+            *k == kind.to_string()
+                && *g == group
+                && source.is_none_or(|s| f.get(3).is_some_and(|l| l.split(',').any(|x| x == s)))
+        })
+    })
+}
+
+fn has_group(v: &Value, list: &str, group: &str) -> bool {
+    v[list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|j| j["group"] == group)
+}
+
+#[test]
+fn a_join_behind_a_proxy_starts_the_headends_source_and_the_last_leave_stops_it() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    routers(&sb, &["ra", "rb"], &[("ra", "ab", "rb", "ba")]);
+    sb.sh("ip -n ra addr add fd00:ab::1/64 dev ab nodad\n\
+           ip -n rb addr add fd00:ab::2/64 dev ba nodad");
+    lan(&sb, "rb", "br-lan", "fd00:b::1/64", "h1", "fd00:b::11/64");
+    link_locals(
+        &sb,
+        &[("ra", "ab"), ("rb", "ba"), ("rb", "br-lan"), ("h1", "eth0")],
+    );
+    let mut a = Router::start(&sb, "ra", &headend_site());
+    a.wait_part("headend.sock");
+    let mut b = Router::start(&sb, "rb", &proxy_site("ba", "br-lan"));
+    b.wait_part("mroute.sock");
+    assert_eq!(service_state(&a), "idle");
+
+    // The proxy takes no IPv4 multicast routing (FRR's pimd may own it): no raw IGMP
+    // socket in its namespace at all.
+    assert_eq!(
+        raw_sockets(&sb, "rb", "raw", libc::IPPROTO_IGMP as u16),
+        0,
+        "a raw IGMP socket is open in the proxy's namespace:\n{}",
+        sb.sh("ip netns exec rb cat /proc/net/raw")
+    );
+
+    let up = reports(&sb, "rb", "ba");
+    let r = receiver(&sb, "h1", G1);
+    let p = rtp(&r, &[&a, &b]);
+    assert_eq!(p[1] & 0x7f, 97, "Opus is dynamic payload type 97");
+    // B's kernel reported the any-source join on its upstream (a MIF) as a host does,
+    // and answers A's general queries (every 2 s) with the current state.
+    wait_for("B's TO_EX and IS_EX reports upstream", &[&a, &b], || {
+        reported(&up, 4, G1, None) && reported(&up, 2, G1, None)
+    });
+
+    // B: the receiver's group downstream, joined upstream, routed from ba to br-lan.
+    let st = b.proxy();
+    let down = &st["downstream"][0];
+    assert_eq!(down["iface"], "br-lan", "{st}");
+    assert_eq!(down["we_query"], true, "{st}");
+    assert!(has_group(down, "groups", G1), "{st}");
+    assert!(has_group(&st, "joins", G1), "{st}");
+    let routes = st["routes"].as_array().cloned().unwrap_or_default();
+    assert!(
+        routes.iter().any(|e| e["group"] == G1
+            && e["source"] == "fd00:ab::1"
+            && e["iif"] == "ba"
+            && e["oifs"] == serde_json::json!(["br-lan"])),
+        "{st}"
+    );
+    // A heard B's kernel report it, from B's link-local address on the link.
+    let heard = a.ask("headend.sock").unwrap();
+    assert_eq!(service_state(&a), "running", "{heard}");
+    let full = b.ask("mroute.sock").unwrap();
+    assert_eq!(full["healthy"], true, "{full}");
+    let text = sb
+        .cmd("ip")
+        .args(["netns", "exec", "rb"])
+        .arg(appliance_bin())
+        .args(["status", "--state-dir"])
+        .arg(&b.state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("MLD proxy: upstream ba"), "{text}");
+    assert!(
+        text.contains(&format!("joined upstream on ba: {G1} EXCLUDE {{}}")),
+        "{text}"
+    );
+
+    // The last leave behind B: B leaves upstream, its route goes, A stops the source.
+    drop(r);
+    wait_for("B's route and upstream join gone", &[&a, &b], || {
+        let st = b.proxy();
+        !has_group(&st, "joins", G1) && st["routes"].as_array().is_some_and(|r| r.is_empty())
+    });
+    wait_for("B's TO_IN {} upstream", &[&a, &b], || {
+        reported(&up, 3, G1, None)
+    });
+    wait_for("the source stopped on A", &[&a, &b], || {
+        service_state(&a) != "running"
+    });
+}
