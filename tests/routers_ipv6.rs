@@ -276,13 +276,26 @@ fn reports(sb: &Sandbox, ns: &str, iface: &str) -> Background {
     bg
 }
 
-/// Whether tshark printed a report from a link-local address with a record of `kind`
-/// (RFC 9777 §5.2.12: 1 IS_IN, 2 IS_EX, 3 TO_IN, 4 TO_EX, 5 ALLOW, 6 BLOCK) for `group`,
-/// naming `source` when given.
-fn reported(t: &Background, kind: u8, group: &str, source: Option<&str>) -> bool {
+/// The link-local address of `iface` in router `ns`.
+fn link_local(sb: &Sandbox, ns: &str, iface: &str) -> String {
+    let out = sb.sh(&format!(
+        "ip -n {ns} -6 -o addr show dev {iface} scope link"
+    ));
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no link-local address on {ns}'s {iface}: {out}"))
+        .to_string()
+}
+
+/// Whether tshark printed a report from `from` with a record of `kind` (RFC 9777
+/// §5.2.12: 1 IS_IN, 2 IS_EX, 3 TO_IN, 4 TO_EX, 5 ALLOW, 6 BLOCK) for `group`, naming
+/// `source` when given.
+fn reported(t: &Background, from: &str, kind: u8, group: &str, source: Option<&str>) -> bool {
     t.out().lines().any(|l| {
         let f: Vec<&str> = l.split('\t').collect();
-        if f.len() < 3 || !f[0].starts_with("fe80:") {
+        if f.len() < 3 || f[0] != from {
             return false;
         }
         let kinds: Vec<&str> = f[1].split(',').collect();
@@ -331,13 +344,14 @@ fn a_join_behind_a_proxy_starts_the_headends_source_and_the_last_leave_stops_it(
     );
 
     let up = reports(&sb, "rb", "ba");
+    let me = link_local(&sb, "rb", "ba");
     let r = receiver(&sb, "h1", G1);
     let p = rtp(&r, &[&a, &b]);
     assert_eq!(p[1] & 0x7f, 97, "Opus is dynamic payload type 97");
     // B's kernel reported the any-source join on its upstream (a MIF) as a host does,
     // and answers A's general queries (every 2 s) with the current state.
     wait_for("B's TO_EX and IS_EX reports upstream", &[&a, &b], || {
-        reported(&up, 4, G1, None) && reported(&up, 2, G1, None)
+        reported(&up, &me, 4, G1, None) && reported(&up, &me, 2, G1, None)
     });
 
     // B: the receiver's group downstream, joined upstream, routed from ba to br-lan.
@@ -382,9 +396,147 @@ fn a_join_behind_a_proxy_starts_the_headends_source_and_the_last_leave_stops_it(
         !has_group(&st, "joins", G1) && st["routes"].as_array().is_some_and(|r| r.is_empty())
     });
     wait_for("B's TO_IN {} upstream", &[&a, &b], || {
-        reported(&up, 3, G1, None)
+        reported(&up, &me, 3, G1, None)
     });
     wait_for("the source stopped on A", &[&a, &b], || {
         service_state(&a) != "running"
     });
+}
+
+/// A source-specific receiver on `host`: a UDP socket on port 5004 and a
+/// MCAST_JOIN_SOURCE_GROUP of (`source`, `group`) on eth0, until dropped.
+fn ssm_receiver(
+    sb: &Sandbox,
+    host: &str,
+    source: &str,
+    group: &str,
+) -> (UdpSocket, appliance::mroute::sys::JoinSocket) {
+    let (s, g): (IpAddr, IpAddr) = (source.parse().unwrap(), group.parse().unwrap());
+    in_netns(sb, Some(host), move || {
+        let idx = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+        let u = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        u.set_reuse_address(true).unwrap();
+        u.bind(&SocketAddr::new(g, 5004).into()).unwrap();
+        let u: UdpSocket = u.into();
+        u.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let j = appliance::mroute::sys::JoinSocket::join(idx, g, Some(s)).expect("SSM join");
+        (u, j)
+    })
+}
+
+#[test]
+fn a_source_specific_join_is_proxied_with_its_source_list() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    routers(&sb, &["ra", "rb"], &[("ra", "ab", "rb", "ba")]);
+    sb.sh("ip -n ra addr add fd00:ab::1/64 dev ab nodad\n\
+           ip -n rb addr add fd00:ab::2/64 dev ba nodad");
+    lan(&sb, "rb", "br-lan", "fd00:b::1/64", "h1", "fd00:b::11/64");
+    link_locals(
+        &sb,
+        &[("ra", "ab"), ("rb", "ba"), ("rb", "br-lan"), ("h1", "eth0")],
+    );
+    let mut a = Router::start(&sb, "ra", &headend_site());
+    a.wait_part("headend.sock");
+    let mut b = Router::start(&sb, "rb", &proxy_site("ba", "br-lan"));
+    b.wait_part("mroute.sock");
+    let up = reports(&sb, "rb", "ba");
+    let me = link_local(&sb, "rb", "ba");
+
+    let (r, join) = ssm_receiver(&sb, "h1", "fd00:ab::1", G1);
+    rtp(&r, &[&a, &b]);
+    let st = b.proxy();
+    let joined = st["joins"]
+        .as_array()
+        .and_then(|j| j.iter().find(|j| j["group"] == G1).cloned())
+        .unwrap_or_else(|| panic!("no upstream join of {G1}: {st}"));
+    assert_eq!(
+        joined["filter"],
+        serde_json::json!({"mode": "include", "sources": ["fd00:ab::1"]}),
+        "{st}"
+    );
+    // Upstream, B asks for that source only: ALLOW {fd00:ab::1} (or IS_IN when queried).
+    wait_for("B's ALLOW {fd00:ab::1} upstream", &[&a, &b], || {
+        reported(&up, &me, 5, G1, Some("fd00:ab::1"))
+    });
+    assert!(
+        !reported(&up, &me, 4, G1, None),
+        "B ({me}) made an any-source join of a source-specific one:\n{}",
+        up.out()
+    );
+
+    drop(join);
+    wait_for("the source stopped on A", &[&a, &b], || {
+        service_state(&a) != "running"
+    });
+    wait_for(
+        "B's BLOCK {fd00:ab::1} or TO_IN {} upstream",
+        &[&a, &b],
+        || reported(&up, &me, 6, G1, Some("fd00:ab::1")) || reported(&up, &me, 3, G1, None),
+    );
+}
+
+#[test]
+fn three_routers_in_a_chain_two_proxies_work_the_same() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    routers(
+        &sb,
+        &["ra", "rb", "rc"],
+        &[("ra", "ab", "rb", "ba"), ("rb", "bc", "rc", "cb")],
+    );
+    sb.sh("ip -n ra addr add fd00:ab::1/64 dev ab nodad\n\
+           ip -n rb addr add fd00:ab::2/64 dev ba nodad\n\
+           ip -n rb addr add fd00:bc::1/64 dev bc nodad\n\
+           ip -n rc addr add fd00:bc::2/64 dev cb nodad");
+    lan(&sb, "rc", "br-lan", "fd00:c::1/64", "h1", "fd00:c::11/64");
+    link_locals(
+        &sb,
+        &[
+            ("ra", "ab"),
+            ("rb", "ba"),
+            ("rb", "bc"),
+            ("rc", "cb"),
+            ("rc", "br-lan"),
+            ("h1", "eth0"),
+        ],
+    );
+    let mut a = Router::start(&sb, "ra", &headend_site());
+    a.wait_part("headend.sock");
+    let mut b = Router::start(&sb, "rb", &proxy_site("ba", "bc"));
+    b.wait_part("mroute.sock");
+    let mut c = Router::start(&sb, "rc", &proxy_site("cb", "br-lan"));
+    c.wait_part("mroute.sock");
+    assert_eq!(service_state(&a), "idle");
+
+    let r = receiver(&sb, "h1", G1);
+    rtp(&r, &[&a, &b, &c]);
+    // Each proxy routes from its upstream to its downstream and joined upstream.
+    for (router, iif, oif) in [(&b, "ba", "bc"), (&c, "cb", "br-lan")] {
+        let st = router.proxy();
+        assert!(has_group(&st, "joins", G1), "{st}");
+        assert!(
+            st["routes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["group"] == G1
+                    && e["iif"] == iif
+                    && e["oifs"] == serde_json::json!([oif])),
+            "{st}"
+        );
+    }
+    assert_eq!(service_state(&a), "running");
+
+    drop(r);
+    wait_for(
+        "both proxies left and the source stopped on A",
+        &[&a, &b, &c],
+        || {
+            !has_group(&b.proxy(), "joins", G1)
+                && !has_group(&c.proxy(), "joins", G1)
+                && service_state(&a) != "running"
+        },
+    );
 }
