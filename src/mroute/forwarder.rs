@@ -173,6 +173,7 @@ struct Share {
 /// downstreams) go to the downstreams whose listeners want them.
 #[derive(Debug, Clone, Default)]
 struct ProxyRoutes {
+    upstream: String,
     ifaces: Vec<String>,
     interest: Interest,
 }
@@ -419,6 +420,7 @@ impl Forwarder {
             drop(old);
             if let Some(t) = self.v6.as_mut() {
                 t.proxy = Some(ProxyRoutes {
+                    upstream: String::new(),
                     ifaces,
                     interest: Interest::new(),
                 });
@@ -460,6 +462,7 @@ impl Forwarder {
         };
         let changed = p.refresh();
         let routes = ProxyRoutes {
+            upstream: p.config().upstream.clone(),
             ifaces: p.config().ifaces().cloned().collect(),
             interest: p.interest().clone(),
         };
@@ -815,6 +818,17 @@ impl<K: RouteWrite> Table<K> {
             kernel::MSG_WRONGVIF => match existing {
                 // A configured entry stays as configured; the kernel counts wrong_if.
                 Some(e) if e.origin == Origin::Configured => return,
+                // A proxied (S,G) from the upstream stays so: the same packets looping
+                // back on a downstream never move it there.
+                Some(e)
+                    if e.origin == Origin::Proxy
+                        && self
+                            .proxy
+                            .as_ref()
+                            .is_some_and(|p| self.vif_of(&p.upstream) == Some(e.iif)) =>
+                {
+                    return;
+                }
                 _ => {}
             },
             _ => return,
@@ -1327,6 +1341,105 @@ mod tests {
             .map(|(k, e)| (*k, (e.iif, e.ttls.to_vec(), e.origin, e.why.clone())))
             .collect();
         (ops, entries, [ch.added, ch.changed, ch.removed, ch.kept])
+    }
+
+    fn v6(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Only `a` (the upstream) and `b`, `c` (downstreams) are the proxy's; `d` is not.
+    fn proxied(interest: &[(&str, proxy::Filter)]) -> ProxyRoutes {
+        let mut i = Interest::new();
+        for (iface, f) in interest {
+            i.entry(v6("ff3e::1"))
+                .or_default()
+                .insert(iface.to_string(), f.clone());
+        }
+        ProxyRoutes {
+            upstream: "a".into(),
+            ifaces: vec!["a".into(), "b".into(), "c".into()],
+            interest: i,
+        }
+    }
+
+    fn nocache(vif: u16, s: &str) -> Upcall {
+        Upcall {
+            kind: kernel::MSG_NOCACHE,
+            vif,
+            source: v6(s),
+            group: v6("ff3e::1"),
+        }
+    }
+
+    fn oifs_of(t: &Table<Recorder>, s: &str) -> Option<(Origin, Vec<usize>)> {
+        t.entries.get(&(v6(s), v6("ff3e::1"))).map(|e| {
+            let o = (0..MAXVIFS).filter(|i| e.ttls[*i] != TTL_NOT_OUTPUT);
+            (e.origin, o.collect())
+        })
+    }
+
+    #[test]
+    fn proxy_routes_follow_the_downstream_listeners() {
+        let cfg = config(vec![]);
+        let mut t = table(&cfg, &[]);
+        t.proxy = Some(proxied(&[("b", proxy::Filter::any())]));
+        // From the upstream: to b only.
+        t.upcall(&cfg, nocache(0, "fd00::1"));
+        assert_eq!(oifs_of(&t, "fd00::1"), Some((Origin::Proxy, vec![1])));
+        // c joins for that source only: the entry is updated in place.
+        t.proxy = Some(proxied(&[
+            ("b", proxy::Filter::any()),
+            ("c", proxy::Filter::include([v6("fd00::1")])),
+        ]));
+        t.reproxy(&cfg, &mut Changes::default()).unwrap();
+        assert_eq!(oifs_of(&t, "fd00::1"), Some((Origin::Proxy, vec![1, 2])));
+        // The same (S,G) arriving on a downstream (WRONGVIF) does not move the route.
+        t.upcall(
+            &cfg,
+            Upcall {
+                kind: kernel::MSG_WRONGVIF,
+                ..nocache(1, "fd00::1")
+            },
+        );
+        assert_eq!(oifs_of(&t, "fd00::1"), Some((Origin::Proxy, vec![1, 2])));
+        assert_eq!(t.entries[&(v6("fd00::1"), v6("ff3e::1"))].iif, 0);
+        // d is not the proxy's: its packets are stopped.
+        t.upcall(&cfg, nocache(3, "fd00::9"));
+        assert_eq!(oifs_of(&t, "fd00::9"), Some((Origin::Stop, vec![])));
+        // The last listeners leave: the routes go.
+        t.sock.0.borrow_mut().clear();
+        t.proxy = Some(proxied(&[]));
+        t.reproxy(&cfg, &mut Changes::default()).unwrap();
+        assert_eq!(oifs_of(&t, "fd00::1"), None);
+        assert!(
+            t.sock
+                .0
+                .borrow()
+                .contains(&Op::DelMfc(v6("fd00::1"), v6("ff3e::1"), 0)),
+            "{:?}",
+            t.sock.0.borrow()
+        );
+        // A stop entry from the upstream becomes a route when a listener comes.
+        t.upcall(&cfg, nocache(0, "fd00::2"));
+        assert_eq!(oifs_of(&t, "fd00::2"), Some((Origin::Stop, vec![])));
+        t.proxy = Some(proxied(&[("c", proxy::Filter::any())]));
+        t.reproxy(&cfg, &mut Changes::default()).unwrap();
+        assert_eq!(oifs_of(&t, "fd00::2"), Some((Origin::Proxy, vec![2])));
+    }
+
+    #[test]
+    fn a_downstream_source_goes_to_the_other_downstreams_only() {
+        let cfg = config(vec![]);
+        let mut t = table(&cfg, &[]);
+        t.proxy = Some(proxied(&[
+            ("b", proxy::Filter::any()),
+            ("c", proxy::Filter::any()),
+        ]));
+        t.upcall(&cfg, nocache(1, "fd00::5"));
+        assert_eq!(oifs_of(&t, "fd00::5"), Some((Origin::Proxy, vec![2])));
+        // Link-local sources never leave their link.
+        t.upcall(&cfg, nocache(0, "fe80::5"));
+        assert_eq!(oifs_of(&t, "fe80::5"), Some((Origin::Stop, vec![])));
     }
 
     proptest! {
