@@ -60,6 +60,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pin the site's network namespaces under /run/netns, empty (`up` finds and fills
+    /// them). appliance@.service runs it before `up`, in PID 1's mount namespace, where
+    /// systemd-nspawn@ units find the pins.
+    Pin { site: PathBuf },
     /// Write the site as systemd units, nspawn files and /etc overlays.
     Render {
         site: PathBuf,
@@ -199,6 +203,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status { state_dir, json } => supervisor::commands::status(state_dir, json),
         Command::Services { state_dir } => supervisor::commands::services(state_dir),
         Command::Render { site, target } => crate::render::cli::run(&site, target.out, target.root),
+        Command::Pin { site } => crate::render::cli::pin(&site),
         Command::Mroute(args) => mroute(args),
         Command::Translate(args) => translate(&args),
         Command::Monitor { site, state_dir } => monitor(&site, state_dir),

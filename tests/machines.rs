@@ -353,3 +353,80 @@ fn up_with_machines_brings_the_example_healthy_and_down_leaves_nothing() {
         machine_cgroups()
     );
 }
+
+/// appliance@.service as systemd runs it, without systemd: `appliance pin` in the
+/// sandbox's mount namespace (PID 1's, in the unit), then `up` in a mount namespace of its
+/// own that is a slave of it (what ProtectSystem= and PrivateTmp= give the unit), whose
+/// own mounts never reach the sandbox. The pins are the sandbox's, so a process there
+/// (systemd-nspawn@lab-iot.service) joins the namespace `up` filled; `up` stops cleanly
+/// although it cannot remove them, and `down` in the sandbox then leaves nothing.
+#[test]
+fn namespaces_pinned_outside_ups_mount_namespace_are_filled_by_up_and_removed_by_down() {
+    require_program("unshare");
+    let sb = Sandbox::new();
+    let site = sb.write(
+        "site.toml",
+        "[site]\nname = \"lab\"\ncreate_bridges = true\n\n\
+         [[vlan]]\nname = \"iot\"\nbridge = \"br-iot\"\naddress = \"10.20.2.2/24\"\n",
+    );
+    // systemd's mounts are shared: a pin then lands twice, also on /run beneath the
+    // /run/netns bind (of the same peer group), and the copy of that one in `up`'s
+    // namespace keeps it from unlinking the pin there.
+    sb.sh("mount --make-shared /run");
+    for round in ["pinned", "already pinned"] {
+        let out = sb.appliance().arg("pin").arg(&site).output().unwrap();
+        check(&out, "appliance pin");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(said.trim(), format!("/run/netns/lab-iot: {round}"));
+    }
+    // Pinned, and still empty: `up` fills it.
+    let links = sb.sh("ip -n lab-iot -o link show");
+    assert_eq!(links.lines().count(), 1, "{links}");
+    let log = sb.path("up.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let mut up = sb
+        .cmd("unshare")
+        .args(["--mount", "--propagation", "slave", "--"])
+        .arg(appliance_bin())
+        .arg("up")
+        .arg(&site)
+        .stdin(std::process::Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let up_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the site to be healthy", Duration::from_secs(30), || {
+        if let Ok(Some(st)) = up.try_wait() {
+            panic!("appliance up exited ({st}):\n{}", up_log());
+        }
+        status(&sb).filter(|(code, _)| *code == 0)
+    });
+    assert!(
+        up_log().contains("namespace lab-iot: found at /run/netns/lab-iot"),
+        "{}",
+        up_log()
+    );
+    // Joined from the sandbox through its pin, the namespace is the one `up` filled.
+    let inside = sb.sh("ip netns exec lab-iot ip -o -4 addr show dev iot");
+    assert!(inside.contains("10.20.2.2/24"), "{inside}");
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe { libc_kill(up.id() as i32, 15) };
+    let code = wait_until("up to exit", Duration::from_secs(30), || {
+        up.try_wait().ok().flatten()
+    });
+    assert_eq!(code.code(), Some(0), "{}", up_log());
+    assert!(
+        up_log().contains("/run/netns/lab-iot: pinned in another mount namespace too"),
+        "{}",
+        up_log()
+    );
+    let out = sb.appliance().arg("down").arg(&site).output().unwrap();
+    check(&out, "appliance down");
+    let netns = sb.sh("ip netns list");
+    assert!(!netns.contains("lab-"), "{netns}");
+    let links = sb.sh("ip -o link show");
+    assert!(!links.contains("lab-iot"), "{links}");
+    let left = sb.processes();
+    assert!(left.is_empty(), "processes left in the sandbox: {left:?}");
+}

@@ -65,6 +65,14 @@ fn golden_render_of_the_example() {
 }
 
 #[test]
+fn golden_render_of_an_access_router() {
+    golden(
+        "render-access-router.txt",
+        &listing(&rendered("tests/sites/access-router.toml")),
+    );
+}
+
+#[test]
 fn golden_render_of_a_site_with_every_option() {
     golden(
         "render-full.txt",
@@ -74,7 +82,11 @@ fn golden_render_of_a_site_with_every_option() {
 
 #[test]
 fn render_is_pure_complete_and_filled() {
-    for rel in ["site.toml", "tests/sites/full.toml"] {
+    for rel in [
+        "site.toml",
+        "tests/sites/full.toml",
+        "tests/sites/access-router.toml",
+    ] {
         let (p, text) = load(rel);
         let a = render::render(&p, &text);
         assert_eq!(a, render::render(&p, &text), "{rel}: two renders differ");
@@ -354,7 +366,11 @@ fn a_manifest_naming_a_foreign_path_stops_the_render() {
 #[test]
 fn systemd_analyze_verifies_every_rendered_unit() {
     require_program("systemd-analyze");
-    for rel in ["site.toml", "tests/sites/full.toml"] {
+    for rel in [
+        "site.toml",
+        "tests/sites/full.toml",
+        "tests/sites/access-router.toml",
+    ] {
         let tree = rendered(rel);
         let dir = scratch(&format!("verify-{}", rel.replace('/', "_")));
         let bin = appliance_bin().display().to_string();
@@ -368,10 +384,10 @@ fn systemd_analyze_verifies_every_rendered_unit() {
             }
             let mut name = rel_unit.to_path_buf();
             let text = f.as_str().replace(render::BINARY, &bin);
-            // The template, under the site's instance name.
-            if name == Path::new("appliance@.service") {
+            // The templates (appliance@, appliance-netns@), under the site's instance name.
+            if let Some(t) = name.to_str().and_then(|n| n.strip_suffix("@.service")) {
                 let (p, _) = load(rel);
-                name = PathBuf::from(format!("appliance@{}.service", p.site));
+                name = PathBuf::from(format!("{t}@{}.service", p.site));
             }
             let out = dir.join(&name);
             std::fs::create_dir_all(out.parent().unwrap()).unwrap();
@@ -396,7 +412,7 @@ fn systemd_analyze_verifies_every_rendered_unit() {
             std::fs::write(&out, &nspawn_unit).unwrap();
             units.push(out);
         }
-        assert!(units.len() >= 4, "{units:?}");
+        assert!(!units.is_empty(), "{units:?}");
         let out = Command::new("systemd-analyze")
             .arg("verify")
             .args(&units)
@@ -551,4 +567,69 @@ fn networkd_knows_every_key_and_makes_the_bridges() {
         text.contains("br-lan"),
         "networkd did not log the bridges:\n{text}"
     );
+}
+
+/// A site with `engine = "frr"`: FRR's own dry run (`vtysh --dryrun`, which names any line
+/// it does not know) accepts the rendered frr.conf and vtysh.conf; the daemons file, read
+/// as frrinit.sh reads it (sourced by sh), turns pimd on; frr.service is enabled and the
+/// site unit wants it and starts after it.
+#[test]
+fn frr_accepts_the_rendered_configuration() {
+    require_program("vtysh");
+    let tree = rendered("tests/sites/access-router.toml");
+    let dir = scratch("frr");
+    for name in ["frr.conf", "vtysh.conf", "daemons"] {
+        let f = &tree[Path::new("etc/frr").join(name).as_path()];
+        std::fs::write(dir.join(name), &f.bytes).unwrap();
+    }
+    for name in ["frr.conf", "vtysh.conf"] {
+        let out = Command::new("vtysh")
+            .args(["--dryrun", "-f"])
+            .arg(dir.join(name))
+            .output()
+            .unwrap();
+        common::check(&out, &format!("vtysh --dryrun -f {name}"));
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!said.contains('%'), "vtysh about {name}:\n{said}");
+    }
+    // A line vtysh does not know fails the same dry run: the check can fail.
+    std::fs::write(dir.join("bad.conf"), "interface x\n ip pim bogus\nexit\n").unwrap();
+    let bad = Command::new("vtysh")
+        .args(["--dryrun", "-f"])
+        .arg(dir.join("bad.conf"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "vtysh accepted a bad line");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(". \"$1\"; echo \"pimd=$pimd vtysh_enable=$vtysh_enable\"")
+        .arg("sh")
+        .arg(dir.join("daemons"))
+        .output()
+        .unwrap();
+    common::check(&out, "sourcing daemons");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pimd=yes vtysh_enable=yes"
+    );
+    let plan_conf = load("tests/sites/access-router.toml")
+        .0
+        .routing
+        .and_then(|r| r.frr)
+        .unwrap()
+        .config;
+    assert_eq!(tree[Path::new("etc/frr/frr.conf")].as_str(), plan_conf);
+    let wants = &tree[Path::new("etc/systemd/system/multi-user.target.wants/frr.service")];
+    assert_eq!(wants.kind, FileKind::Symlink);
+    assert_eq!(wants.as_str(), "/lib/systemd/system/frr.service");
+    let dropin = tree[Path::new("etc/systemd/system/appliance@floor1.service.d/frr.conf")].as_str();
+    assert!(dropin.contains("\nWants=frr.service\n") && dropin.contains("\nAfter=frr.service\n"));
+    // A site without [routing] gets none of it.
+    assert!(
+        !rendered("site.toml")
+            .keys()
+            .any(|p| p.starts_with("etc/frr") || p.ends_with("frr.service"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

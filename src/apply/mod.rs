@@ -453,14 +453,26 @@ pub async fn teardown(site: &str, plan: Option<&Plan>, state_dir: &Path) -> Vec<
     }
     // Unpinning first lets the kernel destroy the namespaces, and with them both ends of
     // every veth, in one batch: much faster than deleting veths one by one.
+    let mut held = 0;
     for p in netns.iter().chain(mpins.iter()) {
-        if let Err(e) = ns::remove_pin(p) {
-            errors.push(e.to_string());
+        match ns::remove_pin(p) {
+            Ok(()) => {}
+            Err(e) if ns::held_elsewhere(&e) => {
+                held += 1;
+                info!(
+                    "{}: pinned in another mount namespace too (appliance@.service pins in \
+                     PID 1's): `appliance down` there removes it",
+                    p.display()
+                );
+            }
+            Err(e) => errors.push(e.to_string()),
         }
     }
     match Netlink::host() {
         Ok(host) => {
-            let deadline = Instant::now() + Duration::from_secs(3);
+            // A namespace pinned elsewhere lives on with its veths: no use waiting for them.
+            let wait = if held > 0 { 0 } else { 3 };
+            let deadline = Instant::now() + Duration::from_secs(wait);
             loop {
                 let mut left = 0;
                 for v in &veths {
@@ -491,7 +503,13 @@ pub async fn teardown(site: &str, plan: Option<&Plan>, state_dir: &Path) -> Vec<
         }
         Err(e) => errors.push(e.to_string()),
     }
-    if !netns.is_empty() {
+    if held > 0 {
+        info!(
+            "namespaces emptied and their veths removed: {}; {held} pin(s) left to `appliance \
+             down` in the mount namespace that made them",
+            netns.len()
+        );
+    } else if !netns.is_empty() {
         info!("namespaces and their veths removed: {}", netns.len());
     }
     let mnt = state_dir.join("mnt");

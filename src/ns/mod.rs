@@ -152,6 +152,14 @@ pub fn remove_pin(pin: &Path) -> Result<(), NsError> {
     }
 }
 
+/// True if removing a pin failed because it is still mounted in another mount namespace
+/// (unlink(2): EBUSY), where an unmount here does not reach: one that `appliance pin`
+/// made in PID 1's mount namespace while `up` runs in a unit's own. `down` run there
+/// removes it.
+pub fn held_elsewhere(e: &NsError) -> bool {
+    matches!(e, NsError::Io { op: "removing", source, .. } if source.raw_os_error() == Some(nix::libc::EBUSY))
+}
+
 /// A private mount namespace and UTS namespace, held by fd.
 pub struct Private {
     pub mnt: OwnedFd,

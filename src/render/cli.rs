@@ -50,3 +50,40 @@ pub fn run(site_file: &Path, out: Option<PathBuf>, root: Option<PathBuf>) -> Exi
         }
     }
 }
+
+/// `appliance pin SITE`: makes (or finds) the site's network namespaces pinned under
+/// /run/netns, as `up` would, and nothing else. appliance@.service runs it before `up`, in
+/// PID 1's mount namespace: `up` runs in the unit's sandbox, a mount namespace whose mounts
+/// never propagate back (systemd.exec(5), MountFlags=), so pins it made would be invisible
+/// to PID 1 and to the systemd-nspawn@ units that join them. `up` finds these pins and
+/// fills the namespaces; `down` (also in PID 1's mount namespace) removes them.
+pub fn pin(site_file: &Path) -> ExitCode {
+    let loaded = match site::load(site_file) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("appliance pin: the site is invalid; nothing was pinned");
+            return ExitCode::from(crate::exit::EXIT_INVALID);
+        }
+    };
+    let p = plan::plan(&loaded.site, &loaded.path);
+    let mut failed = false;
+    for n in &p.namespaces {
+        match crate::ns::create_netns(&n.name) {
+            Ok((_, made)) => println!(
+                "{}: {}",
+                n.pin.display(),
+                if made { "pinned" } else { "already pinned" }
+            ),
+            Err(e) => {
+                eprintln!("appliance pin: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(crate::exit::EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -64,6 +64,8 @@ pub const NSPAWN_DIR: &str = "etc/systemd/nspawn";
 pub const NETWORK_DIR: &str = "etc/systemd/network";
 pub const SYSCTL_DIR: &str = "etc/sysctl.d";
 pub const SITE_DIR: &str = "etc/appliance";
+/// Where Debian's frr package reads its configuration.
+pub const FRR_DIR: &str = "etc/frr";
 pub const MACHINES_DIR: &str = "var/lib/appliance/machines";
 /// Where each machine's root (the host's `/`, bound read-only) is mounted:
 /// systemd-nspawn@NAME.service looks for NAME there.
@@ -80,6 +82,9 @@ const NETDEV: &str = include_str!("../../network/bridge.netdev");
 const NETWORK: &str = include_str!("../../network/bridge.network");
 const SYSCTL: &str = include_str!("../../sysctl/appliance.conf");
 const RULESET: &str = include_str!("../../firewall/ruleset.nft");
+const FRR_DAEMONS: &str = include_str!("../../frr/daemons");
+const FRR_VTYSH: &str = include_str!("../../frr/vtysh.conf");
+const FRR_DROPIN: &str = include_str!("../../units/appliance-frr.conf");
 
 /// What the supervisor itself needs, whatever its children keep (the site drop-in says why).
 pub const SUPERVISOR_CAPS: [&str; 7] = [
@@ -117,6 +122,7 @@ pub fn render(plan: &Plan, site_toml: &str) -> Tree {
         machine(&mut t, plan, ns);
     }
     network(&mut t, plan);
+    frr(&mut t, plan);
     if !plan.sysctls.is_empty() {
         let lines: Vec<String> = plan
             .sysctls
@@ -174,9 +180,21 @@ pub fn sysctl_key(key: &str) -> String {
     key.to_string()
 }
 
-/// The capabilities `appliance@SITE.service` keeps: the supervisor's and every child's.
+/// What the supervisor needs to run a part as another user (the site drop-in says why).
+pub const SWITCH_USER_CAPS: [&str; 4] = ["CAP_CHOWN", "CAP_FOWNER", "CAP_SETGID", "CAP_SETUID"];
+
+/// True if a child runs as a user of its own (`user` in the plan).
+fn switches_user(plan: &Plan) -> bool {
+    plan.children.iter().any(|c| c.user.is_some())
+}
+
+/// The capabilities `appliance@SITE.service` keeps: the supervisor's (with those to switch
+/// user when a child runs as its own) and every child's.
 pub fn site_caps(plan: &Plan) -> Vec<String> {
     let mut caps: Vec<String> = SUPERVISOR_CAPS.iter().map(|s| s.to_string()).collect();
+    if switches_user(plan) {
+        caps.extend(SWITCH_USER_CAPS.iter().map(|s| s.to_string()));
+    }
     caps.extend(plan.children.iter().flat_map(|c| c.caps.iter().cloned()));
     caps.sort();
     caps.dedup();
@@ -210,10 +228,31 @@ fn site_dropin(plan: &Plan) -> String {
             "",
         )
     };
+    let users: Vec<&str> = {
+        let mut u: Vec<&str> = plan
+            .children
+            .iter()
+            .filter_map(|c| c.user.as_deref())
+            .collect();
+        u.sort();
+        u.dedup();
+        u
+    };
+    let user_caps = if users.is_empty() {
+        "No part runs as a user of its own.".to_string()
+    } else {
+        format!(
+            "Parts run as their own user ({}): CAP_CHOWN and CAP_FOWNER (handing them their\n\
+             # directories, and setting the mode of what is then theirs), CAP_SETUID and\n\
+             # CAP_SETGID (switching to it, setgroups(2) included).",
+            users.join(", ")
+        )
+    };
     fill(
         SITE_DROPIN,
         &[
             ("SITE", &plan.site),
+            ("USER_CAPS", &user_caps),
             ("CHILD_CAPS", &child_caps),
             ("CAPS", &site_caps(plan).join(" ")),
             ("NNP_WHY", nnp_why),
@@ -261,6 +300,48 @@ fn machine(t: &mut Tree, plan: &Plan, ns: &Namespace) {
         t.insert(etc.join(rel), f);
     }
 }
+
+/// FRR's configuration for a site with `engine = "frr"`: the plan's `frr.conf`, the
+/// daemons Debian's frr.service starts, vtysh's integrated configuration, and frr.service
+/// enabled and ordered before the site.
+fn frr(t: &mut Tree, plan: &Plan) {
+    let Some(frr) = plan.routing.as_ref().and_then(|r| r.frr.as_ref()) else {
+        return;
+    };
+    let site = plan.site.as_str();
+    let daemons: String = crate::plan::routing::FRR_DAEMONS
+        .iter()
+        .filter(|d| !ALWAYS_STARTED.contains(d))
+        .map(|d| {
+            let on = frr.daemons.iter().any(|x| x == d);
+            format!("{d}={}\n", if on { "yes" } else { "no" })
+        })
+        .collect();
+    let vars = [("SITE", site), ("DAEMONS", daemons.trim_end())];
+    t.insert(
+        Path::new(FRR_DIR).join("frr.conf"),
+        RenderedFile::text(frr.config.clone()),
+    );
+    t.insert(
+        Path::new(FRR_DIR).join("daemons"),
+        RenderedFile::text(fill(FRR_DAEMONS, &vars)),
+    );
+    t.insert(
+        Path::new(FRR_DIR).join("vtysh.conf"),
+        RenderedFile::text(fill(FRR_VTYSH, &vars)),
+    );
+    t.insert(
+        Path::new(UNIT_DIR).join("multi-user.target.wants/frr.service"),
+        RenderedFile::link("/lib/systemd/system/frr.service"),
+    );
+    t.insert(
+        Path::new(UNIT_DIR).join(format!("appliance@{site}.service.d/frr.conf")),
+        RenderedFile::text(fill(FRR_DROPIN, &vars)),
+    );
+}
+
+/// Daemons frr.service starts whatever /etc/frr/daemons says (frrinit.sh).
+const ALWAYS_STARTED: [&str; 2] = ["zebra", "staticd"];
 
 /// A machine's /etc in an image.
 pub fn etc_dir(machine: &str) -> String {
@@ -358,6 +439,31 @@ mod tests {
         assert_eq!(escape_path("/"), "-");
         assert_eq!(escape_path("//a//.b/c_d:e/"), "a-.b-c_d:e");
         assert_eq!(escape_path("/.x"), "\\x2ex");
+    }
+
+    /// A site whose only child runs as `appliance` (the access router: the forwarder alone)
+    /// keeps what switching to that user takes; children of avahi and dbus bring those
+    /// capabilities along anyway, so the example never showed it missing.
+    #[test]
+    fn a_child_of_its_own_user_gives_the_site_the_caps_to_switch() {
+        let rel = "tests/sites/access-router.toml";
+        let s = crate::site::parse(rel, include_str!("../../tests/sites/access-router.toml"))
+            .expect("valid");
+        let plan = crate::plan::plan(&s, Path::new(rel));
+        assert!(
+            plan.children
+                .iter()
+                .all(|c| c.user.as_deref() == Some("appliance"))
+        );
+        let caps = site_caps(&plan);
+        for c in SWITCH_USER_CAPS {
+            assert!(caps.iter().any(|x| x == c), "{c} missing from {caps:?}");
+        }
+        let dropin = site_dropin(&plan);
+        assert!(
+            dropin.contains("Parts run as their own user (appliance)"),
+            "{dropin}"
+        );
     }
 
     #[test]

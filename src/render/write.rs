@@ -14,17 +14,18 @@ pub enum Layout {
     /// At the paths systemd reads them from, under an image root (`--root`).
     Root,
     /// A tree by kind (`--out`): units/, nspawn/, network/, sysctl.d/, appliance/,
-    /// machines/, render/.
+    /// frr/, machines/, render/.
     Out,
 }
 
 /// Root-relative prefix → directory of the `--out` tree.
-const OUT_DIRS: [(&str, &str); 7] = [
+const OUT_DIRS: [(&str, &str); 8] = [
     ("etc/systemd/system", "units"),
     ("etc/systemd/nspawn", "nspawn"),
     ("etc/systemd/network", "network"),
     ("etc/sysctl.d", "sysctl.d"),
     ("etc/appliance", "appliance"),
+    ("etc/frr", "frr"),
     ("var/lib/appliance/machines", "machines"),
     ("var/lib/appliance/render", "render"),
 ];
