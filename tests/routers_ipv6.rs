@@ -403,3 +403,63 @@ fn the_proxy_is_unhealthy_while_its_upstream_or_a_downstream_is_missing() {
         st["healthy"] == false && st["why"].as_str().unwrap_or("").contains("br-lan")
     });
 }
+
+#[test]
+fn a_reload_that_changes_the_proxy_restarts_it_and_the_stream_comes_back() {
+    require_program("ffmpeg");
+    let sb = Sandbox::new();
+    routers(&sb, &["ra", "rb"], &[("ra", "ab", "rb", "ba")]);
+    sb.sh("ip -n ra addr add fd00:ab::1/64 dev ab nodad\n\
+           ip -n rb addr add fd00:ab::2/64 dev ba nodad");
+    lan(&sb, "rb", "br-lan", "fd00:b::1/64", "h1", "fd00:b::11/64");
+    link_locals(
+        &sb,
+        &[("ra", "ab"), ("rb", "ba"), ("rb", "br-lan"), ("h1", "eth0")],
+    );
+    let mut a = Router::start(&sb, "ra", &headend_site());
+    a.wait_part("headend.sock");
+    let mut b = Router::start(&sb, "rb", &proxy_site("ba", "br-lan"));
+    b.wait_part("mroute.sock");
+    let r = receiver(&sb, "h1", G1);
+    rtp(&r, &[&a, &b]);
+
+    // Other downstream timers: the proxy restarts (it left upstream and removed its
+    // routes); its startup queries bring the receiver's report and the stream back.
+    let site = sb.path("rb.toml");
+    let text = std::fs::read_to_string(&site).unwrap();
+    std::fs::write(
+        &site,
+        text.replace("query_interval = \"2s\"", "query_interval = \"3s\""),
+    )
+    .unwrap();
+    let out = sb
+        .cmd("ip")
+        .args(["netns", "exec", "rb"])
+        .arg(appliance_bin())
+        .arg("mroute")
+        .arg(&site)
+        .arg("--state-dir")
+        .arg(b.state.join("parts"))
+        .arg("--reload")
+        .output()
+        .unwrap();
+    check(&out, "appliance mroute --reload");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    wait_for("the proxy started again", &[&a, &b], || {
+        b.log().matches("MLD proxy started").count() == 2
+            && b.ask("mroute.sock")
+                .is_some_and(|v| v["proxy"]["downstream"][0]["listening"] == true)
+    });
+    let mut buf = [0u8; 2048];
+    r.set_nonblocking(true).unwrap();
+    while r.recv(&mut buf).is_ok() {}
+    r.set_nonblocking(false).unwrap();
+    rtp(&r, &[&a, &b]);
+    wait_for("the route back", &[&a, &b], || {
+        has_group(&b.proxy(), "joins", G1)
+            && b.proxy()["routes"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|e| e["group"] == G1))
+    });
+}
