@@ -200,8 +200,23 @@ fn a_join_behind_a_proxy_starts_the_headends_source_and_the_last_leave_stops_it(
         "{st}"
     );
     // A heard B's kernel report it, from B's link-local address on the link.
-    let heard = a.ask("headend.sock").unwrap();
-    assert_eq!(service_state(&a), "running", "{heard}");
+    let st = a.ask("headend.sock").unwrap();
+    let heard = st["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["iface"] == "ab" && i["family"] == "ipv6")
+        .flat_map(|i| {
+            i["membership"]["groups"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .any(|g| g["group"] == G1 && g["last_reporter"] == me.as_str());
+    assert!(heard, "A did not hear {me} report {G1}: {st}");
+    wait_for("the service running on A", &[&a, &b], || {
+        service_state(&a) == "running"
+    });
     let full = b.ask("mroute.sock").unwrap();
     assert_eq!(full["healthy"], true, "{full}");
     let text = sb
@@ -357,7 +372,9 @@ fn three_routers_in_a_chain_two_proxies_work_the_same() {
             "{st}"
         );
     }
-    assert_eq!(service_state(&a), "running");
+    wait_for("the service running on A", &[&a, &b, &c], || {
+        service_state(&a) == "running"
+    });
 
     drop(r);
     wait_for(
