@@ -5,8 +5,11 @@
 //! (`ffmpeg -nostdin -re -f lavfi -i sine=frequency=440 -c:a libopus -f rtp {rtp}`).
 //! - join to the first RTP packet at the receiver, p50 and p95 over 20 joins: cold (the
 //!   join starts the source), lingering (the source still runs after the last leave) and
-//!   warm (it runs from the start), beside ffmpeg's own launch-to-first-packet for the
-//!   same command (sent to a local port) in the same run;
+//!   warm (it runs from the start), each from no listener, beside ffmpeg's own
+//!   launch-to-first-packet for the same command (sent to a local port) in the same run,
+//!   and a new socket on a host that is a member already (no report at all); each split
+//!   into join → the listener logging it heard the report, and the relay's share (its
+//!   output added → first packet out), from the headend's log;
 //! - leave to source stopped with the default timers (last-listener interval 1 s, count 2);
 //! - 32 services running at once: the headend's CPU and RSS.
 
@@ -18,7 +21,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use serde_json::Value;
@@ -71,9 +74,14 @@ fn tone(n: u32, extra: &str) -> String {
 
 fn start(sb: &Sandbox, site: &Path, name: &str) -> Background {
     let mut cmd = sb.appliance();
-    cmd.arg("headend").arg(site).env("APPLIANCE_LOG", "warn");
+    // The relay's debug lines say when each output's first packet went out (its share);
+    // the listener's say when it heard each join.
+    cmd.arg("headend").arg(site).env(
+        "APPLIANCE_LOG",
+        "warn,appliance::headend::relay=debug,appliance::headend::listen=info",
+    );
     let bg = Background::spawn(sb, name, cmd);
-    let sock = site.with_file_name(format!("{name}-state/headend.sock"));
+    let sock = site.with_file_name(format!("{name}-state/parts/headend.sock"));
     wait_until("the headend's control socket", T, || {
         UnixStream::connect(&sock).ok().map(|_| ())
     });
@@ -89,13 +97,19 @@ fn status(sock: &Path) -> Value {
     serde_json::from_str(&line).unwrap()
 }
 
-fn state(sock: &Path, n: u32) -> String {
+fn service(sock: &Path, n: u32) -> Value {
     status(sock)["services"]
         .as_array()
         .and_then(|a| a.iter().find(|s| s["number"] == n).cloned())
-        .map(|s| s["state"].as_str().unwrap_or("").to_string())
         .unwrap_or_default()
 }
+
+fn state(sock: &Path, n: u32) -> String {
+    service(sock, n)["state"].as_str().unwrap_or("").to_string()
+}
+
+/// Every join: its group and wall-clock time (the headend's log has wall-clock times).
+static JOINED: std::sync::Mutex<Vec<(IpAddr, SystemTime)>> = std::sync::Mutex::new(Vec::new());
 
 /// Joins `group` on h1's eth0 (its kernel reports at once); returns the socket and when.
 fn join(sb: &Sandbox, g: &str) -> (UdpSocket, Instant) {
@@ -107,6 +121,7 @@ fn join(sb: &Sandbox, g: &str) -> (UdpSocket, Instant) {
         s.bind(&SocketAddr::new(g, 5004).into()).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
         let IpAddr::V6(g6) = g else { unreachable!() };
+        JOINED.lock().unwrap().push((g, SystemTime::now()));
         let t = Instant::now();
         s.join_multicast_v6(&g6, idx).unwrap();
         (s.into(), t)
@@ -122,6 +137,59 @@ fn first_packet(u: &UdpSocket, since: Instant) -> Duration {
         }
         assert!(Instant::now() < deadline, "no RTP within {T:?}");
     }
+}
+
+/// The relay's share of each join of service `n`: output added → first packet out, from
+/// its debug lines in the headend's log.
+fn relay_share(bg: &Background, n: u32) -> Vec<Duration> {
+    let head = format!("service {n}: first RTP packet out of ");
+    bg.err()
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(&head)? + head.len()..];
+            let ms: f64 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some(Duration::from_secs_f64(ms / 1000.0))
+        })
+        .collect()
+}
+
+/// Seconds since midnight UTC of a log line's RFC 3339 timestamp (`…T05:29:34.123456Z`).
+fn log_time_of_day(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split('T').nth(1)?;
+    let mut f = t.trim_end_matches('Z').split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        f.next()?.parse().ok()?,
+        f.next()?.parse().ok()?,
+        f.next()?.parse().ok()?,
+    );
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// For each join of service `n`: join → the headend's listener logging it heard the join
+/// (the receiver's kernel sending its report, and our reading it).
+fn heard_delays(bg: &Background, n: u32) -> Vec<Duration> {
+    let g: IpAddr = group(n).parse().unwrap();
+    let heard: Vec<f64> = bg
+        .err()
+        .lines()
+        .filter(|l| l.contains(": join ") && l.contains(&format!("group={g} ")))
+        .filter_map(log_time_of_day)
+        .collect();
+    JOINED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(j, _)| *j == g)
+        .filter_map(|(_, at)| {
+            let d = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()?
+                .as_secs_f64()
+                % 86_400.0;
+            let h = heard.iter().copied().find(|h| *h >= d)?;
+            Some(Duration::from_secs_f64(h - d))
+        })
+        .collect()
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -159,16 +227,40 @@ fn ffmpeg_alone(sb: &Sandbox) -> Vec<Duration> {
         .collect()
 }
 
+/// `RUNS` joins to service `n`, each after its last listener is gone and it is `settle`
+/// again (the relay has no output left: the join must be heard and acted on).
 fn joins(sb: &Sandbox, sock: &Path, n: u32, settle: &str) -> Vec<Duration> {
     let mut v = vec![];
     for _ in 0..RUNS {
         let (u, t) = join(sb, &group(n));
         v.push(first_packet(&u, t));
         drop(u);
-        wait_until(&format!("service {n} {settle}"), T, || {
-            (state(sock, n) == settle).then_some(())
-        });
+        wait_until(
+            &format!("service {n} {settle} without listeners"),
+            T,
+            || {
+                let s = service(sock, n);
+                (s["state"] == settle && s["listeners"].as_object().is_some_and(|l| l.is_empty()))
+                    .then_some(())
+            },
+        );
     }
+    v
+}
+
+/// A new socket on a host that is a member already (no report, nothing for the headend to
+/// do) waits for the next packet of the flowing stream: what a join costs without a
+/// packet sent at once.
+fn joins_flowing(sb: &Sandbox, n: u32) -> Vec<Duration> {
+    let (keep, t) = join(sb, &group(n));
+    first_packet(&keep, t);
+    let v = (0..RUNS)
+        .map(|_| {
+            let (u, t) = join(sb, &group(n));
+            first_packet(&u, t)
+        })
+        .collect();
+    drop(keep);
     v
 }
 
@@ -213,7 +305,7 @@ fn main() {
     let services = tone(1, "") + &tone(2, "linger = \"1h\"") + &tone(3, "warm = true");
     let site1 = site(&sb, "short", SHORT, &services);
     let bg = start(&sb, &site1, "short");
-    let sock = sb.path("short-state/headend.sock");
+    let sock = sb.path("short-state/parts/headend.sock");
     wait_until("the warm service running", T, || {
         (state(&sock, 3) == "running").then_some(())
     });
@@ -227,13 +319,21 @@ fn main() {
     });
     let mut linger = joins(&sb, &sock, 2, "lingering");
     let mut warm = joins(&sb, &sock, 3, "running");
-    let _ = bg;
+    let shares: Vec<Vec<Duration>> = [1, 2, 3].map(|n| relay_share(&bg, n)).into();
+    let heard: Vec<Vec<Duration>> = [1, 2, 3].map(|n| heard_delays(&bg, n)).into();
+    // After the figures above are taken: these joins send no report.
+    let mut flowing = joins_flowing(&sb, 3);
     println!(
         "  ffmpeg alone, launch to first packet   p50 {:>9}  p95 {:>9}  (baseline, about 140 ms here)",
         ms(pct(&mut alone, 0.5)),
         ms(pct(&mut alone, 0.95))
     );
-    for (what, v, aim) in [
+    println!(
+        "  a new socket on a member host         p50 {:>9}  p95 {:>9}  (no report: the stream's next packet)",
+        ms(pct(&mut flowing, 0.5)),
+        ms(pct(&mut flowing, 0.95))
+    );
+    for (((what, v, aim), mut share), mut heard) in [
         ("cold join to first packet", &mut cold, "aim p50 < 250 ms"),
         (
             "lingering join to first packet",
@@ -241,12 +341,32 @@ fn main() {
             "aim p50 < 20 ms",
         ),
         ("warm join to first packet", &mut warm, "aim p50 < 20 ms"),
-    ] {
+    ]
+    .into_iter()
+    .zip(shares)
+    .zip(heard)
+    {
         println!(
             "  {what:<38} p50 {:>9}  p95 {:>9}  ({aim})",
             ms(pct(v, 0.5)),
             ms(pct(v, 0.95))
         );
+        if !heard.is_empty() {
+            println!(
+                "    of which join to report heard ({} joins)                p50 {}  p95 {}",
+                heard.len(),
+                ms(pct(&mut heard, 0.5)),
+                ms(pct(&mut heard, 0.95))
+            );
+        }
+        if !share.is_empty() {
+            println!(
+                "    of which the relay (output added to first packet out, {} joins) p50 {}  p95 {}",
+                share.len(),
+                ms(pct(&mut share, 0.5)),
+                ms(pct(&mut share, 0.95))
+            );
+        }
     }
     drop(bg);
     wait_until("no source left", T, || (ffmpegs(&sb) == 0).then_some(()));
@@ -254,7 +374,7 @@ fn main() {
     // Leave to stopped, default timers.
     let site2 = site(&sb, "default", "", &tone(1, ""));
     let bg = start(&sb, &site2, "default");
-    let sock = sb.path("default-state/headend.sock");
+    let sock = sb.path("default-state/parts/headend.sock");
     let mut stops = vec![];
     for _ in 0..5 {
         let (u, t) = join(&sb, &group(1));
@@ -280,7 +400,7 @@ fn main() {
     let all: String = (1..=32).map(|n| tone(n, "")).collect();
     let site3 = site(&sb, "many", SHORT, &all);
     let bg = start(&sb, &site3, "many");
-    let sock = sb.path("many-state/headend.sock");
+    let sock = sb.path("many-state/parts/headend.sock");
     let pid = bg.child.id();
     let joined: Vec<UdpSocket> = (1..=32).map(|n| join(&sb, &group(n)).0).collect();
     wait_until("32 sources running", Duration::from_secs(60), || {

@@ -545,3 +545,84 @@ fn a_url_service_from_icecast_carries_its_title_into_the_sdp() {
     });
     assert_ne!(h1, h2, "the message id hash changes with the SDP");
 }
+
+/// `max_sources`: a join storm to more services than the cap starts no more sources than
+/// the cap (counted as real ffmpeg processes), says so in the log and in `status`, and a
+/// leave frees a slot that a waiting service takes.
+#[test]
+fn a_join_storm_starts_no_more_sources_than_max_sources() {
+    require_program("ffmpeg");
+    const CAP: usize = 3;
+    const SERVICES: u32 = 8;
+    let sb = Sandbox::new();
+    lan(&sb, &["h1"]);
+    let services: String = (1..=SERVICES).map(|n| tone(n, "")).collect();
+    let site = site(&sb, &format!("max_sources = {CAP}"), &services);
+    let mut bg = headend(&sb, &site, "headend");
+    let group = |n: u32| format!("ff3e:40:fd00::8000:{n:x}");
+    let mut receivers: std::collections::BTreeMap<u32, UdpSocket> = (1..=SERVICES)
+        .map(|n| (n, receiver(&sb, "h1", &group(n))))
+        .collect();
+    // Every join is heard (all eight have listeners) while only CAP sources run.
+    let most = std::cell::Cell::new(0);
+    let running = || {
+        let v = status(&sb);
+        let procs = ffmpegs(&sb);
+        most.set(most.get().max(procs));
+        let svcs = v["services"].as_array().cloned().unwrap_or_default();
+        let with_listeners = svcs
+            .iter()
+            .filter(|s| s["listeners"].as_object().is_some_and(|m| !m.is_empty()))
+            .count();
+        let up: Vec<u32> = svcs
+            .iter()
+            .filter(|s| s["state"] == "running")
+            .filter_map(|s| s["number"].as_u64().map(|n| n as u32))
+            .collect();
+        (v, procs, with_listeners, up)
+    };
+    let (v, up) = wait_until("every join heard and the cap's sources running", T, || {
+        let (v, _, heard, up) = running();
+        (heard == SERVICES as usize && up.len() == CAP).then_some((v, up))
+    });
+    bg.wait_for(&format!("max_sources {CAP} reached"), T);
+    assert_eq!(v["sources_running"], CAP, "{v}");
+    assert_eq!(v["max_sources"], CAP, "{v}");
+    let waiting: Vec<u32> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["waiting_for_slot"] == true)
+        .filter_map(|s| s["number"].as_u64().map(|n| n as u32))
+        .collect();
+    assert_eq!(
+        waiting.len(),
+        SERVICES as usize - CAP,
+        "services waiting for a slot: {v}"
+    );
+    // The running ones relay to their listeners.
+    for n in &up {
+        rtp(&receivers[n], &bg);
+    }
+    // A leave of a running service frees its slot; a waiting one takes it.
+    let left = up[0];
+    drop(receivers.remove(&left));
+    let (v, now_up) = wait_until("a waiting service in the freed slot", T, || {
+        let (v, _, _, now) = running();
+        (now.len() == CAP && !now.contains(&left) && now.iter().any(|n| waiting.contains(n)))
+            .then_some((v, now))
+    });
+    assert_eq!(v["sources_running"], CAP, "{v}");
+    let taken = *now_up.iter().find(|n| waiting.contains(n)).unwrap();
+    drain(&receivers[&taken]);
+    rtp(&receivers[&taken], &bg);
+    wait_until("the real processes settle at the cap", T, || {
+        (ffmpegs(&sb) == CAP).then_some(())
+    });
+    assert!(
+        most.get() <= CAP,
+        "{} ffmpeg processes at once with max_sources {CAP}\n{}",
+        most.get(),
+        bg.logs()
+    );
+}

@@ -453,6 +453,14 @@ fn an_interface_that_appears_later_is_picked_up() {
     assert_eq!(e["why"]["kind"], "interface-gone", "{e}");
     let e = p.wanted(G6, true, Duration::from_secs(15));
     assert_eq!(e["iface"], "br1", "{e}");
+    // Both were seen by netlink events, not by a periodic check.
+    let logs = p.bg.logs();
+    assert!(
+        logs.contains("the interface appeared (seen by a netlink event)")
+            && logs.contains("re-created (seen by a netlink event)")
+            && !logs.contains("periodic check"),
+        "{logs}"
+    );
 }
 
 #[test]
@@ -535,4 +543,216 @@ fn queries_leave_from_our_link_local_address_with_router_alert_and_hop_limit_1()
     for d in ["ff02::1", "224.0.0.1", G6, G4] {
         assert!(seen.contains(d), "no query to {d} seen: {rows:?}");
     }
+}
+
+/// MLD queries the sniffer reads during `window`: source and ICMPv6 length (24 bytes for
+/// MLDv1, 28 or more for MLDv2).
+fn queries_during(s: &socket2::Socket, window: Duration) -> Vec<(IpAddr, usize)> {
+    let end = Instant::now() + window;
+    let mut out = Vec::new();
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    while Instant::now() < end {
+        if let Ok((n, from)) = s.recv_from(&mut buf)
+            && let Some(a) = from.as_socket()
+        {
+            out.push((a.ip(), n));
+        }
+    }
+    out
+}
+
+/// Sends one MLDv1 general query from `from` on a host's eth0 (hop limit 1, Router Alert).
+/// A stand-in for an MLDv1 router: none runs here (Debian's FRR has no pim6d).
+fn mldv1_query(sb: &Sandbox, host: &str, from: Ipv6Addr) {
+    use appliance::headend::wire::{Message, Query, Version};
+    in_netns(sb, Some(host), move || {
+        let idx = nix::net::if_::if_nametoindex("eth0").expect("eth0");
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV6),
+        )
+        .expect("raw socket");
+        s.bind(&std::net::SocketAddrV6::new(from, 0, 0, idx).into())
+            .expect("bind the querier's address");
+        s.set_multicast_if_v6(idx).expect("IPV6_MULTICAST_IF");
+        s.set_multicast_hops_v6(1).expect("hop limit");
+        // Hop-by-hop Router Alert (value 0 = MLD), PadN.
+        let ra: [u8; 8] = [0, 0, 5, 2, 0, 0, 1, 0];
+        // SAFETY: a live array of the size we pass.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                54, // IPV6_HOPOPTS
+                ra.as_ptr().cast(),
+                ra.len() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "IPV6_HOPOPTS");
+        let q = Query::general(Version::Mld1, Duration::from_secs(1), 0, Duration::ZERO);
+        let bytes = Message::Query(q).to_mld();
+        assert_eq!(bytes.len(), 24);
+        let to = std::net::SocketAddrV6::new("ff02::1".parse().unwrap(), 0, 0, idx);
+        s.send_to(&bytes, &to.into())
+            .expect("sending the MLDv1 query");
+    });
+}
+
+#[test]
+fn an_mldv1_querier_on_the_link_makes_ours_send_mldv1_queries_until_it_is_silent() {
+    let sb = Sandbox::new();
+    lan(&sb, &["h1", "q"]);
+    let mut p = Probe::start(&sb, "probe", None, &[&["br0"][..], &TIMERS].concat());
+    let ours: IpAddr = our_ipv6_querier(&mut p).parse().unwrap();
+    let sniffer = query_sniffer(&sb, "h1");
+    let ours_of = |seen: Vec<(IpAddr, usize)>| -> Vec<usize> {
+        seen.into_iter()
+            .filter(|(a, _)| *a == ours)
+            .map(|(_, n)| n)
+            .collect()
+    };
+    let v2 = ours_of(queries_during(&sniffer, Duration::from_millis(2500)));
+    assert!(
+        v2.iter().any(|n| *n >= 28),
+        "no MLDv2 query from us ({ours}): {v2:?}"
+    );
+    // An MLDv1 router with a higher address (fe80::ffff:… is above any link-local of
+    // ours): the election keeps us querying, in its version.
+    let old: Ipv6Addr = "fe80::ffff:ffff:ffff:fffe".parse().unwrap();
+    sb.sh(&format!("ip -n q addr add {old}/64 dev eth0 nodad"));
+    mldv1_query(&sb, "q", old);
+    p.bg.wait_for("an older querier on the link", Duration::from_secs(10));
+    let st = p.status();
+    let v6 = st
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["family"] == "ipv6"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(v6["membership"]["querier_version"], "mld1", "{v6}");
+    assert_eq!(v6["membership"]["older_querier"], old.to_string(), "{v6}");
+    assert_eq!(v6["membership"]["we_query"], true, "{v6}");
+    // Our next general query (every 2 s) is MLDv1: 24 bytes.
+    let seen = wait_until("an MLDv1 query from us", Duration::from_secs(5), || {
+        let n = ours_of(queries_during(&sniffer, Duration::from_millis(200)));
+        n.contains(&24).then_some(n)
+    });
+    assert!(seen.iter().all(|n| *n == 24), "{seen:?}");
+    // Silent for the Older Version Querier Present timeout (2 × 2 s + 0.5 s): MLDv2 again.
+    p.bg.wait_for("our queries are MLDv2 again", Duration::from_secs(10));
+    wait_until(
+        "an MLDv2 query from us again",
+        Duration::from_secs(5),
+        || {
+            let n = ours_of(queries_during(&sniffer, Duration::from_millis(200)));
+            n.iter().any(|n| *n >= 28).then_some(())
+        },
+    );
+}
+
+/// IGMP queries a host sees during `window`: source and IGMP length (8 bytes for v1/v2,
+/// 12 or more for v3), from a raw IGMP socket (which reads the IP header too).
+fn igmp_queries_during(s: &socket2::Socket, window: Duration) -> Vec<(IpAddr, usize)> {
+    let end = Instant::now() + window;
+    let mut out = Vec::new();
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    while Instant::now() < end {
+        if let Ok(n) = s.recv(&mut buf) {
+            // SAFETY: recv initialised the first n bytes.
+            let b: Vec<u8> = buf[..n]
+                .iter()
+                .map(|x| unsafe { x.assume_init() })
+                .collect();
+            let ihl = usize::from(b.first().map_or(0, |v| v & 0x0f)) * 4;
+            if n > ihl && n >= 20 && b[ihl] == 0x11 {
+                let src = IpAddr::from([b[12], b[13], b[14], b[15]]);
+                out.push((src, n - ihl));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn an_igmpv2_querier_from_frr_makes_ours_send_igmpv2_queries() {
+    let (zebra, pimd) = ("/usr/lib/frr/zebra", "/usr/lib/frr/pimd");
+    for p in [zebra, pimd] {
+        assert!(
+            std::path::Path::new(p).is_file(),
+            "{p} is missing: scripts/install-deps installs frr"
+        );
+    }
+    let sb = Sandbox::new();
+    lan(&sb, &["h1", "q"]);
+    let mut p = Probe::start(&sb, "probe", None, &[&["br0"][..], &TIMERS].concat());
+    let sniffer = in_netns(&sb, Some("h1"), || {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_IGMP)),
+        )
+        .expect("raw IGMP socket");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        s
+    });
+    let ours: IpAddr = "10.0.0.1".parse().unwrap();
+    wait_until("an IGMPv3 query from us", Duration::from_secs(10), || {
+        igmp_queries_during(&sniffer, Duration::from_millis(200))
+            .contains(&(ours, 12))
+            .then_some(())
+    });
+    // FRR's pimd on q (10.0.0.12, above ours), IGMPv2 on eth0: it queries at start, then
+    // hears our lower address and only listens.
+    let dir = sb.path("frr");
+    sb.sh(&format!(
+        "mkdir -p {d} && chown frr:frr {d}",
+        d = dir.display()
+    ));
+    sb.write(
+        "frr/pimd.conf",
+        "interface eth0\n ip igmp\n ip igmp version 2\n ip igmp query-max-response-time 10\n \
+         ip igmp query-interval 2\n",
+    );
+    let d = dir.display().to_string();
+    let daemon = |prog: &str, name: &str, conf: Option<&str>| {
+        let mut c = sb.in_host("q", prog);
+        if let Some(f) = conf {
+            c.args(["-f", f]);
+        }
+        c.args([
+            "-i",
+            &format!("{d}/{name}.pid"),
+            "-z",
+            &format!("{d}/zserv.api"),
+        ])
+        .args(["--vty_socket", &d, "-A", "127.0.0.1", "-P", "0"])
+        .arg(format!("--log=file:{d}/{name}.log"));
+        Background::spawn(&sb, name, c)
+    };
+    let _zebra = daemon(zebra, "zebra", None);
+    wait_until("zebra's socket", Duration::from_secs(10), || {
+        dir.join("zserv.api").exists().then_some(())
+    });
+    let conf = format!("{d}/pimd.conf");
+    let _pimd = daemon(pimd, "pimd", Some(&conf));
+    p.bg.wait_for("an older querier on the link", Duration::from_secs(10));
+    let st = p.status();
+    let v4 = st
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["family"] == "ipv4"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(v4["membership"]["querier_version"], "igmp2", "{v4}");
+    assert_eq!(v4["membership"]["older_querier"], "10.0.0.12", "{v4}");
+    assert_eq!(v4["membership"]["we_query"], true, "{v4}");
+    // Our next general query is IGMPv2: 8 bytes.
+    let seen = wait_until("an IGMPv2 query from us", Duration::from_secs(5), || {
+        let q = igmp_queries_during(&sniffer, Duration::from_millis(200));
+        q.contains(&(ours, 8)).then_some(q)
+    });
+    assert!(
+        !seen.contains(&(ours, 12)),
+        "IGMPv3 queries from us in v2 mode: {seen:?}"
+    );
 }

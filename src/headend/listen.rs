@@ -18,10 +18,13 @@
 //!   IP_ROUTER_ALERT sockets, which ours is. A failure there is logged and only v1/v2
 //!   reports go unheard.
 //! - Our own packets (any source address of this host) are ignored.
-//! - Interfaces are re-checked every [`RECHECK`] (a periodic check, not a netlink watch):
-//!   one missing at start is picked up when it appears; one re-created (a new ifindex) gets
-//!   fresh sockets and a fresh state (its groups first become not wanted); address changes
-//!   reach the state machine.
+//! - Interfaces are looked at again on every netlink link or address event (rtnetlink(7)
+//!   RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR; [`LinkWatch`]): one missing at
+//!   start is picked up when it appears; one re-created (a new ifindex) gets fresh sockets
+//!   and a fresh state (its groups first become not wanted); address changes (a link-local
+//!   address finishing DAD) reach the state machine. Only when that netlink socket cannot
+//!   be had do they fall back to a check every [`RECHECK`]; a listener that failed to open
+//!   its sockets also tries again after [`RECHECK`].
 //!
 //! Every join, leave, timeout and querier change is logged (interface, group, host).
 
@@ -40,10 +43,67 @@ use tokio::task::JoinHandle;
 use super::membership::{Action, Family, Heard, Membership, MembershipStatus, QuerierConfig, Why};
 use super::wire::{self, Message};
 use crate::mroute::kernel;
+use crate::netlink::LinkWatch;
 use crate::sockets::{ifindex, set_multicast, setsockopt};
 
-/// How often interfaces and addresses are looked up again.
+/// How often interfaces and addresses are looked up again without netlink events, and how
+/// soon a listener whose sockets failed tries again.
 pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// What wakes a listener to look at its interface and addresses again.
+enum Changes {
+    /// Netlink link and address events.
+    Events(AsyncFd<LinkWatch>),
+    /// A check every [`RECHECK`]: only when the netlink socket could not be had.
+    Poll(tokio::time::Interval),
+}
+
+impl Changes {
+    fn open(name: &str, family: Family) -> Changes {
+        let watch = LinkWatch::open_with_addresses().and_then(|w| {
+            // SAFETY: the AsyncFd owns the watch and deregisters it before closing it.
+            unsafe { AsyncFd::register(w) }.map_err(io::Error::from)
+        });
+        match watch {
+            Ok(w) => Changes::Events(w),
+            Err(e) => {
+                tracing::warn!(iface = %name, "{} listener: no netlink link events ({e}): looking at the interface every {RECHECK:?} instead", proto(family));
+                let mut i = tokio::time::interval(RECHECK);
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Changes::Poll(i)
+            }
+        }
+    }
+
+    /// What the log says woke us.
+    fn how(&self) -> &'static str {
+        match self {
+            Changes::Events(_) => "a netlink event",
+            Changes::Poll(_) => "the periodic check",
+        }
+    }
+
+    /// Waits until something may have changed (cancel safe: nothing is lost when dropped).
+    async fn next(&mut self) {
+        match self {
+            Changes::Events(w) => loop {
+                let Ok(mut guard) = w.readable().await else {
+                    tokio::time::sleep(RECHECK).await;
+                    return;
+                };
+                let any = guard.get_inner().drain();
+                // Tokio keeps the readiness if an event came in after the drain.
+                guard.clear_ready();
+                if any {
+                    return;
+                }
+            },
+            Changes::Poll(i) => {
+                i.tick().await;
+            }
+        }
+    }
+}
 
 /// First of the private multicast routing tables the listeners take (one per interface
 /// and family), far from the ids routing daemons use; ip6mr takes ids below 10^8 (ipmr
@@ -220,8 +280,8 @@ impl Task {
     }
 
     async fn run(self) {
-        let mut recheck = tokio::time::interval(RECHECK);
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Opened before the first look, so no change between the two is missed.
+        let mut changes = Changes::open(&self.name, self.family);
         let mut said_missing = false;
         let mut said_error: Option<String> = None;
         loop {
@@ -240,9 +300,12 @@ impl Task {
                         f(&self.name);
                     }
                 }
-                recheck.tick().await;
+                changes.next().await;
                 continue;
             };
+            if said_missing {
+                tracing::info!(iface = %self.name, ifindex, "the interface appeared (seen by {})", changes.how());
+            }
             said_missing = false;
             let link = match Link::open(self.family, &self.name, ifindex, self.table) {
                 Ok(l) => l,
@@ -259,24 +322,44 @@ impl Task {
                             state: None,
                         }
                     });
-                    recheck.tick().await;
+                    tokio::select! {
+                        _ = changes.next() => {}
+                        _ = tokio::time::sleep(RECHECK) => {}
+                    }
                     continue;
                 }
             };
             said_error = None;
             tracing::info!(iface = %self.name, ifindex, "{} listener started", proto(self.family));
-            self.serve(link, ifindex, &mut recheck).await;
+            self.serve(link, ifindex, &mut changes).await;
         }
     }
 
     /// Runs one incarnation of the interface until it goes or is re-created.
-    async fn serve(&self, link: Link, ifindex: u32, recheck: &mut tokio::time::Interval) {
+    async fn serve(&self, link: Link, ifindex: u32, changes: &mut Changes) {
         let mut m = Membership::new(self.family, self.cfg.clone());
         let (me, ours) = addresses(self.family, &self.name, ifindex);
         let mut actions = m.set_addresses(Instant::now(), me, ours);
         let mut buf = vec![0u8; 65_536];
+        let mut version = m.querier_version();
         loop {
             self.act(&link, ifindex, &m, std::mem::take(&mut actions));
+            if m.querier_version() != version {
+                version = m.querier_version();
+                match m.older_querier() {
+                    Some(q) => tracing::warn!(
+                        iface = %self.name, querier = %q,
+                        "an older querier on the link: our queries are {version} until it has \
+                         been silent for {:?}",
+                        m.older_querier_interval()
+                    ),
+                    None => tracing::info!(
+                        iface = %self.name,
+                        "no older querier heard for {:?}: our queries are {version} again",
+                        m.older_querier_interval()
+                    ),
+                }
+            }
             self.set_slot(|s| {
                 s.ifindex = Some(ifindex);
                 s.error = link.degraded.clone();
@@ -314,9 +397,9 @@ impl Task {
                 _ = tokio::time::sleep_until(deadline) => {
                     actions = m.on_timer(Instant::now());
                 }
-                _ = recheck.tick() => {
+                _ = changes.next() => {
                     if self::ifindex(&self.name) != Some(ifindex) {
-                        tracing::warn!(iface = %self.name, ifindex, "interface went away or was re-created: {} state dropped", proto(self.family));
+                        tracing::warn!(iface = %self.name, ifindex, "interface went away or was re-created (seen by {}): {} state dropped", changes.how(), proto(self.family));
                         for group in m.wanted_groups() {
                             self.emit_wanted(ifindex, group, false, Why::InterfaceGone);
                         }

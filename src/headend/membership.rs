@@ -28,6 +28,9 @@
 //!   [`Action::Heard`] (a join or leave, for the log).
 //! - [`Membership::next_deadline`] says when to call `on_timer` next;
 //!   [`Membership::status`]`(now)` is a serializable snapshot ([`MembershipStatus`]).
+//! - [`Membership::querier_version`], [`Membership::older_querier`] and
+//!   [`Membership::older_querier_interval`]: the version our queries use while an older
+//!   querier is on the link (see below).
 //!
 //! Router state per group (RFC 9777 §7.2, RFC 3376 §6.2): INCLUDE(A) with a timer per
 //! source, or EXCLUDE(X, Y) with a filter timer, X the requested sources (with timers) and
@@ -35,6 +38,16 @@
 //! S is not in Y (EXCLUDE). Groups of link-local scope (ff02::/16, 224.0.0.0/24) are not
 //! tracked. Queries we send are MLDv2/IGMPv3, except group-specific ones for a group in
 //! an older compatibility mode (MLDv1, IGMPv2; none for IGMPv1, whose leaves are ignored).
+//!
+//! Older queriers (RFC 9777 §8.3.1, RFC 3376 §7.3.1): the RFCs want every router on a
+//! link to run the oldest version present and leave that to the administrator. We follow
+//! it on our own: a query of an older version heard on the link (MLDv1; IGMPv2 or v1)
+//! puts the link in that version's mode for the Older Version Querier Present timeout
+//! (robustness × query interval + query response interval / 2, restarted by each such
+//! query). Meanwhile our queries are of that version (an IGMPv1 one with Max Resp Time 0),
+//! and every group is handled as in that compatibility mode (newer reports lose their
+//! source lists, BLOCK records and, in IGMPv1 mode, leaves are ignored; no source-specific
+//! queries). See [`Membership::querier_version`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -255,6 +268,10 @@ pub struct Membership {
     pending: Vec<Pending>,
     /// The last querier reported in a QuerierChanged: (address, we query).
     reported_querier: (Option<IpAddr>, bool),
+    /// Older Version Querier Present timers (RFC 9777 §8.3.1, RFC 3376 §7.3.1): MLDv1 or
+    /// IGMPv1 (`v1`), IGMPv2 (`v2`) queries heard until then, and from whom last.
+    older_v1: Option<(Instant, IpAddr)>,
+    older_v2: Option<(Instant, IpAddr)>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -280,7 +297,27 @@ impl Membership {
             groups: BTreeMap::new(),
             pending: Vec::new(),
             reported_querier: (None, false),
+            older_v1: None,
+            older_v2: None,
         }
+    }
+
+    /// The version our queries use and the link is handled in: MLDv2/IGMPv3, or an older
+    /// one while an older querier was heard within the Older Version Querier Present
+    /// timeout (see the module comment).
+    pub fn querier_version(&self) -> Version {
+        match (self.mld(), self.older_v1.is_some(), self.older_v2.is_some()) {
+            (true, true, _) => Version::Mld1,
+            (true, false, _) => Version::Mld2,
+            (false, true, _) => Version::Igmp1,
+            (false, false, true) => Version::Igmp2,
+            (false, false, false) => Version::Igmp3,
+        }
+    }
+
+    /// The older querier we heard last, while its mode lasts.
+    pub fn older_querier(&self) -> Option<IpAddr> {
+        self.older_v1.or(self.older_v2).map(|(_, q)| q)
     }
 
     /// The address we query from.
@@ -320,6 +357,12 @@ impl Membership {
 
     fn older_host_interval(&self) -> Duration {
         self.listener_interval()
+    }
+
+    /// Older Version Querier Present timeout: robustness × query interval + half the
+    /// query response interval (RFC 3376 §8.12's formula, RFC 9777 §9.13's).
+    pub fn older_querier_interval(&self) -> Duration {
+        self.other_querier_interval()
     }
 
     /// Sets the address we query from (`me`) and every address of this host (`ours`).
@@ -363,6 +406,8 @@ impl Membership {
             at(self.next_general);
         }
         at(self.other.map(|o| o.1));
+        at(self.older_v1.map(|o| o.0));
+        at(self.older_v2.map(|o| o.0));
         for p in &self.pending {
             at(Some(p.next));
         }
@@ -392,16 +437,19 @@ impl Membership {
             }
         }
         self.report_querier(&mut out);
+        // The older querier went silent: back to our own version.
+        if self.older_v1.is_some_and(|(t, _)| t <= now) {
+            self.older_v1 = None;
+        }
+        if self.older_v2.is_some_and(|(t, _)| t <= now) {
+            self.older_v2 = None;
+        }
         if self.we_query()
             && let Some(t) = self.next_general
             && t <= now
         {
             let q = Query::general(
-                if self.mld() {
-                    Version::Mld2
-                } else {
-                    Version::Igmp3
-                },
+                self.querier_version(),
                 self.cfg.query_response_interval,
                 self.rv,
                 self.qi,
@@ -520,7 +568,7 @@ impl Membership {
                     return out;
                 }
                 // IGMPv1 mode ignores leaves (RFC 3376 §7.3.2).
-                if self.compat(group) == Some(Version::Igmp1) {
+                if self.compat_or_link(group) == Version::Igmp1 {
                     return out;
                 }
                 out.push(Action::Heard {
@@ -549,7 +597,7 @@ impl Membership {
                     {
                         continue;
                     }
-                    let (kind, sources) = match (self.compat(group), kind) {
+                    let (kind, sources) = match (Some(self.compat_or_link(group)), kind) {
                         // Older hosts present: BLOCK is ignored, TO_EX loses its sources
                         // (RFC 9777 §8.3.2, RFC 3376 §7.3.2).
                         (
@@ -606,23 +654,37 @@ impl Membership {
         }
     }
 
-    /// The compatibility mode of a group we know: the oldest version heard recently.
+    /// The compatibility mode of a group we know: the oldest version heard recently, from
+    /// its hosts or from a querier on the link.
     fn compat(&self, group: &IpAddr) -> Option<Version> {
         let g = self.groups.get(group)?;
-        Some(
-            match (self.mld(), g.v1_until.is_some(), g.v2_until.is_some()) {
-                (true, true, _) => Version::Mld1,
-                (true, false, _) => Version::Mld2,
-                (false, true, _) => Version::Igmp1,
-                (false, false, true) => Version::Igmp2,
-                (false, false, false) => Version::Igmp3,
-            },
-        )
+        let hosts = match (self.mld(), g.v1_until.is_some(), g.v2_until.is_some()) {
+            (true, true, _) => Version::Mld1,
+            (true, false, _) => Version::Mld2,
+            (false, true, _) => Version::Igmp1,
+            (false, false, true) => Version::Igmp2,
+            (false, false, false) => Version::Igmp3,
+        };
+        Some(oldest(hosts, self.querier_version()))
+    }
+
+    /// The compatibility mode a report for `group` is handled in (the link's own for a
+    /// group we do not know yet).
+    fn compat_or_link(&self, group: &IpAddr) -> Version {
+        self.compat(group).unwrap_or_else(|| self.querier_version())
     }
 
     fn on_query(&mut self, now: Instant, q: &Query, source: IpAddr, out: &mut Vec<Action>) {
         if q.version.is_mld() != self.mld() {
             return;
+        }
+        // An older querier on the link: its version's mode, until it is silent for the
+        // Older Version Querier Present timeout (RFC 9777 §8.3.1, RFC 3376 §7.3.1).
+        let until = now + self.older_querier_interval();
+        match q.version {
+            Version::Mld1 | Version::Igmp1 => self.older_v1 = Some((until, source)),
+            Version::Igmp2 => self.older_v2 = Some((until, source)),
+            Version::Mld2 | Version::Igmp3 => {}
         }
         // Election (RFC 9777 §7.6.2, RFC 3376 §6.6.2): the lowest address queries. The
         // Other Querier Present timer is restarted only by the current querier or a better
@@ -1005,6 +1067,15 @@ impl Membership {
             },
             robustness: self.rv,
             query_interval_ms: ms(self.qi),
+            querier_version: self.querier_version(),
+            older_querier: self.older_querier(),
+            older_querier_expires_ms: left(
+                now,
+                match (self.older_v1, self.older_v2) {
+                    (Some((a, _)), Some((b, _))) => Some(a.max(b)),
+                    (a, b) => a.or(b).map(|o| o.0),
+                },
+            ),
             groups: self
                 .groups
                 .iter()
@@ -1033,6 +1104,16 @@ impl Membership {
     }
 }
 
+/// The older of two versions of the same protocol.
+fn oldest(a: Version, b: Version) -> Version {
+    let age = |v: Version| match v {
+        Version::Mld1 | Version::Igmp1 => 0,
+        Version::Igmp2 => 1,
+        Version::Mld2 | Version::Igmp3 => 2,
+    };
+    if age(b) < age(a) { b } else { a }
+}
+
 /// A snapshot for `status` (timers as milliseconds left).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MembershipStatus {
@@ -1046,6 +1127,11 @@ pub struct MembershipStatus {
     pub next_general_query_ms: Option<u64>,
     pub robustness: u8,
     pub query_interval_ms: u64,
+    /// The version our queries use ([`Membership::querier_version`]).
+    pub querier_version: Version,
+    /// The older querier heard last, and how long its mode lasts still.
+    pub older_querier: Option<IpAddr>,
+    pub older_querier_expires_ms: Option<u64>,
     pub groups: Vec<GroupStatus>,
 }
 
@@ -1053,7 +1139,7 @@ pub struct MembershipStatus {
 pub struct GroupStatus {
     pub group: IpAddr,
     pub mode: FilterMode,
-    /// The oldest protocol version heard for it recently.
+    /// The oldest protocol version heard for it recently (from its hosts or a querier).
     pub compat: Version,
     pub timer_ms: Option<u64>,
     pub sources: Vec<SourceStatus>,
@@ -1965,6 +2051,159 @@ mod tests {
         assert_eq!(m.wanted_groups().len(), 1000);
         let a = run(&mut m, at(t0, 260_000));
         assert_eq!(wanted(&a).iter().filter(|(_, w)| !w).count(), 1000);
+    }
+
+    fn old_query(m: &mut Membership, t: Instant, version: Version, from: &str) -> Vec<Action> {
+        let q = Query::general(
+            version,
+            Duration::from_secs(10),
+            2,
+            Duration::from_secs(125),
+        );
+        m.on_packet(t, &Message::Query(q), ip(from))
+    }
+
+    fn general_versions(acts: &[Action]) -> Vec<Version> {
+        queries(acts)
+            .iter()
+            .filter(|(_, q)| q.is_general())
+            .map(|(_, q)| q.version)
+            .collect()
+    }
+
+    #[test]
+    fn an_mldv1_querier_makes_our_queries_mldv1_until_it_is_silent() {
+        let (mut m, t0) = v6();
+        assert_eq!(general_versions(&run(&mut m, t0)), vec![Version::Mld2]);
+        // A v1 querier with a higher address: we still query, in its version.
+        let a = old_query(&mut m, at(t0, 1000), Version::Mld1, "fe80::20");
+        assert!(queries(&a).is_empty());
+        assert!(m.we_query());
+        assert_eq!(m.querier_version(), Version::Mld1);
+        assert_eq!(m.older_querier(), Some(ip("fe80::20")));
+        // 2 × 125 s + 10 s / 2.
+        assert_eq!(m.older_querier_interval(), Duration::from_secs(255));
+        let a = run(&mut m, at(t0, 31_250));
+        assert_eq!(general_versions(&a), vec![Version::Mld1]);
+        let q = &queries(&a)[0].1;
+        assert_eq!(Message::Query(q.clone()).to_mld().len(), 24);
+        assert_eq!(q.max_resp_code, 10_000);
+        let st = m.status(at(t0, 31_250));
+        assert_eq!(st.querier_version, Version::Mld1);
+        assert_eq!(st.older_querier, Some(ip("fe80::20")));
+        assert_eq!(st.older_querier_expires_ms, Some(256_000 - 31_250));
+        // Each v1 query restarts the timeout; 255 s after the last one, MLDv2 again.
+        old_query(&mut m, at(t0, 100_000), Version::Mld1, "fe80::20");
+        run(&mut m, at(t0, 354_999));
+        assert_eq!(m.querier_version(), Version::Mld1);
+        run(&mut m, at(t0, 355_000));
+        assert_eq!(m.querier_version(), Version::Mld2);
+        assert_eq!(m.older_querier(), None);
+        assert_eq!(
+            general_versions(&run(&mut m, at(t0, 31_250 + 3 * 125_000))),
+            vec![Version::Mld2]
+        );
+    }
+
+    #[test]
+    fn under_an_mldv1_querier_groups_are_handled_as_v1() {
+        let (mut m, t0) = v6();
+        run(&mut m, t0);
+        old_query(&mut m, t0, Version::Mld1, "fe80::20");
+        // An MLDv2 host not yet fallen back: its join counts, without source lists.
+        let a = m.on_packet(
+            at(t0, 10),
+            &rec(RecordType::ToExclude, G, &[OUR_SRC]),
+            ip(HOST),
+        );
+        assert_eq!(wanted(&a), vec![(ip(G), true)]);
+        assert!(
+            queries(&a).is_empty(),
+            "no source-specific query in v1 mode"
+        );
+        let g = &m.status(at(t0, 10)).groups[0];
+        assert_eq!(g.compat, Version::Mld1);
+        assert!(g.sources.is_empty(), "{g:?}");
+        // BLOCK is ignored; a leave gets MLDv1 group-specific queries.
+        assert!(
+            m.on_packet(
+                at(t0, 20),
+                &rec(RecordType::BlockOld, G, &[OUR_SRC]),
+                ip(HOST)
+            )
+            .iter()
+            .all(|a| !matches!(a, Action::SendQuery { .. }))
+        );
+        let a = m.on_packet(
+            at(t0, 30),
+            &Message::Leave {
+                version: Version::Mld1,
+                group: ip(G),
+            },
+            ip(HOST),
+        );
+        let q = queries(&a);
+        assert_eq!(q.len(), 1);
+        assert_eq!((q[0].0, q[0].1.version), (ip(G), Version::Mld1));
+        assert_eq!(wanted(&run(&mut m, at(t0, 2030))), vec![(ip(G), false)]);
+    }
+
+    #[test]
+    fn igmpv2_then_v1_queriers_and_back() {
+        let (mut m, t0) = v4();
+        assert_eq!(general_versions(&run(&mut m, t0)), vec![Version::Igmp3]);
+        old_query(&mut m, at(t0, 1000), Version::Igmp2, "10.0.0.20");
+        assert!(m.we_query());
+        assert_eq!(m.querier_version(), Version::Igmp2);
+        let a = run(&mut m, at(t0, 31_250));
+        assert_eq!(general_versions(&a), vec![Version::Igmp2]);
+        assert_eq!(Message::Query(queries(&a)[0].1.clone()).to_igmp().len(), 8);
+        // An IGMPv1 querier too: v1 wins while it lasts; v1 queries say Max Resp Time 0.
+        old_query(&mut m, at(t0, 40_000), Version::Igmp1, "10.0.0.30");
+        assert_eq!(m.querier_version(), Version::Igmp1);
+        let a = run(&mut m, at(t0, 156_250));
+        assert_eq!(general_versions(&a), vec![Version::Igmp1]);
+        assert_eq!(queries(&a)[0].1.max_resp_code, 0);
+        // IGMPv1 mode: leaves are ignored.
+        m.on_packet(
+            at(t0, 156_300),
+            &Message::OldReport {
+                version: Version::Igmp2,
+                group: ip(G4),
+            },
+            ip("10.0.0.5"),
+        );
+        let a = m.on_packet(
+            at(t0, 156_400),
+            &Message::Leave {
+                version: Version::Igmp2,
+                group: ip(G4),
+            },
+            ip("10.0.0.5"),
+        );
+        assert!(a.is_empty(), "{a:?}");
+        // v1 ends 255 s after its query, v2 255 s after its own: then IGMPv3 again.
+        old_query(&mut m, at(t0, 200_000), Version::Igmp2, "10.0.0.20");
+        run(&mut m, at(t0, 294_999));
+        assert_eq!(m.querier_version(), Version::Igmp1);
+        run(&mut m, at(t0, 295_000));
+        assert_eq!(m.querier_version(), Version::Igmp2);
+        run(&mut m, at(t0, 454_999));
+        assert_eq!(m.querier_version(), Version::Igmp2);
+        run(&mut m, at(t0, 455_000));
+        assert_eq!(m.querier_version(), Version::Igmp3);
+    }
+
+    #[test]
+    fn a_querier_of_our_version_changes_no_version() {
+        let (mut m, t0) = v6();
+        run(&mut m, t0);
+        query_from(&mut m, t0, "fe80::20", 2, 125);
+        assert_eq!(m.querier_version(), Version::Mld2);
+        assert_eq!(m.older_querier(), None);
+        let (mut m, t0) = v4();
+        old_query(&mut m, t0, Version::Igmp3, "10.0.0.20");
+        assert_eq!(m.querier_version(), Version::Igmp3);
     }
 
     #[test]

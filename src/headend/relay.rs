@@ -27,6 +27,10 @@ pub const HOPS: u8 = 32;
 pub const REPORT_WINDOW: Duration = Duration::from_secs(30);
 /// At most one traffic note a service per this.
 const TRAFFIC_EVERY: Duration = Duration::from_millis(200);
+/// A new output gets the last RTP packet at once when it is younger than this: a join to
+/// a running (warm, lingering, shared) service then need not wait for the source's next
+/// packet (up to one packet time, 20 ms for Opus). Older, it would only be a stale frame.
+pub const HELD_FRESH: Duration = Duration::from_millis(100);
 
 /// Where a listener's interface is, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +95,8 @@ pub struct Relay {
     pub rtp_port: u16,
     pub counters: Arc<Counters>,
     outputs: watch::Sender<Vec<Output>>,
+    /// Bumped when the source starts or stops: a packet held from before is never sent.
+    source_gen: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -180,6 +186,7 @@ impl Relay {
             None => None,
         };
         let (tx, rx) = watch::channel(Vec::new());
+        let source_gen = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run(Task {
             number,
             group6,
@@ -191,13 +198,21 @@ impl Relay {
             outputs: rx,
             counters: counters.clone(),
             traffic,
+            source_gen: source_gen.clone(),
         }));
         Ok(Relay {
             rtp_port,
             counters,
             outputs: tx,
+            source_gen,
             task,
         })
+    }
+
+    /// The source (re)starts or stops: the packet held for new outputs is from an old
+    /// stream and must not be sent.
+    pub fn source_changed(&self) {
+        self.source_gen.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Relays out of exactly these from now on.
@@ -223,12 +238,35 @@ struct Task {
     outputs: watch::Receiver<Vec<Output>>,
     counters: Arc<Counters>,
     traffic: mpsc::UnboundedSender<u32>,
+    source_gen: Arc<AtomicU64>,
 }
 
 struct Out {
     sock: UdpSocket,
     rtp: SocketAddr,
     rtcp: SocketAddr,
+    iface: String,
+    /// When the output was added, until its first RTP packet went out (for the log).
+    added: Option<Instant>,
+}
+
+impl Out {
+    /// Sends one RTP packet; the first one is logged with how long it took since the
+    /// output was added (the relay's share of join → first packet).
+    fn rtp(&mut self, number: u32, packet: &[u8], held: bool) -> io::Result<usize> {
+        let r = self.sock.send_to(packet, self.rtp);
+        if r.is_ok()
+            && let Some(t) = self.added.take()
+        {
+            debug!(
+                "service {number}: first RTP packet out of {} {:.1} ms after the output was added{}",
+                self.iface,
+                t.elapsed().as_secs_f64() * 1000.0,
+                if held { " (the one held)" } else { "" }
+            );
+        }
+        r
+    }
 }
 
 async fn recv_opt(s: &Option<tokio::net::UdpSocket>, buf: &mut [u8]) -> io::Result<usize> {
@@ -242,6 +280,11 @@ async fn run(mut t: Task) {
     let mut outs: BTreeMap<(u32, bool), Out> = BTreeMap::new();
     let mut joined: Vec<(u32, bool)> = vec![];
     let mut buf = vec![0u8; 65_536];
+    // The last RTP packet (swapped with `buf`, not copied) and when it came.
+    let mut held = vec![0u8; 65_536];
+    let mut held_len = 0usize;
+    let mut held_at: Option<Instant> = None;
+    let mut held_gen = 0u64;
     let mut sbuf = vec![0u8; 2048];
     let mut rbuf6 = vec![0u8; 2048];
     let mut rbuf4 = vec![0u8; 2048];
@@ -252,12 +295,16 @@ async fn run(mut t: Task) {
                 let Ok(n) = r else { continue };
                 t.counters.packets.fetch_add(1, Ordering::Relaxed);
                 t.counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                for o in outs.values() {
-                    if o.sock.send_to(&buf[..n], o.rtp).is_err() {
+                for o in outs.values_mut() {
+                    if o.rtp(t.number, &buf[..n], false).is_err() {
                         t.counters.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 let now = Instant::now();
+                std::mem::swap(&mut buf, &mut held);
+                held_len = n;
+                held_at = Some(now);
+                held_gen = t.source_gen.load(Ordering::Relaxed);
                 if last_note.is_none_or(|l| now.duration_since(l) >= TRAFFIC_EVERY) {
                     last_note = Some(now);
                     let _ = t.traffic.send(t.number);
@@ -285,7 +332,18 @@ async fn run(mut t: Task) {
                     return;
                 }
                 let want = t.outputs.borrow_and_update().clone();
-                apply_outputs(&mut t, &want, &mut outs, &mut joined);
+                let added = apply_outputs(&mut t, &want, &mut outs, &mut joined);
+                if held_at.is_some_and(|h| h.elapsed() < HELD_FRESH)
+                    && held_gen == t.source_gen.load(Ordering::Relaxed)
+                {
+                    for k in added {
+                        if let Some(o) = outs.get_mut(&k)
+                            && o.rtp(t.number, &held[..held_len], true).is_err()
+                        {
+                            t.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
             }
         }
     }
@@ -298,12 +356,14 @@ fn heard(c: &Counters, b: &[u8]) {
     }
 }
 
+/// Makes the outputs match `want`; returns the keys of those it added.
 fn apply_outputs(
     t: &mut Task,
     want: &[Output],
     outs: &mut BTreeMap<(u32, bool), Out>,
     joined: &mut Vec<(u32, bool)>,
-) {
+) -> Vec<(u32, bool)> {
+    let mut added = vec![];
     let keys: Vec<(u32, bool)> = want
         .iter()
         .filter(|o| !o.listener.v4 || t.group4.is_some())
@@ -322,12 +382,15 @@ fn apply_outputs(
         };
         match out_socket(o) {
             Ok(sock) => {
+                added.push(k);
                 outs.insert(
                     k,
                     Out {
                         sock,
                         rtp: SocketAddr::new(group, RTP_PORT),
                         rtcp: SocketAddr::new(group, RTCP_PORT),
+                        iface: o.listener.iface.clone(),
+                        added: Some(Instant::now()),
                     },
                 );
             }
@@ -354,6 +417,7 @@ fn apply_outputs(
             }
         }
     }
+    added
 }
 
 fn join(t: &Task, v4: bool, ifindex: u32) -> io::Result<()> {

@@ -597,7 +597,10 @@ impl Headend {
 
     fn start_source(&mut self, number: u32) {
         let port = match self.relay(number) {
-            Ok(r) => r.rtp_port,
+            Ok(r) => {
+                r.source_changed();
+                r.rtp_port
+            }
             Err(e) => {
                 let _ = self.tx.send(Msg::StartFailed {
                     number,
@@ -652,6 +655,9 @@ impl Headend {
     }
 
     fn stop_source(&mut self, number: u32) {
+        if let Some(r) = self.relays.get(&number) {
+            r.source_changed();
+        }
         if let Some(r) = self.sources.get_mut(&number)
             && let Some(s) = r.stop.take()
         {

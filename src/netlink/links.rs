@@ -15,6 +15,18 @@ pub struct LinkWatch {
 
 impl LinkWatch {
     pub fn open() -> io::Result<LinkWatch> {
+        Self::open_groups(libc::RTMGRP_LINK as u32)
+    }
+
+    /// Also hears addresses come and go (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR), an IPv6
+    /// address finishing DAD included.
+    pub fn open_with_addresses() -> io::Result<LinkWatch> {
+        Self::open_groups(
+            (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32,
+        )
+    }
+
+    fn open_groups(groups: u32) -> io::Result<LinkWatch> {
         // SAFETY: socket(2) with constant arguments; the fd is checked and owned right away.
         let fd = unsafe {
             libc::socket(
@@ -31,7 +43,7 @@ impl LinkWatch {
         // SAFETY: sockaddr_nl is plain integers; all-zero is a valid value.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        addr.nl_groups = groups;
         // SAFETY: `addr` is a live sockaddr_nl of the size passed.
         let r = unsafe {
             libc::bind(
