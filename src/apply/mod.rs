@@ -22,7 +22,7 @@ pub use record::Record;
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(
-        "bridge {} is missing (named by {}); create it or set create_bridges = true; nothing was changed",
+        "interface {} is missing (named by {}); create it (a bridge: or set create_bridges = true); nothing was changed",
         .0.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>().join(", "),
         .0.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>().join("; ")
     )]

@@ -271,6 +271,9 @@ fn status_text(v: &Value) -> String {
     if !v["mroute"].is_null() {
         out.push_str(&format!("mroute: {}\n", v["mroute"]));
     }
+    if !v["mroute"]["proxy"].is_null() {
+        out.push_str(&crate::mroute::control::render_proxy(&v["mroute"]["proxy"]));
+    }
     if let Some(w) = v["translate"]["open_to_anyone"].as_str() {
         out.push_str(&format!("translate: warning: {w}\n"));
     }
