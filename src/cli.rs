@@ -37,6 +37,11 @@ pub enum Command {
         site: PathBuf,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// How long IPv6 duplicate address detection may take ("10s", "500ms") before an
+        /// address still tentative keeps the site unhealthy and READY=1 back (the kernel's
+        /// defaults take 1-2 s; a link with more `dad_transmits` needs longer).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = site::duration::parse)]
+        dad_wait: std::time::Duration,
     },
     /// Remove everything `up` made, also after a crash.
     Down {
@@ -210,7 +215,11 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { site } => check(&site),
         Command::Plan { site, json } => print_plan(&site, json),
-        Command::Up { site, state_dir } => supervisor::commands::up(&site, state_dir),
+        Command::Up {
+            site,
+            state_dir,
+            dad_wait,
+        } => supervisor::commands::up(&site, state_dir, dad_wait),
         Command::Down { site, state_dir } => supervisor::commands::down(&site, state_dir),
         Command::Status { state_dir, json } => supervisor::commands::status(state_dir, json),
         Command::Services { state_dir } => supervisor::commands::services(state_dir),
@@ -418,5 +427,31 @@ mod tests {
         }
         let e = Cli::try_parse_from(["appliance", "no-such-part", "--help"]).unwrap_err();
         assert_ne!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+    }
+
+    #[test]
+    fn dad_wait_is_a_duration_and_defaults_to_ten_seconds() {
+        use std::time::Duration;
+        let wait = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Up { dad_wait, .. }) => Ok(dad_wait),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(
+            wait(&["appliance", "up", "s.toml"]),
+            Ok(supervisor::DAD_WAIT)
+        );
+        assert_eq!(
+            wait(&["appliance", "up", "s.toml", "--dad-wait", "500ms"]),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(
+            wait(&["appliance", "up", "s.toml", "--dad-wait", "0s"]),
+            Ok(Duration::ZERO)
+        );
+        for bad in ["-1s", "ten", "10 parsecs"] {
+            let e = wait(&["appliance", "up", "s.toml", &format!("--dad-wait={bad}")]).unwrap_err();
+            assert!(e.contains("is not a duration"), "{bad}: {e}");
+        }
     }
 }

@@ -478,7 +478,7 @@ fn a_missing_bridge_is_refused_before_anything_changes() {
     let out = sb.appliance().arg("up").arg(&site).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bridge br-iot is missing"), "{err}");
+    assert!(err.contains("interface br-iot is missing"), "{err}");
     assert_nothing_left(&sb, &[], &[]);
     // The control socket's mode: checked on a running site.
     sb.bridge("br-iot");

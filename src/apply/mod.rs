@@ -8,6 +8,7 @@ mod owned;
 pub mod record;
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ pub use record::Record;
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(
-        "bridge {} is missing (named by {}); create it or set create_bridges = true; nothing was changed",
+        "interface {} is missing (named by {}); create it (a bridge: or set create_bridges = true); nothing was changed",
         .0.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>().join(", "),
         .0.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>().join("; ")
     )]
@@ -285,6 +286,8 @@ pub struct DadCheck {
     peer: String,
     netns: String,
     bridge: String,
+    /// The IPv6 addresses the plan gives the link: each must be there to be usable.
+    want: Vec<(IpAddr, u8)>,
 }
 
 /// The namespace links whose addresses `settle` waits for (opened now, while the
@@ -303,6 +306,12 @@ pub async fn dad_checks(plan: &Plan, built: &Built) -> Result<Vec<DadCheck>, App
                 peer: v.peer.clone(),
                 netns: v.netns.clone(),
                 bridge: v.bridge.clone(),
+                want: v
+                    .addresses
+                    .iter()
+                    .filter(|a| a.addr().is_ipv6())
+                    .map(|a| (a.addr(), a.prefix_len()))
+                    .collect(),
             });
         }
     }
@@ -319,6 +328,9 @@ pub struct Settled {
     /// Links whose addresses could not be read (a netlink error until the time ran out):
     /// not known to be usable.
     pub errors: Vec<String>,
+    /// Planned addresses the link no longer has (removed, or the link itself gone, since
+    /// `up` added them): not usable.
+    pub missing: Vec<String>,
 }
 
 /// Waits until no IPv6 address of the checked links is tentative (the kernel's duplicate
@@ -331,10 +343,20 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
         let mut still = vec![];
         let mut tentative = vec![];
         let mut errors = vec![];
+        let mut missing = vec![];
         for c in left {
             match c.nl.ipv6_dad(c.link, &c.peer).await {
                 Ok(addrs) => {
-                    let before = tentative.len();
+                    let before = tentative.len() + missing.len();
+                    // An address that is not listed is not usable, whatever the others say.
+                    for (a, p) in &c.want {
+                        if !addrs.iter().any(|(b, q, _)| b == a && q == p) {
+                            missing.push(format!(
+                                "{a}/{p} on {} in {}: not on the link (removed, or the link gone, since up added it)",
+                                c.peer, c.netns
+                            ));
+                        }
+                    }
                     for (a, p, d) in &addrs {
                         let at = format!("{a}/{p} on {} in {}", c.peer, c.netns);
                         match d {
@@ -351,7 +373,7 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
                             netlink::Dad::Done => {}
                         }
                     }
-                    if tentative.len() > before {
+                    if tentative.len() + missing.len() > before {
                         still.push(c);
                     }
                 }
@@ -371,6 +393,7 @@ pub async fn settle(checks: Vec<DadCheck>, within: Duration) -> Settled {
         if Instant::now() >= deadline {
             found.pending = tentative;
             found.errors = errors;
+            found.missing = missing;
             return found;
         }
         left = still;

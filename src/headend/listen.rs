@@ -156,6 +156,31 @@ struct Slot {
     state: Option<Membership>,
 }
 
+/// Called after an interface's membership state may have changed (a packet was heard, a
+/// timer ran, addresses changed), with the interface's name; read [`Listener::status`].
+pub type OnChange = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What a [`Listener`] listens for besides its interfaces and timers.
+#[derive(Clone)]
+pub struct ListenOptions {
+    /// The families listened to on every interface (the headend: both).
+    pub families: Vec<Family>,
+    /// The first private multicast routing table (see the module comment); a second
+    /// listener in the same network namespace needs ids of its own.
+    pub table_base: u32,
+    pub on_change: Option<OnChange>,
+}
+
+impl Default for ListenOptions {
+    fn default() -> ListenOptions {
+        ListenOptions {
+            families: vec![Family::Ipv6, Family::Ipv4],
+            table_base: TABLE_BASE,
+            on_change: None,
+        }
+    }
+}
+
 /// The listeners of every interface; dropping it stops them.
 pub struct Listener {
     slots: Vec<(String, Family, Arc<Mutex<Slot>>)>,
@@ -170,21 +195,35 @@ impl Listener {
         cfg: QuerierConfig,
         events: mpsc::UnboundedSender<MembershipEvent>,
     ) -> Result<Listener, ListenError> {
+        Listener::start_with(ifaces, cfg, events, ListenOptions::default())
+    }
+
+    /// [`Listener::start`] with a choice of families, tables and a change callback.
+    pub fn start_with(
+        ifaces: Vec<String>,
+        cfg: QuerierConfig,
+        events: mpsc::UnboundedSender<MembershipEvent>,
+        opts: ListenOptions,
+    ) -> Result<Listener, ListenError> {
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|e| ListenError::Runtime(e.to_string()))?;
         let mut slots = Vec::new();
         let mut tasks = Vec::new();
         for (i, name) in ifaces.iter().enumerate() {
             for (j, family) in [Family::Ipv6, Family::Ipv4].into_iter().enumerate() {
+                if !opts.families.contains(&family) {
+                    continue;
+                }
                 let slot = Arc::new(Mutex::new(Slot::default()));
                 slots.push((name.clone(), family, slot.clone()));
                 let task = Task {
                     name: name.clone(),
                     family,
-                    table: TABLE_BASE + (i as u32) * 2 + j as u32,
+                    table: opts.table_base + (i as u32) * 2 + j as u32,
                     cfg: cfg.clone(),
                     events: events.clone(),
                     slot,
+                    on_change: opts.on_change.clone(),
                 };
                 tasks.push(rt.spawn(task.run()));
             }
@@ -225,6 +264,7 @@ struct Task {
     cfg: QuerierConfig,
     events: mpsc::UnboundedSender<MembershipEvent>,
     slot: Arc<Mutex<Slot>>,
+    on_change: Option<OnChange>,
 }
 
 fn proto(family: Family) -> &'static str {
@@ -246,16 +286,20 @@ impl Task {
         let mut said_error: Option<String> = None;
         loop {
             let Some(ifindex) = ifindex(&self.name) else {
-                if !said_missing {
-                    tracing::warn!(iface = %self.name, "no such interface (yet): {} listener waits for it", proto(self.family));
-                    said_missing = true;
-                }
                 self.set_slot(|s| {
                     *s = Slot {
                         error: Some("no such interface".into()),
                         ..Slot::default()
                     }
                 });
+                if !said_missing {
+                    tracing::warn!(iface = %self.name, "no such interface (yet): {} listener waits for it", proto(self.family));
+                    said_missing = true;
+                    // Its state is gone.
+                    if let Some(f) = &self.on_change {
+                        f(&self.name);
+                    }
+                }
                 changes.next().await;
                 continue;
             };
@@ -321,6 +365,9 @@ impl Task {
                 s.error = link.degraded.clone();
                 s.state = Some(m.clone());
             });
+            if let Some(f) = &self.on_change {
+                f(&self.name);
+            }
             let deadline = m
                 .next_deadline()
                 .map(tokio::time::Instant::from_std)

@@ -121,7 +121,11 @@ pub fn with_sdp_file(argv: &[String]) -> Vec<String> {
 
 /// The querier's configuration from the plan.
 pub fn querier_config(plan: &HeadendPlan) -> QuerierConfig {
-    let q = &plan.querier;
+    querier_of(&plan.querier)
+}
+
+/// A planned querier (the headend's, the MLD proxy's downstreams') as the machine's config.
+pub fn querier_of(q: &crate::plan::QuerierPlan) -> QuerierConfig {
     QuerierConfig {
         robustness: q.robustness,
         query_interval: q.query_interval,

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use crate::plan::{Plan, firewall::Firewall};
 
+use super::proxy::ProxyConfig;
 use super::sys::Family;
 
 /// An interface that becomes a VIF (IPv4) or MIF (IPv6).
@@ -73,6 +74,8 @@ pub struct Config {
     /// Bridges whose multicast snooping is set.
     pub snooping: Vec<(String, bool)>,
     pub state_dir: PathBuf,
+    /// IPv6 by MLD proxying (`[routing.mld_proxy]`); its interfaces are among `mifs`.
+    pub proxy: Option<ProxyConfig>,
 }
 
 impl Config {
@@ -125,6 +128,11 @@ impl Config {
                 .filter_map(|b| b.snooping.map(|s| (b.name.clone(), s)))
                 .collect(),
             state_dir: plan.state_dir.clone(),
+            proxy: plan
+                .routing
+                .as_ref()
+                .and_then(|r| r.mld_proxy.as_ref())
+                .map(ProxyConfig::from_plan),
         }
     }
 
@@ -198,6 +206,7 @@ mod tests {
             firewall: None,
             snooping: vec![],
             state_dir: "/tmp".into(),
+            proxy: None,
         }
     }
 

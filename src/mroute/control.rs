@@ -59,6 +59,9 @@ pub fn render(v: &serde_json::Value) -> String {
             j["on"].as_str().unwrap_or("")
         ));
     }
+    if !v["proxy"].is_null() {
+        out.push_str(&render_proxy(&v["proxy"]));
+    }
     let entries = v["entries"].as_array().cloned().unwrap_or_default();
     out.push_str(&format!(
         "{} entries ({} templates)\n",
@@ -89,4 +92,127 @@ pub fn render(v: &serde_json::Value) -> String {
         ));
     }
     out
+}
+
+/// `{"mode":"exclude","sources":[…]}` as `EXCLUDE {…}`.
+fn filter(f: &serde_json::Value) -> String {
+    let sources: Vec<&str> = f["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .collect();
+    format!(
+        "{} {{{}}}",
+        f["mode"].as_str().unwrap_or("?").to_uppercase(),
+        sources.join(", ")
+    )
+}
+
+/// The MLD proxy's part of a status answer: downstream groups and their last listener,
+/// the upstream joins, the routes it installed.
+pub fn render_proxy(p: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let up = p["upstream"].as_str().unwrap_or("");
+    out.push_str(&format!(
+        "MLD proxy: upstream {up}{}\n",
+        if p["upstream_ifindex"].is_null() {
+            " (missing)"
+        } else {
+            ""
+        }
+    ));
+    for d in p["downstream"].as_array().into_iter().flatten() {
+        let querier = match (d["we_query"].as_bool(), d["querier"].as_str()) {
+            (Some(true), _) => "we are the querier".to_string(),
+            (_, Some(q)) => format!("querier {q}"),
+            _ => "no querier".to_string(),
+        };
+        out.push_str(&format!(
+            "  downstream {}: {}{}\n",
+            d["iface"].as_str().unwrap_or(""),
+            if d["listening"] == true {
+                querier
+            } else {
+                "not listening".to_string()
+            },
+            d["error"]
+                .as_str()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ));
+        for g in d["groups"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "    {} {}{}\n",
+                g["group"].as_str().unwrap_or(""),
+                filter(&g["filter"]),
+                g["last_reporter"]
+                    .as_str()
+                    .map(|h| format!(", last heard from {h}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    for j in p["joins"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  joined upstream on {up}: {} {}\n",
+            j["group"].as_str().unwrap_or(""),
+            filter(&j["filter"])
+        ));
+    }
+    for e in p["errors"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  error: {}\n", e.as_str().unwrap_or("")));
+    }
+    for r in p["routes"].as_array().into_iter().flatten() {
+        let oifs: Vec<&str> = r["oifs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.as_str())
+            .collect();
+        out.push_str(&format!(
+            "  route ({}, {}) {} -> {}  {} pkts\n",
+            r["source"].as_str().unwrap_or(""),
+            r["group"].as_str().unwrap_or(""),
+            r["iif"].as_str().unwrap_or(""),
+            oifs.join(" "),
+            r["packets"]
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_in_text() {
+        let v = serde_json::json!({
+            "upstream": "up0", "upstream_ifindex": 3,
+            "downstream": [{"iface": "br-lan", "error": null, "listening": true,
+                "querier": "fe80::1", "we_query": true,
+                "groups": [{"group": "ff3e::1", "filter": {"mode": "exclude", "sources": []},
+                    "last_reporter": "fe80::9"}]}],
+            "joins": [{"group": "ff3e::1", "filter": {"mode": "include", "sources": ["fd00::1"]}}],
+            "errors": [],
+            "routes": [{"source": "fd00::1", "group": "ff3e::1", "iif": "up0",
+                "oifs": ["br-lan"], "packets": 5}]
+        });
+        let t = render_proxy(&v);
+        assert!(t.contains("MLD proxy: upstream up0\n"), "{t}");
+        assert!(t.contains("downstream br-lan: we are the querier"), "{t}");
+        assert!(
+            t.contains("ff3e::1 EXCLUDE {}, last heard from fe80::9"),
+            "{t}"
+        );
+        assert!(
+            t.contains("joined upstream on up0: ff3e::1 INCLUDE {fd00::1}"),
+            "{t}"
+        );
+        assert!(
+            t.contains("route (fd00::1, ff3e::1) up0 -> br-lan  5 pkts"),
+            "{t}"
+        );
+    }
 }

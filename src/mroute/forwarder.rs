@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::MrouteError;
 use super::config::{Config, Iface, Resolution, Route};
 use super::kernel::{self, MAXVIFS, TTL_NOT_OUTPUT};
+use super::proxy::{self, Interest, Proxy, ProxyStatus};
 use super::sys::{Counters, Family, JoinSocket, RouteSocket, Upcall};
 
 /// Most (S,G) entries per family: learned and stop entries past this are not installed.
@@ -26,6 +27,8 @@ pub enum Origin {
     Learned,
     /// No route matched: an entry with no outputs so the kernel drops the group quietly.
     Stop,
+    /// The MLD proxy's: to the downstream interfaces whose listeners want it.
+    Proxy,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +169,15 @@ struct Share {
     refused: u64,
 }
 
+/// What the MLD proxy routes: packets that came in on one of `ifaces` (its upstream and
+/// downstreams) go to the downstreams whose listeners want them.
+#[derive(Debug, Clone, Default)]
+struct ProxyRoutes {
+    upstream: String,
+    ifaces: Vec<String>,
+    interest: Interest,
+}
+
 /// One family's routing socket and what the forwarder put into it.
 struct Table<K = RouteSocket> {
     sock: K,
@@ -175,6 +187,8 @@ struct Table<K = RouteSocket> {
     limits: Limits,
     shares: [Share; MAXVIFS],
     started: Instant,
+    /// IPv6 only: the proxy's routes, consulted where no template matches.
+    proxy: Option<ProxyRoutes>,
 }
 
 /// What a reload changed.
@@ -228,6 +242,9 @@ pub struct Status {
     /// Why not healthy: the interfaces without their VIF/MIF.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// The MLD proxy: downstream memberships, upstream joins, the routes it installed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -247,6 +264,7 @@ pub struct Forwarder {
     /// The configuration a reload replaced, freed after the reload has answered.
     retired: Option<Config>,
     limits: Limits,
+    proxy: Option<Proxy>,
 }
 
 impl Forwarder {
@@ -258,6 +276,7 @@ impl Forwarder {
                 joins: Vec::new(),
                 vifs: Vec::new(),
                 mifs: Vec::new(),
+                proxy: None,
                 ..config.clone()
             },
             v4: None,
@@ -265,6 +284,7 @@ impl Forwarder {
             joins: BTreeMap::new(),
             retired: None,
             limits: Limits::default(),
+            proxy: None,
         };
         let changes = f.apply(config)?;
         Ok((f, changes))
@@ -360,6 +380,7 @@ impl Forwarder {
                     limits: self.limits,
                     shares: [Share::default(); MAXVIFS],
                     started: Instant::now(),
+                    proxy: None,
                 });
             }
             if let Some(t) = slot.as_mut() {
@@ -378,11 +399,80 @@ impl Forwarder {
             }
         }
         self.sync_joins(&new, &mut ch);
+        let proxy_changed = new.proxy != self.config.proxy;
         self.retired = Some(std::mem::replace(&mut self.config, new));
         for t in [self.v4.as_mut(), self.v6.as_mut()].into_iter().flatten() {
             t.recount();
         }
+        if proxy_changed {
+            self.restart_proxy(&mut ch)?;
+        }
+        // Links may have changed: the upstream joins follow its interface.
+        self.proxy_changed_into(&mut ch)?;
         Ok(ch)
+    }
+
+    /// Stops the running proxy (its routes go, its upstream groups are left) and starts
+    /// the configured one.
+    fn restart_proxy(&mut self, ch: &mut Changes) -> Result<(), MrouteError> {
+        if let Some(old) = self.proxy.take() {
+            let ifaces = old.config().ifaces().cloned().collect();
+            drop(old);
+            if let Some(t) = self.v6.as_mut() {
+                t.proxy = Some(ProxyRoutes {
+                    upstream: String::new(),
+                    ifaces,
+                    interest: Interest::new(),
+                });
+                t.reproxy(&self.config, ch)?;
+                t.proxy = None;
+            }
+        }
+        if let Some(pc) = self.config.proxy.clone() {
+            let p = Proxy::start(pc.clone()).map_err(|source| MrouteError::Proxy {
+                op: format!(
+                    "starting the MLD proxy (upstream {}, downstream {})",
+                    pc.upstream,
+                    pc.downstream.join(" ")
+                ),
+                source,
+            })?;
+            self.proxy = Some(p);
+        }
+        Ok(())
+    }
+
+    /// The proxy's wake-up fd: readable when its downstream memberships may have changed.
+    pub fn proxy_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        self.proxy.as_ref().map(|p| p.wake_fd().as_raw_fd())
+    }
+
+    /// Reads the proxy's downstream memberships again: the upstream joins and the routes
+    /// follow them.
+    pub fn proxy_changed(&mut self) -> Result<Changes, MrouteError> {
+        let mut ch = Changes::default();
+        self.proxy_changed_into(&mut ch)?;
+        Ok(ch)
+    }
+
+    fn proxy_changed_into(&mut self, ch: &mut Changes) -> Result<(), MrouteError> {
+        let Some(p) = self.proxy.as_mut() else {
+            return Ok(());
+        };
+        let changed = p.refresh();
+        let routes = ProxyRoutes {
+            upstream: p.config().upstream.clone(),
+            ifaces: p.config().ifaces().cloned().collect(),
+            interest: p.interest().clone(),
+        };
+        if let Some(t) = self.v6.as_mut()
+            && (changed || t.proxy.is_none())
+        {
+            t.proxy = Some(routes);
+            t.reproxy(&self.config, ch)?;
+        }
+        Ok(())
     }
 
     fn sync_joins(&mut self, new: &Config, ch: &mut Changes) {
@@ -523,7 +613,35 @@ impl Forwarder {
                 }
             }
         }
+        let mut why: Vec<String> = Vec::new();
+        if !missing.is_empty() {
+            why.push(format!(
+                "no VIF/MIF in the kernel for {}",
+                missing.join(", ")
+            ));
+        }
+        if let Some(p) = &self.proxy {
+            for d in &p.status().downstream {
+                if !d.listening {
+                    why.push(format!(
+                        "{} (the MLD proxy does not listen there: {})",
+                        d.iface,
+                        d.error.as_deref().unwrap_or("starting")
+                    ));
+                }
+            }
+        }
+        let proxy = self.proxy.as_ref().map(|p| {
+            let mut st = p.status();
+            st.routes = entries
+                .iter()
+                .filter(|e| e.origin == Origin::Proxy)
+                .cloned()
+                .collect();
+            st
+        });
         Status {
+            proxy,
             table: self.config.table,
             expire: self.config.expire,
             vifs,
@@ -538,9 +656,8 @@ impl Forwarder {
                 })
                 .collect(),
             templates: self.config.routes.iter().filter(|r| !r.is_static()).count(),
-            healthy: missing.is_empty(),
-            why: (!missing.is_empty())
-                .then(|| format!("no VIF/MIF in the kernel for {}", missing.join(", "))),
+            healthy: why.is_empty(),
+            why: (!why.is_empty()).then(|| why.join("; ")),
         }
     }
 }
@@ -576,9 +693,49 @@ impl<K: RouteWrite> Table<K> {
         let name = self.vifs.get(iif as usize)?.as_ref()?.name.clone();
         let (ttls, origin, why) = match cfg.resolve(&name, s, g) {
             Resolution::Forward(r) => (self.ttls(&r.to), Origin::Learned, r.origin.clone()),
-            Resolution::Stop(why) => ([TTL_NOT_OUTPUT; MAXVIFS], Origin::Stop, why.into()),
+            Resolution::Stop(why) => match self.proxy_oifs(&name, s, g) {
+                Some(to) => (self.ttls(&to), Origin::Proxy, "mld proxy".into()),
+                None => ([TTL_NOT_OUTPUT; MAXVIFS], Origin::Stop, why.into()),
+            },
         };
         Some(Entry::new(iif, ttls, origin, why, self.generation))
+    }
+
+    /// The proxy's outputs for a packet of (S,G) from `iif`, when it has any.
+    fn proxy_oifs(&self, iif: &str, s: IpAddr, g: IpAddr) -> Option<Vec<(String, u8)>> {
+        let p = self.proxy.as_ref()?;
+        if !p.ifaces.iter().any(|i| i == iif) || super::config::is_link_local(s) {
+            return None;
+        }
+        let to: Vec<(String, u8)> = proxy::oifs(&p.interest, iif, s, g)
+            .into_iter()
+            .map(|o| (o, 1))
+            .collect();
+        (!to.is_empty()).then_some(to)
+    }
+
+    /// After the proxy's interest changed: its entries (and stop entries from its
+    /// interfaces) are resolved again, so routes follow joins and leaves.
+    fn reproxy(&mut self, cfg: &Config, ch: &mut Changes) -> Result<(), MrouteError> {
+        let Some(p) = &self.proxy else {
+            return Ok(());
+        };
+        let ifaces: Vec<u16> = p.ifaces.iter().filter_map(|i| self.vif_of(i)).collect();
+        self.generation += 1;
+        let generation = self.generation;
+        let keys: Vec<(IpAddr, IpAddr)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.origin != Origin::Configured && ifaces.contains(&e.iif))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut install = Install::default();
+        for k in keys {
+            self.recheck(k, cfg, generation, &mut install);
+        }
+        self.write(install, generation, ch)?;
+        self.recount();
+        Ok(())
     }
 
     fn install(&mut self, s: IpAddr, g: IpAddr, e: Entry) -> Result<(), std::io::Error> {
@@ -661,6 +818,17 @@ impl<K: RouteWrite> Table<K> {
             kernel::MSG_WRONGVIF => match existing {
                 // A configured entry stays as configured; the kernel counts wrong_if.
                 Some(e) if e.origin == Origin::Configured => return,
+                // A proxied (S,G) from the upstream stays so: the same packets looping
+                // back on a downstream never move it there.
+                Some(e)
+                    if e.origin == Origin::Proxy
+                        && self
+                            .proxy
+                            .as_ref()
+                            .is_some_and(|p| self.vif_of(&p.upstream) == Some(e.iif)) =>
+                {
+                    return;
+                }
                 _ => {}
             },
             _ => return,
@@ -849,6 +1017,22 @@ impl<K: RouteWrite> Table<K> {
             }
         }
         // 3. The kernel writes: replaced entries leave their old input first.
+        self.write(install, generation, ch)?;
+        ch.kept += self
+            .entries
+            .len()
+            .saturating_sub(ch.added + ch.changed - before);
+        Ok(())
+    }
+
+    /// Makes the kernel writes a sync decided: replaced entries leave their old input
+    /// first, then removals, then additions.
+    fn write(
+        &mut self,
+        install: Install,
+        generation: u64,
+        ch: &mut Changes,
+    ) -> Result<(), MrouteError> {
         for (s, g, iif) in install.leave {
             let _ = self.sock.del_mfc(s, g, iif);
         }
@@ -873,10 +1057,6 @@ impl<K: RouteWrite> Table<K> {
                 ch.added += 1;
             }
         }
-        ch.kept += self
-            .entries
-            .len()
-            .saturating_sub(ch.added + ch.changed - before);
         Ok(())
     }
 
@@ -938,6 +1118,9 @@ impl<K: RouteWrite> Table<K> {
             self.resolve(cfg, old.iif, s, g)
         };
         let old = self.entries.get_mut(&key).expect("present");
+        // The last listener of a proxied (S,G) left: its route goes (traffic that still
+        // comes makes a stop entry on its upcall, as for any unwanted group).
+        let new = new.filter(|e| !(old.origin == Origin::Proxy && e.origin == Origin::Stop));
         match new {
             Some(e) if e.iif == old.iif && e.ttls == old.ttls => {
                 old.generation = generation;
@@ -1060,6 +1243,7 @@ mod tests {
             firewall: None,
             snooping: vec![],
             state_dir: Default::default(),
+            proxy: None,
         }
     }
 
@@ -1083,6 +1267,7 @@ mod tests {
             limits: Limits::default(),
             shares: [Share::default(); MAXVIFS],
             started: Instant::now(),
+            proxy: None,
         };
         t.sync_entries(Family::Ipv4, cfg, Scope::Every, &mut Changes::default())
             .unwrap();
@@ -1156,6 +1341,105 @@ mod tests {
             .map(|(k, e)| (*k, (e.iif, e.ttls.to_vec(), e.origin, e.why.clone())))
             .collect();
         (ops, entries, [ch.added, ch.changed, ch.removed, ch.kept])
+    }
+
+    fn v6(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Only `a` (the upstream) and `b`, `c` (downstreams) are the proxy's; `d` is not.
+    fn proxied(interest: &[(&str, proxy::Filter)]) -> ProxyRoutes {
+        let mut i = Interest::new();
+        for (iface, f) in interest {
+            i.entry(v6("ff3e::1"))
+                .or_default()
+                .insert(iface.to_string(), f.clone());
+        }
+        ProxyRoutes {
+            upstream: "a".into(),
+            ifaces: vec!["a".into(), "b".into(), "c".into()],
+            interest: i,
+        }
+    }
+
+    fn nocache(vif: u16, s: &str) -> Upcall {
+        Upcall {
+            kind: kernel::MSG_NOCACHE,
+            vif,
+            source: v6(s),
+            group: v6("ff3e::1"),
+        }
+    }
+
+    fn oifs_of(t: &Table<Recorder>, s: &str) -> Option<(Origin, Vec<usize>)> {
+        t.entries.get(&(v6(s), v6("ff3e::1"))).map(|e| {
+            let o = (0..MAXVIFS).filter(|i| e.ttls[*i] != TTL_NOT_OUTPUT);
+            (e.origin, o.collect())
+        })
+    }
+
+    #[test]
+    fn proxy_routes_follow_the_downstream_listeners() {
+        let cfg = config(vec![]);
+        let mut t = table(&cfg, &[]);
+        t.proxy = Some(proxied(&[("b", proxy::Filter::any())]));
+        // From the upstream: to b only.
+        t.upcall(&cfg, nocache(0, "fd00::1"));
+        assert_eq!(oifs_of(&t, "fd00::1"), Some((Origin::Proxy, vec![1])));
+        // c joins for that source only: the entry is updated in place.
+        t.proxy = Some(proxied(&[
+            ("b", proxy::Filter::any()),
+            ("c", proxy::Filter::include([v6("fd00::1")])),
+        ]));
+        t.reproxy(&cfg, &mut Changes::default()).unwrap();
+        assert_eq!(oifs_of(&t, "fd00::1"), Some((Origin::Proxy, vec![1, 2])));
+        // The same (S,G) arriving on a downstream (WRONGVIF) does not move the route.
+        t.upcall(
+            &cfg,
+            Upcall {
+                kind: kernel::MSG_WRONGVIF,
+                ..nocache(1, "fd00::1")
+            },
+        );
+        assert_eq!(oifs_of(&t, "fd00::1"), Some((Origin::Proxy, vec![1, 2])));
+        assert_eq!(t.entries[&(v6("fd00::1"), v6("ff3e::1"))].iif, 0);
+        // d is not the proxy's: its packets are stopped.
+        t.upcall(&cfg, nocache(3, "fd00::9"));
+        assert_eq!(oifs_of(&t, "fd00::9"), Some((Origin::Stop, vec![])));
+        // The last listeners leave: the routes go.
+        t.sock.0.borrow_mut().clear();
+        t.proxy = Some(proxied(&[]));
+        t.reproxy(&cfg, &mut Changes::default()).unwrap();
+        assert_eq!(oifs_of(&t, "fd00::1"), None);
+        assert!(
+            t.sock
+                .0
+                .borrow()
+                .contains(&Op::DelMfc(v6("fd00::1"), v6("ff3e::1"), 0)),
+            "{:?}",
+            t.sock.0.borrow()
+        );
+        // A stop entry from the upstream becomes a route when a listener comes.
+        t.upcall(&cfg, nocache(0, "fd00::2"));
+        assert_eq!(oifs_of(&t, "fd00::2"), Some((Origin::Stop, vec![])));
+        t.proxy = Some(proxied(&[("c", proxy::Filter::any())]));
+        t.reproxy(&cfg, &mut Changes::default()).unwrap();
+        assert_eq!(oifs_of(&t, "fd00::2"), Some((Origin::Proxy, vec![2])));
+    }
+
+    #[test]
+    fn a_downstream_source_goes_to_the_other_downstreams_only() {
+        let cfg = config(vec![]);
+        let mut t = table(&cfg, &[]);
+        t.proxy = Some(proxied(&[
+            ("b", proxy::Filter::any()),
+            ("c", proxy::Filter::any()),
+        ]));
+        t.upcall(&cfg, nocache(1, "fd00::5"));
+        assert_eq!(oifs_of(&t, "fd00::5"), Some((Origin::Proxy, vec![2])));
+        // Link-local sources never leave their link.
+        t.upcall(&cfg, nocache(0, "fe80::5"));
+        assert_eq!(oifs_of(&t, "fe80::5"), Some((Origin::Stop, vec![])));
     }
 
     proptest! {

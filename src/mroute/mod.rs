@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod forwarder;
 pub mod kernel;
+pub mod proxy;
 pub mod run;
 pub mod smcroute;
 pub mod sys;
@@ -70,6 +71,8 @@ pub enum MrouteError {
         value: bool,
         msg: String,
     },
+    #[error("{op}: {source}")]
+    Proxy { op: String, source: std::io::Error },
     #[error("{op}: {source}")]
     Signal {
         op: &'static str,

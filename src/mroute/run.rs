@@ -204,6 +204,7 @@ fn event_loop(
     })?;
     loop {
         let upcall_fds = fwd.upcall_fds();
+        let proxy_fd = fwd.proxy_fd();
         let timeout = next_sweep.saturating_duration_since(Instant::now());
         let ready: Vec<bool> = {
             let mut fds = vec![
@@ -211,7 +212,7 @@ fn event_loop(
                 PollFd::new(control.wake.as_fd(), PollFlags::POLLIN),
                 PollFd::new(links.as_fd(), PollFlags::POLLIN),
             ];
-            for (_, fd) in &upcall_fds {
+            for fd in proxy_fd.iter().chain(upcall_fds.iter().map(|(_, fd)| fd)) {
                 // SAFETY: the forwarder owns these sockets and outlives this poll.
                 fds.push(PollFd::new(
                     unsafe { BorrowedFd::borrow_raw(*fd) },
@@ -234,9 +235,23 @@ fn event_loop(
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
                 .collect()
         };
+        let first_upcall = 3 + usize::from(proxy_fd.is_some());
         for (i, (fam, _)) in upcall_fds.iter().enumerate() {
-            if ready[3 + i] {
+            if ready[first_upcall + i] {
                 fwd.upcalls(*fam)?;
+            }
+        }
+        // The proxy's downstream memberships changed: upstream joins and routes follow.
+        if proxy_fd.is_some() && ready[3] {
+            match fwd.proxy_changed() {
+                Ok(ch) if ch.added + ch.changed + ch.removed > 0 => tracing::info!(
+                    "MLD proxy: {} routes added, {} changed, {} removed",
+                    ch.added,
+                    ch.changed,
+                    ch.removed
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("MLD proxy: {e}"),
             }
         }
         // An interface appeared, went or was re-created: VIFs and joins follow it.

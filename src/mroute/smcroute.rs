@@ -147,6 +147,7 @@ pub fn load_cached(
         firewall: None,
         snooping: Vec::new(),
         state_dir,
+        proxy: None,
     })
 }
 

@@ -31,7 +31,7 @@ fn load(path: &Path, state_dir: Option<PathBuf>) -> Result<Plan, ExitCode> {
     }
 }
 
-pub fn up(path: &Path, state_dir: Option<PathBuf>) -> ExitCode {
+pub fn up(path: &Path, state_dir: Option<PathBuf>, dad_wait: Duration) -> ExitCode {
     let mut plan = match load(path, state_dir) {
         Ok(p) => p,
         Err(c) => return c,
@@ -60,7 +60,7 @@ pub fn up(path: &Path, state_dir: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    ExitCode::from(runtime().block_on(super::up(plan, lock)))
+    ExitCode::from(runtime().block_on(super::up(plan, lock, dad_wait)))
 }
 
 pub fn down(path: &Path, state_dir: Option<PathBuf>) -> ExitCode {
@@ -215,6 +215,9 @@ fn status_text(v: &Value) -> String {
     for e in a["errors"].as_array().into_iter().flatten() {
         out.push_str(&format!("  error: {}\n", s(e)));
     }
+    for m in a["missing"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  missing: {}\n", s(m)));
+    }
     out.push_str("namespaces:\n");
     for n in v["namespaces"].as_array().into_iter().flatten() {
         out.push_str(&format!("  {:<20} {}\n", s(&n["name"]), s(&n["pin"])));
@@ -289,6 +292,9 @@ fn status_text(v: &Value) -> String {
     }
     if !v["mroute"].is_null() {
         out.push_str(&format!("mroute: {}\n", v["mroute"]));
+    }
+    if !v["mroute"]["proxy"].is_null() {
+        out.push_str(&crate::mroute::control::render_proxy(&v["mroute"]["proxy"]));
     }
     if let Some(w) = v["translate"]["open_to_anyone"].as_str() {
         out.push_str(&format!("translate: warning: {w}\n"));
@@ -530,7 +536,8 @@ mod tests {
     fn status_says_why_a_part_is_unhealthy_or_missing() {
         let v = serde_json::json!({
             "site": "lab", "pid": 1, "healthy": false, "uptime_ms": 0, "state_dir": "/run/x",
-            "addresses": {"state": "tentative", "pending": ["fd00::1 on v1 in n1"]},
+            "addresses": {"state": "tentative", "pending": ["fd00::1 on v1 in n1"],
+                          "missing": ["fd00::2/64 on v1 in n1: not on the link"]},
             "children": [
                 {"name": "mroute", "health": "unhealthy", "pid": 7, "restarts": 0,
                  "user": "appliance", "caps": ["CAP_NET_ADMIN", "CAP_NET_RAW"],
@@ -545,6 +552,7 @@ mod tests {
         assert!(t.contains("UNHEALTHY"), "{t}");
         assert!(t.contains("addresses: tentative"), "{t}");
         assert!(t.contains("still tentative: fd00::1"), "{t}");
+        assert!(t.contains("missing: fd00::2/64 on v1 in n1"), "{t}");
         assert!(t.contains("why: no VIF/MIF in the kernel for br-b"), "{t}");
         assert!(
             t.contains("missing") && t.contains("no part \"headend\""),

@@ -22,8 +22,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-/// How long `up` waits for duplicate address detection (the kernel takes 1–2 s).
-const DAD_WAIT: Duration = Duration::from_secs(10);
+/// How long `up` waits for duplicate address detection by default (the kernel takes 1–2 s
+/// with its defaults); `up --dad-wait` changes it.
+pub const DAD_WAIT: Duration = Duration::from_secs(10);
 
 use crate::apply::{self, Built, Record};
 use crate::plan::{Health, Plan};
@@ -251,6 +252,9 @@ struct Sup {
     spawner: spawner::Spawner,
     started: Instant,
     ready: bool,
+    /// How long duplicate address detection may take before an address still tentative
+    /// makes the site unhealthy.
+    dad_wait: Duration,
     /// None while duplicate address detection runs.
     settled: Option<apply::Settled>,
     last_status: String,
@@ -272,8 +276,9 @@ impl StopSignals {
     }
 }
 
-/// Runs `up` to the end: returns the exit code.
-pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
+/// Runs `up` to the end: returns the exit code. `dad_wait`: how long IPv6 duplicate
+/// address detection may take (see [`DAD_WAIT`]).
+pub async fn up(plan: Plan, lock: Flock<File>, dad_wait: Duration) -> u8 {
     let started = Instant::now();
     // First, while few fds are open: the PID namespace's init is a fork that keeps copies.
     let spawner = spawner::Spawner::start();
@@ -308,7 +313,7 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
         error!("{e}");
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    watch_dad(&plan, &built, &tx).await;
+    watch_dad(&plan, &built, &tx, dad_wait).await;
     if let Err(e) = control::serve(&plan.control_socket, tx.clone()) {
         error!("{e}");
     }
@@ -331,6 +336,7 @@ pub async fn up(plan: Plan, lock: Flock<File>) -> u8 {
         spawner,
         started,
         ready: false,
+        dad_wait,
         settled: None,
         last_status: String::new(),
     };
@@ -423,12 +429,12 @@ async fn undo_failed_build(plan: &Plan, lock: Flock<File>) {
 /// IPv6 addresses are unusable until duplicate address detection is done (a second or
 /// two): the site is not ready before, and an address another host has is reported. The
 /// loop hears the outcome as [`Msg::Settled`].
-async fn watch_dad(plan: &Plan, built: &Built, tx: &mpsc::UnboundedSender<Msg>) {
+async fn watch_dad(plan: &Plan, built: &Built, tx: &mpsc::UnboundedSender<Msg>, within: Duration) {
     match apply::dad_checks(plan, built).await {
         Ok(checks) => {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let s = apply::settle(checks, DAD_WAIT).await;
+                let s = apply::settle(checks, within).await;
                 let _ = tx.send(Msg::Settled(s));
             });
         }
@@ -749,17 +755,20 @@ impl Sup {
 
     fn settled(&mut self, s: apply::Settled) {
         for c in &s.conflicts {
-            error!("address conflict: {c}");
+            error!("address conflict: {c}: the site is not healthy and READY=1 is held back");
         }
         for e in &s.errors {
             error!("{e}: the site is not healthy and READY=1 is held back");
         }
         for p in &s.pending {
             error!(
-                "{p}: still tentative after {} s of duplicate address detection: the site is \
+                "{p}: still tentative after {:.1} s of duplicate address detection: the site is \
                  not healthy and READY=1 is held back",
-                DAD_WAIT.as_secs()
+                self.dad_wait.as_secs_f64()
             );
+        }
+        for m in &s.missing {
+            error!("{m}: the site is not healthy and READY=1 is held back");
         }
         self.settled = Some(s);
         self.after_change();
@@ -770,7 +779,10 @@ impl Sup {
     fn healthy(&self) -> bool {
         self.state.healthy()
             && self.settled.as_ref().is_some_and(|s| {
-                s.conflicts.is_empty() && s.pending.is_empty() && s.errors.is_empty()
+                s.conflicts.is_empty()
+                    && s.pending.is_empty()
+                    && s.errors.is_empty()
+                    && s.missing.is_empty()
             })
     }
 
@@ -850,8 +862,9 @@ impl Sup {
             "healthy": self.healthy(),
             "addresses": match &self.settled {
                 None => json!({"state": "duplicate address detection running"}),
-                Some(s) if !s.conflicts.is_empty() => json!({"state": "conflict", "conflicts": s.conflicts, "pending": s.pending, "errors": s.errors}),
-                Some(s) if !s.errors.is_empty() => json!({"state": "unknown", "errors": s.errors, "pending": s.pending}),
+                Some(s) if !s.conflicts.is_empty() => json!({"state": "conflict", "conflicts": s.conflicts, "pending": s.pending, "errors": s.errors, "missing": s.missing}),
+                Some(s) if !s.errors.is_empty() => json!({"state": "unknown", "errors": s.errors, "pending": s.pending, "missing": s.missing}),
+                Some(s) if !s.missing.is_empty() => json!({"state": "missing", "missing": s.missing, "pending": s.pending}),
                 Some(s) if !s.pending.is_empty() => json!({"state": "tentative", "pending": s.pending}),
                 Some(s) => json!({"state": "usable", "pending": s.pending}),
             },
