@@ -92,6 +92,18 @@ pub enum Command {
     },
     /// The multicast forwarder alone, from a site or an smcroute.conf.
     Mroute(MrouteArgs),
+    /// FRR's configuration push and health (run by `up` in FRR's mount space).
+    Frr {
+        site: PathBuf,
+        /// The state dir: FRR's directories are its frr/, the control socket (frr.sock) is
+        /// in its parts/; default the site's.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// FRR is the system's (frr.service, whose watchfrr pushes the configuration):
+        /// only observe.
+        #[arg(long)]
+        system: bool,
+    },
     /// The monitoring relay alone.
     Monitor {
         site: PathBuf,
@@ -217,6 +229,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Translate(args) => translate(&args),
         Command::Monitor { site, state_dir } => monitor(&site, state_dir),
         Command::Headend { site, state_dir } => headend(&site, state_dir),
+        Command::Frr {
+            site,
+            state_dir,
+            system,
+        } => frr(&site, state_dir, system),
     }
 }
 
@@ -313,6 +330,29 @@ fn headend(path: &std::path::Path, state_dir: Option<PathBuf>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("appliance headend: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn frr(path: &std::path::Path, state_dir: Option<PathBuf>, system: bool) -> ExitCode {
+    let loaded = match site::load(path) {
+        Ok(l) => l,
+        Err(errors) => return invalid(&errors),
+    };
+    let site = loaded.site.with_state_dir(state_dir);
+    let p = plan::plan(&site, &loaded.path);
+    let Some(f) = p.routing.and_then(|r| r.frr) else {
+        eprintln!(
+            "appliance frr: {} has no [routing] with engine = \"frr\"; nothing to do",
+            path.display()
+        );
+        return ExitCode::from(EXIT_INVALID);
+    };
+    match crate::frr::main(&f, system) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("appliance frr: {e}");
             ExitCode::FAILURE
         }
     }

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod cli;
 pub mod exit;
 pub mod firewall;
+pub mod frr;
 pub mod headend;
 pub mod jsonl;
 pub mod mac;

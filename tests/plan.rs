@@ -215,4 +215,19 @@ fn an_access_router_plans_frr_and_the_mld_proxy() {
     assert!(p.children.iter().any(|c| c.name == "mroute"));
     let text = p.to_string();
     assert!(text.contains("MLD proxy (RFC 4605): upstream up0, downstream br-lan"));
+    // FRR's daemons and the frr part are children in FRR's mount space, argv printed.
+    for d in ["zebra", "staticd", "pimd"] {
+        assert!(
+            text.contains(&format!(
+                "$ /usr/lib/frr/{d} -u frr -g frr -A 127.0.0.1 -P 0 --vty_socket /run/frr --log stdout"
+            )),
+            "{text}"
+        );
+    }
+    assert!(text.contains("frr                in mount space frr; as appliance with group frrvty; caps none; after zebra, staticd, pimd"), "{text}");
+    assert!(
+        text.contains("bind /run/appliance/floor1/frr/run over /run/frr"),
+        "{text}"
+    );
+    assert_eq!(p.mount_spaces.len(), 1);
 }

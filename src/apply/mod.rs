@@ -4,6 +4,7 @@
 //! keeps going after errors and reports them all.
 
 pub mod host;
+mod owned;
 pub mod record;
 
 use std::collections::{BTreeSet, HashMap};
@@ -72,6 +73,9 @@ pub async fn build(plan: &Plan, rec: &mut Record) -> Result<Built, ApplyError> {
     for n in &plan.namespaces {
         spaces.insert(n.name.clone(), build_namespace(n, plan, rec).await?);
     }
+    for m in &plan.mount_spaces {
+        spaces.insert(m.name.clone(), build_mount_space(m, plan, rec)?);
+    }
     for v in &plan.veths {
         let space = spaces
             .get(&v.netns)
@@ -119,7 +123,12 @@ async fn build_namespace(
     Record::add(&mut rec.netns, n.pin.clone());
     save(rec, plan)?;
     let (net, made) = ns::create_netns(&n.name)?;
-    let private = ns::create_private(&n.name, &n.hostname, n.mounts.clone(), n.files.clone())?;
+    let private = ns::create_private(
+        &n.name,
+        Some(&n.hostname),
+        n.mounts.clone(),
+        n.files.clone(),
+    )?;
     let nl = Netlink::in_netns(&net, &n.name)?;
     if let Some(lo) = nl.index("lo").await? {
         nl.set_up(lo, "lo").await?;
@@ -144,6 +153,48 @@ async fn build_namespace(
         net,
         mnt: private.mnt,
         uts: private.uts,
+    })
+}
+
+/// Makes one mount space: its directories and files on the host (recorded first, so
+/// `down` removes them after a crash), then a private mount namespace with its binds, in
+/// the host's network and UTS namespaces.
+fn build_mount_space(
+    m: &crate::plan::MountSpace,
+    plan: &Plan,
+    rec: &mut Record,
+) -> Result<Space, ApplyError> {
+    if let Some(top) = m.dirs.first() {
+        Record::add(&mut rec.dirs, top.path.clone());
+        save(rec, plan)?;
+    }
+    for d in &m.dirs {
+        owned::dir(&d.path, &d.user, &d.group, d.mode).map_err(ApplyError::Host)?;
+    }
+    for f in &m.files {
+        owned::file(&f.path, &f.user, &f.group, f.mode, &f.contents).map_err(ApplyError::Host)?;
+    }
+    let private = ns::create_private(&m.name, None, m.mounts.clone(), vec![])?;
+    let open =
+        |kind: &str| ns::open(Path::new(&format!("/proc/self/ns/{kind}"))).map_err(ApplyError::Ns);
+    info!(
+        "mount space {} ({}): {}",
+        m.name,
+        m.owner,
+        m.mounts
+            .iter()
+            .map(|x| match x {
+                crate::plan::Mount::Bind { source, target } => format!("{source} over {target}"),
+                crate::plan::Mount::Tmpfs { target, .. } => format!("tmpfs {target}"),
+                crate::plan::Mount::Overlay { target, .. } => format!("overlay {target}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Space {
+        net: open("net")?,
+        mnt: private.mnt,
+        uts: open("uts")?,
     })
 }
 
@@ -534,6 +585,27 @@ pub async fn teardown(site: &str, plan: Option<&Plan>, state_dir: &Path) -> Vec<
         );
     } else if !netns.is_empty() {
         info!("namespaces and their veths removed: {}", netns.len());
+    }
+    // The mount spaces' directories (their binds went with their namespaces): only
+    // inside the site's own state directory.
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    if let Some(p) = plan {
+        dirs.extend(
+            p.mount_spaces
+                .iter()
+                .filter_map(|m| m.dirs.first())
+                .map(|d| d.path.clone()),
+        );
+    }
+    if let Some(r) = &rec {
+        dirs.extend(r.dirs.iter().cloned());
+    }
+    for d in dirs.iter().filter(|d| own_dir && d.starts_with(state_dir)) {
+        match std::fs::remove_dir_all(d) {
+            Ok(()) => info!("{}: removed", d.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("removing {}: {e}", d.display())),
+        }
     }
     let mnt = state_dir.join("mnt");
     if own_dir && mnt.exists() {

@@ -37,6 +37,9 @@ pub struct Record {
     /// transaction.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// Directories `up` made for mount spaces (under the state directory), removed whole.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
 }
 
 pub const FILE: &str = "state.json";
@@ -166,6 +169,13 @@ impl Record {
     pub fn remove(state_dir: &Path) {
         if let Ok(dir) = open_dir(state_dir) {
             let _ = unlinkat(&dir, FILE, UnlinkatFlags::NoRemoveDir);
+            // A save a crash cut short (between its write and its rename): the object it
+            // was about to record was not made yet.
+            let _ = unlinkat(
+                &dir,
+                format!("{FILE}.tmp").as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
             let _ = nix::unistd::fsync(&dir);
         }
     }
@@ -233,6 +243,16 @@ mod tests {
             &text[..text.len() / 2]
         );
         assert!(!d.join(FILE).exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn remove_takes_a_save_a_crash_cut_short_too() {
+        let d = dir();
+        Record::default().save(&d).unwrap();
+        std::fs::write(d.join(format!("{FILE}.tmp")), "{").unwrap();
+        Record::remove(&d);
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

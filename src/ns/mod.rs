@@ -168,24 +168,29 @@ pub struct Private {
 
 /// Creates a private mount namespace (a slave of the host's: host unmounts reach it, its
 /// own mounts stay inside) set up with `mounts` and `files`, and a UTS namespace with
-/// `hostname`. `label` names them in messages. They live as long as the fds or a process
-/// inside them.
+/// `hostname` (None: no UTS namespace of its own; `uts` is the caller's). `label` names
+/// them in messages. They live as long as the fds or a process inside them.
 ///
 /// They are held by fd, not bind-mounted under the state dir: on this kernel (6.18)
 /// binding a mount namespace file fails with EINVAL now and then (its loop check compares
 /// namespace ids, which do not follow creation order across CPUs).
 pub fn create_private(
     label: &str,
-    hostname: &str,
+    hostname: Option<&str>,
     mounts: Vec<Mount>,
     files: Vec<FileSpec>,
 ) -> Result<Private, NsError> {
     let l = label.to_string();
-    let host = hostname.to_string();
+    let host = hostname.map(str::to_string);
     on_thread(label, move || {
-        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
-            .map_err(sys("unsharing mount and UTS namespaces for", &l))?;
-        nix::unistd::sethostname(&host).map_err(sys("setting host name", &host))?;
+        let flags = match host {
+            Some(_) => CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS,
+            None => CloneFlags::CLONE_NEWNS,
+        };
+        unshare(flags).map_err(sys("unsharing mount and UTS namespaces for", &l))?;
+        if let Some(host) = &host {
+            nix::unistd::sethostname(host).map_err(sys("setting host name", host))?;
+        }
         mount(
             None::<&str>,
             "/",
@@ -233,6 +238,10 @@ fn apply_mount(m: &Mount) -> Result<(), NsError> {
             }
         }
         Mount::Bind { source, target } => {
+            // A mount point the host lacks (FRR makes /var/tmp/frr only once it runs).
+            if !Path::new(target).exists() && Path::new(source).is_dir() {
+                std::fs::create_dir_all(target).map_err(io("creating mount point", target))?;
+            }
             mount(
                 Some(source.as_str()),
                 target.as_str(),

@@ -37,6 +37,10 @@ pub struct Plan {
     pub parts_dir: PathBuf,
     pub bridges: Vec<Bridge>,
     pub namespaces: Vec<Namespace>,
+    /// Private mount namespaces in the host's network namespace (FRR's `/run/frr` and
+    /// `/etc/frr`); children name one as their `netns`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mount_spaces: Vec<MountSpace>,
     pub veths: Vec<VethPair>,
     pub children: Vec<Child>,
     pub sysctls: Vec<Sysctl>,
@@ -91,6 +95,41 @@ pub struct Namespace {
     pub mounts: Vec<Mount>,
     /// Files written inside the private mounts.
     pub files: Vec<FileSpec>,
+}
+
+/// A private mount namespace that keeps the host's network (and UTS) namespace: its
+/// children see `mounts`, everything else the host's files. `up` makes `dirs` and writes
+/// `files` on the host first (they are the sources of the binds), and removes `dirs` in
+/// `down`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MountSpace {
+    pub name: String,
+    /// The part of the site it serves, for messages.
+    pub owner: String,
+    /// Made in this order (parents first), owned and with the mode given.
+    pub dirs: Vec<OwnedPath>,
+    pub files: Vec<OwnedFile>,
+    /// Bind mounts only; a missing target directory is made.
+    pub mounts: Vec<Mount>,
+}
+
+/// A directory `up` makes on the host for a mount space, owned by `user:group`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OwnedPath {
+    pub path: PathBuf,
+    pub user: String,
+    pub group: String,
+    pub mode: u32,
+}
+
+/// A file `up` writes on the host for a mount space, owned by `user:group`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OwnedFile {
+    pub path: PathBuf,
+    pub user: String,
+    pub group: String,
+    pub mode: u32,
+    pub contents: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -172,7 +211,8 @@ pub struct Child {
     pub name: String,
     pub program: Program,
     pub argv: Vec<String>,
-    /// Network namespace to run in (with its private mounts); None = the host's.
+    /// Network namespace to run in (with its private mounts), or a [`MountSpace`] (the
+    /// host's network, private mounts); None = the host's.
     pub netns: Option<String>,
     /// Capabilities it keeps; every other one is dropped before exec. A child with a
     /// `user` keeps them as ambient capabilities across its switch to that user.
@@ -181,6 +221,10 @@ pub struct Child {
     /// `NoNewPrivs`); None: it starts as root and switches user itself, if at all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Supplementary groups it keeps as `user` (every other one is cleared): FRR's
+    /// `frrvty` to reach the daemons' vty sockets.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub groups: Vec<String>,
     /// Children that must be running before this one starts, and that restart it when they do.
     pub after: Vec<String>,
     /// Children whose restart restarts this one too, once they run again, without holding
@@ -411,6 +455,7 @@ pub fn plan(site: &Site, site_file: &Path) -> Plan {
             state_dir,
             bridges: Vec::new(),
             namespaces: Vec::new(),
+            mount_spaces: Vec::new(),
             veths: Vec::new(),
             children: Vec::new(),
             sysctls: Vec::new(),
@@ -550,6 +595,7 @@ impl Builder<'_> {
                 netns: Some(netns.clone()),
                 caps: caps(&avahi::CAPS),
                 user: None,
+                groups: vec![],
                 after: vec![dbus],
                 refresh_on: vec![],
                 restart: RestartPolicy::default(),
@@ -576,6 +622,7 @@ impl Builder<'_> {
                     netns: Some(netns),
                     caps: caps(&["CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]),
                     user: None,
+                    groups: vec![],
                     after: vec![],
                     refresh_on: vec![],
                     restart: RestartPolicy::default(),
@@ -646,6 +693,7 @@ impl Builder<'_> {
                 netns: Some(netns),
                 caps: caps(&avahi::CAPS),
                 user: None,
+                groups: vec![],
                 after: vec![],
                 refresh_on: vec![],
                 restart: RestartPolicy::default(),
@@ -865,6 +913,11 @@ impl Builder<'_> {
             Some(r),
             !self.plan.multicast.vifs.is_empty(),
         );
+        if let Some(frr) = self.plan.routing.as_ref().and_then(|r| r.frr.as_ref()) {
+            self.plan.mount_spaces.push(routing::mount_space(frr));
+            let children = routing::children(frr, &self.plan.site_file, &self.plan.state_dir);
+            self.plan.children.extend(children);
+        }
     }
 
     fn headend(&mut self) {
@@ -1057,6 +1110,7 @@ fn dbus_child(name: &str, netns: &str) -> Child {
         // It switches to the messagebus user after binding its socket.
         caps: caps(&["CAP_SETGID", "CAP_SETUID"]),
         user: None,
+        groups: vec![],
         after: vec![],
         refresh_on: vec![],
         restart: RestartPolicy::default(),
@@ -1081,6 +1135,7 @@ fn self_child(role: &str, argv: Vec<String>, kept: &[&str]) -> Child {
         netns: None,
         caps: caps(kept),
         user: Some(PARTS_USER.into()),
+        groups: vec![],
         after: vec![],
         refresh_on: vec![],
         restart: RestartPolicy::default(),

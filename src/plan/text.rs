@@ -11,6 +11,7 @@ impl Display for Plan {
         writeln!(f, "control socket {}", self.control_socket.display())?;
         interfaces(self, f)?;
         namespaces(self, f)?;
+        mount_spaces(self, f)?;
         veths(self, f)?;
         children(self, f)?;
         multicast(self, f)?;
@@ -97,6 +98,48 @@ fn namespaces(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
     Ok(())
 }
 
+/// Each mount space: the host's network, private binds.
+fn mount_spaces(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
+    if p.mount_spaces.is_empty() {
+        return Ok(());
+    }
+    section(f, "mount spaces", p.mount_spaces.len())?;
+    for m in &p.mount_spaces {
+        writeln!(
+            f,
+            "  {} ({}): the host's network, private mounts (held by the supervisor):",
+            m.name, m.owner
+        )?;
+        for d in &m.dirs {
+            writeln!(
+                f,
+                "    dir {} ({}:{}, mode {:04o})",
+                d.path.display(),
+                d.user,
+                d.group,
+                d.mode
+            )?;
+        }
+        for file in &m.files {
+            writeln!(
+                f,
+                "    file {} ({}:{}, mode {:04o}, {} bytes)",
+                file.path.display(),
+                file.user,
+                file.group,
+                file.mode,
+                file.contents.len()
+            )?;
+        }
+        for x in &m.mounts {
+            if let Mount::Bind { source, target } = x {
+                writeln!(f, "    bind {source} over {target}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The veth pairs, their MACs and addresses.
 fn veths(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
     section(f, "veth pairs", p.veths.len())?;
@@ -122,10 +165,13 @@ fn veths(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
 fn children(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
     section(f, "children", p.children.len())?;
     for c in &p.children {
-        let place = c
-            .netns
-            .as_ref()
-            .map_or("host".to_string(), |n| format!("netns {n}"));
+        let place = c.netns.as_ref().map_or("host".to_string(), |n| {
+            if p.mount_spaces.iter().any(|m| &m.name == n) {
+                format!("mount space {n}")
+            } else {
+                format!("netns {n}")
+            }
+        });
         let caps = if c.caps.is_empty() {
             "none".to_string()
         } else {
@@ -135,7 +181,16 @@ fn children(p: &Plan, f: &mut Formatter<'_>) -> fmt::Result {
             .user
             .as_deref()
             .unwrap_or("root (switches user itself, if at all)");
-        write!(f, "  {:<18} in {place}; as {user}; caps {caps}", c.name)?;
+        let groups = if c.groups.is_empty() {
+            String::new()
+        } else {
+            format!(" with group {}", c.groups.join(","))
+        };
+        write!(
+            f,
+            "  {:<18} in {place}; as {user}{groups}; caps {caps}",
+            c.name
+        )?;
         if !c.after.is_empty() {
             write!(f, "; after {}", c.after.join(", "))?;
         }

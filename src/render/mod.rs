@@ -97,8 +97,17 @@ pub const SUPERVISOR_CAPS: [&str; 7] = [
     "CAP_SYS_PTRACE",
 ];
 
+/// The plan as the rendered unit's `up` runs it: with `engine = "frr"` the drop-in sets
+/// `APPLIANCE_FRR=system`, so FRR's daemons are frr.service's, not the site's children.
+pub fn as_the_unit_runs_it(plan: &Plan) -> Plan {
+    let mut p = plan.clone();
+    crate::plan::routing::leave_frr_to_the_system(&mut p);
+    p
+}
+
 /// Everything the site needs, as files at their paths in an image root.
 pub fn render(plan: &Plan, site_toml: &str) -> Tree {
+    let plan = &as_the_unit_runs_it(plan);
     let mut t = Tree::new();
     let site = plan.site.as_str();
     let unit = format!("appliance@{site}.service");
@@ -449,7 +458,7 @@ mod tests {
         let rel = "tests/sites/access-router.toml";
         let s = crate::site::parse(rel, include_str!("../../tests/sites/access-router.toml"))
             .expect("valid");
-        let plan = crate::plan::plan(&s, Path::new(rel));
+        let plan = as_the_unit_runs_it(&crate::plan::plan(&s, Path::new(rel)));
         assert!(
             plan.children
                 .iter()

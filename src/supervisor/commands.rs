@@ -32,10 +32,19 @@ fn load(path: &Path, state_dir: Option<PathBuf>) -> Result<Plan, ExitCode> {
 }
 
 pub fn up(path: &Path, state_dir: Option<PathBuf>, dad_wait: Duration) -> ExitCode {
-    let plan = match load(path, state_dir) {
+    let mut plan = match load(path, state_dir) {
         Ok(p) => p,
         Err(c) => return c,
     };
+    if plan.routing.as_ref().is_some_and(|r| r.frr.is_some())
+        && std::env::var(plan::routing::FRR_ENV).as_deref() == Ok("system")
+    {
+        tracing::info!(
+            "{}=system: FRR's daemons are the system's (frr.service); up runs only the frr part",
+            plan::routing::FRR_ENV
+        );
+        plan::routing::leave_frr_to_the_system(&mut plan);
+    }
     let problems = super::preflight(&plan);
     if !problems.is_empty() {
         for p in &problems {
@@ -213,6 +222,19 @@ fn status_text(v: &Value) -> String {
     for n in v["namespaces"].as_array().into_iter().flatten() {
         out.push_str(&format!("  {:<20} {}\n", s(&n["name"]), s(&n["pin"])));
     }
+    for m in v["mount_spaces"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<20} the host's network, private mounts: {}\n",
+            s(&m["name"]),
+            m["binds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     out.push_str("veths:\n");
     for n in v["veths"].as_array().into_iter().flatten() {
         out.push_str(&format!(
@@ -279,6 +301,100 @@ fn status_text(v: &Value) -> String {
     }
     if !v["headend"].is_null() {
         out.push_str(&headend_text(&v["headend"]));
+    }
+    if !v["routing"].is_null() {
+        out.push_str(&routing_text(&v["routing"]));
+    }
+    out
+}
+
+/// What FRR says (the `frr` part's status): daemons, configuration, PIM neighbours, the
+/// (S,G) and (*,G) state, IGMP groups.
+fn routing_text(r: &Value) -> String {
+    if let Some(e) = r["error"].as_str() {
+        return format!("routing (FRR): {e}\n");
+    }
+    let list = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    let mut out = format!(
+        "routing (FRR): {}{}\n",
+        if r["healthy"] == true {
+            "healthy"
+        } else {
+            "unhealthy"
+        },
+        r["why"]
+            .as_str()
+            .map(|w| format!(" ({})", esc(w)))
+            .unwrap_or_default()
+    );
+    let daemons: Vec<String> = r["daemons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let ok = if d["answers"] == true {
+                "answers"
+            } else {
+                "silent"
+            };
+            format!("{} {ok}", s(&d["name"]))
+        })
+        .collect();
+    out.push_str(&format!(
+        "  daemons: {}; configuration pushed {} time(s)\n",
+        daemons.join(", "),
+        r["pushes"]
+    ));
+    out.push_str(&format!(
+        "  PIM on: {}; IGMP on: {}\n",
+        list(&r["pim_interfaces"]).join(" "),
+        list(&r["igmp_interfaces"]).join(" ")
+    ));
+    for rp in r["rps"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  RP {} for {}\n",
+            s(&rp["address"]),
+            s(&rp["group"])
+        ));
+    }
+    let neighbors = r["neighbors"].as_array().cloned().unwrap_or_default();
+    if neighbors.is_empty() {
+        out.push_str("  no PIM neighbours\n");
+    }
+    for n in neighbors {
+        out.push_str(&format!(
+            "  neighbour {} on {} (up {})\n",
+            s(&n["address"]),
+            s(&n["interface"]),
+            n["uptime"].as_str().unwrap_or("?")
+        ));
+    }
+    for m in r["mroutes"].as_array().into_iter().flatten() {
+        let source = m["source"].as_str().unwrap_or("*");
+        out.push_str(&format!(
+            "  ({source}, {}) in {} -> {}{}\n",
+            s(&m["group"]),
+            m["iif"].as_str().unwrap_or("?"),
+            list(&m["oil"]).join(" "),
+            if m["installed"] == true {
+                ""
+            } else {
+                " (not installed)"
+            }
+        ));
+    }
+    for g in r["igmp_groups"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  IGMP receivers of {} on {}\n",
+            s(&g["group"]),
+            s(&g["interface"])
+        ));
     }
     out
 }
@@ -369,6 +485,35 @@ fn headend_text(h: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_shows_what_frr_says() {
+        let v = serde_json::json!({"site": "b", "healthy": false, "children": [],
+            "mount_spaces": [{"name": "frr", "binds": ["/s/frr/run over /run/frr"]}],
+            "routing": {"healthy": false, "why": "pimd: its vty socket is not there yet",
+                "daemons": [{"name": "zebra", "answers": true}, {"name": "pimd", "answers": false}],
+                "pushes": 2, "pim_interfaces": ["b-a", "b-r1"], "igmp_interfaces": ["b-r1"],
+                "rps": [{"address": "10.0.0.1", "group": "239.0.0.0/8"}],
+                "neighbors": [{"interface": "b-a", "address": "10.0.0.1", "uptime": "00:00:42"}],
+                "mroutes": [
+                    {"source": null, "group": "239.1.2.3", "iif": "b-a", "oil": ["b-r1"], "installed": true},
+                    {"source": "10.1.0.2", "group": "239.1.2.3", "iif": "b-a", "oil": ["b-r1"], "installed": false}],
+                "igmp_groups": [{"interface": "b-r1", "group": "239.1.2.3"}]}});
+        let t = status_text(&v);
+        for line in [
+            "frr                  the host's network, private mounts: /s/frr/run over /run/frr",
+            "routing (FRR): unhealthy (pimd: its vty socket is not there yet)",
+            "daemons: zebra answers, pimd silent; configuration pushed 2 time(s)",
+            "PIM on: b-a b-r1; IGMP on: b-r1",
+            "RP 10.0.0.1 for 239.0.0.0/8",
+            "neighbour 10.0.0.1 on b-a (up 00:00:42)",
+            "(*, 239.1.2.3) in b-a -> b-r1\n",
+            "(10.1.0.2, 239.1.2.3) in b-a -> b-r1 (not installed)",
+            "IGMP receivers of 239.1.2.3 on b-r1",
+        ] {
+            assert!(t.contains(line), "{line:?} not in:\n{t}");
+        }
+    }
 
     #[test]
     fn status_says_when_the_translator_is_open_to_anyone() {

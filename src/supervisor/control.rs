@@ -84,6 +84,10 @@ async fn answer(cmd: &str, tx: &mpsc::UnboundedSender<Msg>, dir: &Path) -> Value
             if headend.exists() {
                 v["headend"] = ask_status(&headend).await;
             }
+            let frr = parts.join(crate::plan::routing::PART_SOCKET);
+            if frr.exists() {
+                v["routing"] = ask_status(&frr).await;
+            }
             v
         }
         "services" => {

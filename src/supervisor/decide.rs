@@ -423,6 +423,7 @@ mod tests {
             netns: None,
             caps: vec![],
             user: None,
+            groups: vec![],
             after: after.iter().map(|s| s.to_string()).collect(),
             refresh_on: vec![],
             restart: RestartPolicy::default(),

@@ -139,10 +139,35 @@ pub fn preflight(plan: &Plan) -> Vec<String> {
         }
     }
     for c in &plan.children {
-        if c.program != crate::plan::Program::External || !seen.insert(c.argv[0].clone()) {
+        for g in &c.groups {
+            if users.insert(format!("group {g}"))
+                && !matches!(nix::unistd::Group::from_name(g), Ok(Some(_)))
+            {
+                problems.push(format!(
+                    "group {g} (for {}) does not exist: scripts/install-deps installs the \
+                     package that makes it",
+                    c.name
+                ));
+            }
+        }
+    }
+    // The frr part pushes FRR's configuration with vtysh.
+    let vtysh = plan
+        .routing
+        .as_ref()
+        .is_some_and(|r| r.frr.is_some())
+        .then(|| ("vtysh".to_string(), crate::plan::routing::PART.to_string()));
+    let programs = plan
+        .children
+        .iter()
+        .filter(|c| c.program == crate::plan::Program::External)
+        .map(|c| (c.argv[0].clone(), c.name.clone()))
+        .chain(vtysh);
+    for (program, name) in programs {
+        if !seen.insert(program.clone()) {
             continue;
         }
-        let p = Path::new(&c.argv[0]);
+        let p = Path::new(&program);
         let found = if p.is_absolute() {
             p.is_file()
         } else {
@@ -150,19 +175,21 @@ pub fn preflight(plan: &Plan) -> Vec<String> {
         };
         if !found {
             problems.push(format!(
-                "{} (for {}) is not installed or not on PATH",
-                c.argv[0], c.name
+                "{program} (for {name}) is not installed or not on PATH"
             ));
         }
-        let user = match c.argv[0].as_str() {
+        let user = match program.as_str() {
             "avahi-daemon" => Some("avahi"),
             "dbus-daemon" => Some("messagebus"),
+            d if d.starts_with(crate::plan::routing::FRR_BIN) => {
+                Some(crate::plan::routing::FRR_USER)
+            }
             _ => None,
         };
         if let Some(u) = user
             && !matches!(nix::unistd::User::from_name(u), Ok(Some(_)))
         {
-            problems.push(format!("user {u} (for {}) does not exist", c.argv[0]));
+            problems.push(format!("user {u} (for {program}) does not exist"));
         }
     }
     problems
@@ -844,6 +871,13 @@ impl Sup {
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "namespaces": self.plan.namespaces.iter().map(|n| json!({
                 "name": n.name, "kind": n.kind, "pin": n.pin, "mounts": n.mount_pin,
+            })).collect::<Vec<_>>(),
+            "mount_spaces": self.plan.mount_spaces.iter().map(|m| json!({
+                "name": m.name, "owner": m.owner,
+                "binds": m.mounts.iter().filter_map(|x| match x {
+                    crate::plan::Mount::Bind { source, target } => Some(format!("{source} over {target}")),
+                    _ => None,
+                }).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "veths": self.plan.veths.iter().map(|v| json!({
                 "host": v.host, "bridge": v.bridge, "netns": v.netns, "peer": v.peer,

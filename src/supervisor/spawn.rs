@@ -26,14 +26,24 @@ pub enum SpawnError {
     NoNamespace { name: String, netns: String },
     #[error("starting {name}: user {user} does not exist (scripts/install-deps creates it)")]
     NoUser { name: String, user: String },
+    #[error("starting {name}: group {group} does not exist (scripts/install-deps creates it)")]
+    NoGroup { name: String, group: String },
+    #[error("starting {name}: more than {MAX_GROUPS} supplementary groups")]
+    TooManyGroups { name: String },
 }
 
-/// Who a child becomes before exec: uid, gid, and the capabilities it keeps (a bit mask
-/// of indexes) as ambient ones.
+/// The most supplementary groups a child keeps (a fixed array: nothing is allocated
+/// between fork and exec).
+const MAX_GROUPS: usize = 8;
+
+/// Who a child becomes before exec: uid, gid, its supplementary groups (the first
+/// `ngroups`), and the capabilities it keeps (a bit mask of indexes) as ambient ones.
 #[derive(Debug, Clone, Copy)]
 struct Identity {
     uid: libc::uid_t,
     gid: libc::gid_t,
+    groups: [libc::gid_t; MAX_GROUPS],
+    ngroups: usize,
     keep: u64,
 }
 
@@ -59,9 +69,28 @@ fn become_of(c: &Child) -> Result<Option<Identity>, SpawnError> {
         })?;
         keep |= 1 << cap.index();
     }
+    if c.groups.len() > MAX_GROUPS {
+        return Err(SpawnError::TooManyGroups {
+            name: c.name.clone(),
+        });
+    }
+    let mut groups = [0; MAX_GROUPS];
+    for (i, g) in c.groups.iter().enumerate() {
+        groups[i] = match nix::unistd::Group::from_name(g) {
+            Ok(Some(g)) => g.gid.as_raw(),
+            _ => {
+                return Err(SpawnError::NoGroup {
+                    name: c.name.clone(),
+                    group: g.clone(),
+                });
+            }
+        };
+    }
     Ok(Some(Identity {
         uid: u.uid.as_raw(),
         gid: u.gid.as_raw(),
+        groups,
+        ngroups: c.groups.len(),
         keep,
     }))
 }
@@ -115,17 +144,18 @@ fn set_caps(keep: u64) -> bool {
     unsafe { libc::syscall(libc::SYS_capset, &mut head, data.as_ptr()) == 0 }
 }
 
-/// Becomes `b` (between fork and exec, async-signal-safe): supplementary groups cleared,
+/// Becomes `b` (between fork and exec, async-signal-safe): supplementary groups set to
+/// `b.groups` (none for most),
 /// gid and uid switched (real, effective, saved) while the permitted set is kept, then
 /// `b.keep` raised as ambient capabilities (they survive exec into a non-root program),
 /// `NoNewPrivs` set, and the parent-death signal set again (a credential change clears it).
 fn become_user(b: Identity) -> std::io::Result<()> {
     let fail = || Err(std::io::Error::last_os_error());
-    // SAFETY: prctl and the set*id/setgroups calls take plain integers (setgroups with a
-    // count of 0 reads nothing); all are async-signal-safe.
+    // SAFETY: prctl and the set*id calls take plain integers; setgroups reads `ngroups`
+    // (at most MAX_GROUPS) gids from the array `b` holds; all are async-signal-safe.
     unsafe {
         if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
-            || libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgroups(b.ngroups, b.groups.as_ptr()) != 0
             || libc::setresgid(b.gid, b.gid, b.gid) != 0
             || libc::setresuid(b.uid, b.uid, b.uid) != 0
         {
@@ -341,11 +371,18 @@ fn in_child_before_exec(
 }
 
 /// The unix socket a child listens on: its control socket (`Health::Control`) or what its
-/// argv says (`--address=unix:path=P`). It is ready once that socket exists, and not
-/// ready (stopped, restarted with backoff) if it never does.
+/// argv says (`--address=unix:path=P`; an FRR daemon's `--vty_socket DIR`: `DIR/NAME.vty`).
+/// It is ready once that socket exists, and not ready (stopped, restarted with backoff) if
+/// it never does.
 pub fn ready_socket(c: &Child) -> Option<PathBuf> {
     if let Health::Control { socket } = &c.health {
         return Some(socket.clone());
+    }
+    if let Some(i) = c.argv.iter().position(|a| a == "--vty_socket")
+        && let Some(dir) = c.argv.get(i + 1)
+        && let Some(daemon) = Path::new(&c.argv[0]).file_name()
+    {
+        return Some(Path::new(dir).join(format!("{}.vty", daemon.to_string_lossy())));
     }
     c.argv
         .iter()
@@ -354,7 +391,7 @@ pub fn ready_socket(c: &Child) -> Option<PathBuf> {
 }
 
 /// The roles of this binary that the supervisor may start (`appliance ROLE …`).
-pub const ROLES: &[&str] = &["mroute", "translate", "monitor", "headend"];
+pub const ROLES: &[&str] = &["mroute", "translate", "monitor", "headend", "frr"];
 
 /// Why a child cannot be started by this build, if it cannot: one of the binary's own
 /// roles that it does not have. Such a child is never started and keeps the site
