@@ -69,12 +69,7 @@ pub fn render(v: &serde_json::Value) -> String {
         v["templates"]
     ));
     for e in &entries {
-        let oifs: Vec<&str> = e["oifs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o.as_str())
-            .collect();
+        let oifs = names(&e["oifs"]);
         out.push_str(&format!(
             "  ({}, {}) {} -> {}  {} pkts {} bytes  {} [{}]\n",
             e["source"].as_str().unwrap_or(""),
@@ -164,12 +159,7 @@ pub fn render_proxy(p: &serde_json::Value) -> String {
         out.push_str(&format!("  error: {}\n", e.as_str().unwrap_or("")));
     }
     for r in p["routes"].as_array().into_iter().flatten() {
-        let oifs: Vec<&str> = r["oifs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o.as_str())
-            .collect();
+        let oifs = names(&r["oifs"]);
         out.push_str(&format!(
             "  route ({}, {}) {} -> {}  {} pkts\n",
             r["source"].as_str().unwrap_or(""),
@@ -180,6 +170,15 @@ pub fn render_proxy(p: &serde_json::Value) -> String {
         ));
     }
     out
+}
+
+/// The strings of a JSON array (the output interfaces of an entry).
+fn names(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.as_str())
+        .collect()
 }
 
 #[cfg(test)]
