@@ -6,118 +6,18 @@
 //! either router is healed by the supervisor and the part's configuration push.
 
 mod common;
+#[path = "common/routers4.rs"]
+mod routers4;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use routers4::*;
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 1, 2, 3);
 const PORT: u16 = 5004;
-
-/// One router: its netns in the sandbox, its site file and state dir, `appliance up`
-/// running inside it.
-struct Router {
-    name: &'static str,
-    state: PathBuf,
-    up: Background,
-}
-
-impl Router {
-    /// `appliance up` of `site` inside the sandbox's netns `name`.
-    fn start(sb: &Sandbox, name: &'static str, interfaces: &[&str], igmp: &[&str]) -> Router {
-        let state = sb.path(&format!("state-{name}"));
-        let list = |l: &[&str]| {
-            l.iter()
-                .map(|i| format!("{i:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let site = sb.write(
-            &format!("{name}.toml"),
-            &format!(
-                "[site]\nname = \"{name}\"\nstate_dir = \"{}\"\n\n\
-                 [routing]\nengine = \"frr\"\ninterfaces = [{}]\nigmp = [{}]\nrp = \"10.0.0.1\"\n",
-                state.display(),
-                list(interfaces),
-                list(igmp)
-            ),
-        );
-        let mut cmd = sb.cmd("ip");
-        cmd.args(["netns", "exec", name])
-            .arg(appliance_bin())
-            .arg("up")
-            .arg(&site);
-        let up = Background::spawn(sb, &format!("up-{name}"), cmd);
-        Router { name, state, up }
-    }
-
-    fn status(&self) -> Option<serde_json::Value> {
-        status_at(&self.state)
-    }
-
-    fn healthy(&self) -> bool {
-        self.status().is_some_and(|v| v["healthy"] == true)
-    }
-
-    fn wait_healthy(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.healthy() {
-            if let Ok(Some(st)) = self.up.child.try_wait() {
-                panic!("{}: up exited ({st})\n{}", self.name, self.up.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: not healthy within {within:?}: {}\n{}",
-                self.name,
-                self.status().unwrap_or_default(),
-                self.up.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn child_pid(&self, name: &str) -> u32 {
-        let v = self.status().expect("status");
-        v["children"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["name"] == name)
-            .and_then(|c| c["pid"].as_u64())
-            .unwrap_or_else(|| panic!("{}: no pid of {name} in {v}", self.name)) as u32
-    }
-
-    /// `appliance status` (text) of this router, as an operator reads it.
-    fn status_text(&self, json: bool) -> String {
-        let mut c = Command::new(appliance_bin());
-        c.arg("status").arg("--state-dir").arg(&self.state);
-        if json {
-            c.arg("--json");
-        }
-        let out = c.stdin(Stdio::null()).output().expect("appliance status");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// SIGTERM to `up` and its exit code.
-    fn stop(&mut self) -> Option<i32> {
-        self.up.signal(15).code()
-    }
-}
-
-/// The supervisor's status (with the `frr` part's under "routing"), straight from its
-/// control socket in `state` (the socket file is on the test's filesystem).
-fn status_at(state: &Path) -> Option<serde_json::Value> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(state.join("control.sock")).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).ok()?;
-    serde_json::from_str(&line).ok()
-}
 
 /// The five namespaces and their links: src (10.1.0.2) — a-src|A|a-b (10.1.0.1,
 /// 10.0.0.1) — b-a|B|b-r1,b-r2 (10.0.0.2, 10.2.0.1, 10.3.0.1) — r1 (10.2.0.2), r2
@@ -248,8 +148,14 @@ fn a_join_behind_two_frr_routers_brings_the_source_and_pimd_recovers_from_kill_9
     require_program("vtysh");
     let sb = Sandbox::new();
     topology(&sb);
-    let mut a = Router::start(&sb, "ra", &["a-src", "a-b"], &[]);
-    let mut b = Router::start(&sb, "rb", &["b-a", "b-r1", "b-r2"], &["b-r1", "b-r2"]);
+    let mut a = Router::start(&sb, "ra", &["a-src", "a-b"], &[], "10.0.0.1");
+    let mut b = Router::start(
+        &sb,
+        "rb",
+        &["b-a", "b-r1", "b-r2"],
+        &["b-r1", "b-r2"],
+        "10.0.0.1",
+    );
     a.wait_healthy(Duration::from_secs(30));
     b.wait_healthy(Duration::from_secs(30));
     // The routers see each other as PIM neighbours.
