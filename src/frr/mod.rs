@@ -152,7 +152,7 @@ pub fn observe(frr: &FrrPlan) -> Observed {
             Ok((a, short)) => {
                 o.errors.extend(short);
                 o.pim_interfaces = state::interfaces(&a[0]);
-                o.igmp_interfaces = state::interfaces(&a[1]);
+                o.igmp_interfaces = state::igmp_interfaces(&a[1]);
                 o.rps = state::rps(&a[2]);
                 o.neighbors = state::neighbors(&a[3]);
                 o.mroutes = state::mroutes(&a[4]);

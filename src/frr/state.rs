@@ -139,6 +139,17 @@ pub fn interfaces(v: &Value) -> Vec<String> {
     out
 }
 
+/// The interfaces of `show ip igmp interface json` where IGMP runs: pimd lists every PIM
+/// interface there, those without `ip igmp` as `"mtraceOnly": true`.
+pub fn igmp_interfaces(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = objects(v)
+        .filter(|(k, o)| *k != "pimreg" && o.get("mtraceOnly") != Some(&Value::Bool(true)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    out.sort();
+    out
+}
+
 /// `{"ADDRESS": [{"rpAddress", "group", …}, …]}`.
 pub fn rps(v: &Value) -> Vec<RpInfo> {
     let mut out = vec![];
@@ -381,6 +392,19 @@ mod tests {
             rps: rps(&serde_json::from_str(RP_INFO).unwrap()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn igmp_interfaces_leave_out_pims_mtrace_only_entries() {
+        // As FRR 8.4's pimd answers with `ip pim` on va and `ip pim` + `ip igmp` on vb.
+        let v: Value = serde_json::from_str(
+            r#"{"va":{"name":"va","state":"up","version":3,"mtraceOnly":true},
+                "vb":{"name":"vb","state":"up","version":3,"querier":true},
+                "pimreg":{"name":"pimreg"}}"#,
+        )
+        .unwrap();
+        assert_eq!(igmp_interfaces(&v), ["vb"]);
+        assert_eq!(interfaces(&v), ["va", "vb"]);
     }
 
     #[test]
