@@ -1208,8 +1208,9 @@ to = ["br-b"]
     // A client that sends a byte every 100 ms and never a newline, reconnecting when it
     // is cut off: each read is quick, the request never ends.
     let stop = Arc::new(AtomicBool::new(false));
+    let dripped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let drip = {
-        let (stop, sock) = (stop.clone(), m.sock.clone());
+        let (stop, dripped, sock) = (stop.clone(), dripped.clone(), m.sock.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let Ok(mut c) = std::os::unix::net::UnixStream::connect(&sock) else {
@@ -1217,12 +1218,18 @@ to = ["br-b"]
                     continue;
                 };
                 while !stop.load(Ordering::SeqCst) && c.write_all(b" ").is_ok() {
+                    dripped.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The forwarder is reading the dripping request before anything else is asked.
+    wait_until(
+        "the dripping client connected and writing",
+        Duration::from_secs(5),
+        || (dripped.load(Ordering::SeqCst) >= 3).then_some(()),
+    );
     // Upcalls are still served: a new (S,G) reaches the kernel's table...
     let tx = sender(&sb, SND4.into());
     wait_until(

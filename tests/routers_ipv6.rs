@@ -146,22 +146,29 @@ fn has_group(v: &Value, list: &str, group: &str) -> bool {
         .any(|j| j["group"] == group)
 }
 
+/// Router A with the headend on its link `ab` to router B, which proxies MLD from `ba`
+/// to its LAN `br-lan` with host h1; both running, A's headend and B's forwarder answering.
+fn headend_and_proxy(sb: &Sandbox) -> (Router, Router) {
+    routers(sb, &["ra", "rb"], &[("ra", "ab", "rb", "ba")]);
+    sb.sh("ip -n ra addr add fd00:ab::1/64 dev ab nodad\n\
+           ip -n rb addr add fd00:ab::2/64 dev ba nodad");
+    lan(sb, "rb", "br-lan", "fd00:b::1/64", "h1", "fd00:b::11/64");
+    link_locals(
+        sb,
+        &[("ra", "ab"), ("rb", "ba"), ("rb", "br-lan"), ("h1", "eth0")],
+    );
+    let mut a = Router::start(sb, "ra", &headend_site());
+    a.wait_part("headend.sock");
+    let mut b = Router::start(sb, "rb", &proxy_site("ba", "br-lan"));
+    b.wait_part("mroute.sock");
+    (a, b)
+}
+
 #[test]
 fn a_join_behind_a_proxy_starts_the_headends_source_and_the_last_leave_stops_it() {
     require_program("ffmpeg");
     let sb = Sandbox::new();
-    routers(&sb, &["ra", "rb"], &[("ra", "ab", "rb", "ba")]);
-    sb.sh("ip -n ra addr add fd00:ab::1/64 dev ab nodad\n\
-           ip -n rb addr add fd00:ab::2/64 dev ba nodad");
-    lan(&sb, "rb", "br-lan", "fd00:b::1/64", "h1", "fd00:b::11/64");
-    link_locals(
-        &sb,
-        &[("ra", "ab"), ("rb", "ba"), ("rb", "br-lan"), ("h1", "eth0")],
-    );
-    let mut a = Router::start(&sb, "ra", &headend_site());
-    a.wait_part("headend.sock");
-    let mut b = Router::start(&sb, "rb", &proxy_site("ba", "br-lan"));
-    b.wait_part("mroute.sock");
+    let (a, b) = headend_and_proxy(&sb);
     assert_eq!(service_state(&a), "idle");
 
     // The proxy takes no IPv4 multicast routing (FRR's pimd may own it): no raw IGMP
@@ -274,18 +281,7 @@ fn ssm_receiver(
 fn a_source_specific_join_is_proxied_with_its_source_list() {
     require_program("ffmpeg");
     let sb = Sandbox::new();
-    routers(&sb, &["ra", "rb"], &[("ra", "ab", "rb", "ba")]);
-    sb.sh("ip -n ra addr add fd00:ab::1/64 dev ab nodad\n\
-           ip -n rb addr add fd00:ab::2/64 dev ba nodad");
-    lan(&sb, "rb", "br-lan", "fd00:b::1/64", "h1", "fd00:b::11/64");
-    link_locals(
-        &sb,
-        &[("ra", "ab"), ("rb", "ba"), ("rb", "br-lan"), ("h1", "eth0")],
-    );
-    let mut a = Router::start(&sb, "ra", &headend_site());
-    a.wait_part("headend.sock");
-    let mut b = Router::start(&sb, "rb", &proxy_site("ba", "br-lan"));
-    b.wait_part("mroute.sock");
+    let (a, b) = headend_and_proxy(&sb);
     let up = reports(&sb, "rb", "ba");
     let me = link_local(&sb, "rb", "ba");
 
@@ -425,18 +421,7 @@ fn the_proxy_is_unhealthy_while_its_upstream_or_a_downstream_is_missing() {
 fn a_reload_that_changes_the_proxy_restarts_it_and_the_stream_comes_back() {
     require_program("ffmpeg");
     let sb = Sandbox::new();
-    routers(&sb, &["ra", "rb"], &[("ra", "ab", "rb", "ba")]);
-    sb.sh("ip -n ra addr add fd00:ab::1/64 dev ab nodad\n\
-           ip -n rb addr add fd00:ab::2/64 dev ba nodad");
-    lan(&sb, "rb", "br-lan", "fd00:b::1/64", "h1", "fd00:b::11/64");
-    link_locals(
-        &sb,
-        &[("ra", "ab"), ("rb", "ba"), ("rb", "br-lan"), ("h1", "eth0")],
-    );
-    let mut a = Router::start(&sb, "ra", &headend_site());
-    a.wait_part("headend.sock");
-    let mut b = Router::start(&sb, "rb", &proxy_site("ba", "br-lan"));
-    b.wait_part("mroute.sock");
+    let (a, b) = headend_and_proxy(&sb);
     let r = receiver(&sb, "h1", G1);
     rtp(&r, &[&a, &b]);
 
