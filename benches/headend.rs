@@ -15,6 +15,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "common/figures.rs"]
+mod figures;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -24,6 +26,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+use figures::*;
 use serde_json::Value;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -128,17 +131,6 @@ fn join(sb: &Sandbox, g: &str) -> (UdpSocket, Instant) {
     })
 }
 
-fn first_packet(u: &UdpSocket, since: Instant) -> Duration {
-    let mut buf = [0u8; 2048];
-    let deadline = since + T;
-    loop {
-        if u.recv(&mut buf).is_ok() {
-            return since.elapsed();
-        }
-        assert!(Instant::now() < deadline, "no RTP within {T:?}");
-    }
-}
-
 /// The relay's share of each join of service `n`: output added → first packet out, from
 /// its debug lines in the headend's log.
 fn relay_share(bg: &Background, n: u32) -> Vec<Duration> {
@@ -192,16 +184,6 @@ fn heard_delays(bg: &Background, n: u32) -> Vec<Duration> {
         .collect()
 }
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
 /// ffmpeg alone: launch to its first RTP packet on a local port.
 fn ffmpeg_alone(sb: &Sandbox) -> Vec<Duration> {
     (0..RUNS)
@@ -219,7 +201,7 @@ fn ffmpeg_alone(sb: &Sandbox) -> Vec<Duration> {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("ffmpeg");
-            let d = first_packet(&u, t);
+            let d = first_packet(&u, t, T);
             let _ = c.kill();
             let _ = c.wait();
             d
@@ -233,7 +215,7 @@ fn joins(sb: &Sandbox, sock: &Path, n: u32, settle: &str) -> Vec<Duration> {
     let mut v = vec![];
     for _ in 0..RUNS {
         let (u, t) = join(sb, &group(n));
-        v.push(first_packet(&u, t));
+        v.push(first_packet(&u, t, T));
         drop(u);
         wait_until(
             &format!("service {n} {settle} without listeners"),
@@ -253,11 +235,11 @@ fn joins(sb: &Sandbox, sock: &Path, n: u32, settle: &str) -> Vec<Duration> {
 /// packet sent at once.
 fn joins_flowing(sb: &Sandbox, n: u32) -> Vec<Duration> {
     let (keep, t) = join(sb, &group(n));
-    first_packet(&keep, t);
+    first_packet(&keep, t, T);
     let v = (0..RUNS)
         .map(|_| {
             let (u, t) = join(sb, &group(n));
-            first_packet(&u, t)
+            first_packet(&u, t, T)
         })
         .collect();
     drop(keep);
@@ -312,7 +294,7 @@ fn main() {
     let mut cold = joins(&sb, &sock, 1, "idle");
     // Lingering: one first join starts it; the 20 measured joins find it lingering.
     let (u, t) = join(&sb, &group(2));
-    first_packet(&u, t);
+    first_packet(&u, t, T);
     drop(u);
     wait_until("lingering", T, || {
         (state(&sock, 2) == "lingering").then_some(())
@@ -378,7 +360,7 @@ fn main() {
     let mut stops = vec![];
     for _ in 0..5 {
         let (u, t) = join(&sb, &group(1));
-        first_packet(&u, t);
+        first_packet(&u, t, T);
         wait_until("running", T, || {
             (state(&sock, 1) == "running").then_some(())
         });

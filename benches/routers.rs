@@ -31,6 +31,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "common/figures.rs"]
+mod figures;
 #[path = "../tests/common/routers4.rs"]
 mod routers4;
 #[path = "../tests/common/routers6.rs"]
@@ -43,6 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use figures::*;
 use routers6::*;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -67,27 +70,6 @@ fn join(sb: &Sandbox, host: &str) -> (UdpSocket, Instant) {
     })
 }
 
-fn first_packet(u: &UdpSocket, since: Instant) -> Duration {
-    let mut buf = [0u8; 2048];
-    let deadline = since + T;
-    loop {
-        if u.recv(&mut buf).is_ok() {
-            return since.elapsed();
-        }
-        assert!(Instant::now() < deadline, "no RTP within {T:?}");
-    }
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
 /// RUNS cold joins from `host`, each followed by its leave: (join to first packet, leave
 /// to the source stopped on A).
 fn joins_and_leaves(sb: &Sandbox, a: &Router, host: &str) -> (Vec<Duration>, Vec<Duration>) {
@@ -97,7 +79,7 @@ fn joins_and_leaves(sb: &Sandbox, a: &Router, host: &str) -> (Vec<Duration>, Vec
             (service_state(a) == "idle").then_some(())
         });
         let (u, t) = join(sb, host);
-        joins.push(first_packet(&u, t));
+        joins.push(first_packet(&u, t, T));
         wait_until("the service running on A", T, || {
             (service_state(a) == "running").then_some(())
         });
@@ -134,7 +116,7 @@ fn warm_joins(sb: &Sandbox, a: &Router, host: &str) -> Vec<Duration> {
             (!listeners(a).iter().any(|l| l == "ab")).then_some(())
         });
         let (u, t) = join(sb, host);
-        v.push(first_packet(&u, t));
+        v.push(first_packet(&u, t, T));
         drop(u);
     }
     v
@@ -225,7 +207,7 @@ fn ipv6(sb: &Sandbox) {
     }
     // Warm: a receiver on A's LAN keeps the source running.
     let (keep, t) = join(sb, "ha");
-    first_packet(&keep, t);
+    first_packet(&keep, t, T);
     for (what, host) in [
         ("IPv6 one proxy hop, source running", "hb"),
         ("IPv6 two proxy hops, source running", "hc"),
