@@ -23,12 +23,6 @@ address = "10.20.2.2/24"
 address6 = "fd20:2::2/64"
 "#;
 
-fn status_json(sb: &Sandbox) -> Option<(i32, serde_json::Value)> {
-    let out = sb.appliance().args(["status", "--json"]).output().ok()?;
-    let v = serde_json::from_slice(&out.stdout).ok()?;
-    Some((out.status.code()?, v))
-}
-
 /// `appliance up SITE ARGS…` with `NOTIFY_SOCKET` on a datagram socket of the test's.
 fn up_notified(sb: &Sandbox, args: &[&str]) -> (Up, UnixDatagram) {
     let site = sb.write("site.toml", V6_VLAN);
@@ -67,7 +61,7 @@ fn wait_unhealthy_with(sb: &Sandbox, up: &mut Up, state: &str) -> serde_json::Va
         if let Ok(Some(st)) = up.child.try_wait() {
             panic!("appliance up exited ({st}):\n{}", up.log());
         }
-        if let Some((code, v)) = status_json(sb) {
+        if let Some((code, v)) = sb.status_json() {
             let all_healthy = v["children"].as_array().is_some_and(|c| {
                 // "running": a child with no health check of its own (dbus).
                 !c.is_empty()

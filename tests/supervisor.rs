@@ -58,12 +58,6 @@ bridge = "br-iot"
 address = "10.20.2.2/24"
 "#;
 
-fn status_json(sb: &Sandbox) -> Option<(i32, serde_json::Value)> {
-    let out = sb.appliance().args(["status", "--json"]).output().ok()?;
-    let v = serde_json::from_slice(&out.stdout).ok()?;
-    Some((out.status.code()?, v))
-}
-
 fn wait_healthy(sb: &Sandbox, up: &mut Up, within: Duration) -> serde_json::Value {
     let mut last = None;
     wait_until("the site to be healthy", within, || {
@@ -73,7 +67,7 @@ fn wait_healthy(sb: &Sandbox, up: &mut Up, within: Duration) -> serde_json::Valu
                 up.log()
             );
         }
-        match status_json(sb) {
+        match sb.status_json() {
             Some((0, v)) => Some(v),
             Some((_, v)) => {
                 let now: Vec<String> = v["children"]
@@ -206,7 +200,7 @@ fn a_part_that_loses_what_the_plan_asks_is_unhealthy_and_status_says_why() {
     // The route's output bridge goes: mroute keeps running, without its VIF.
     sb.sh("ip link del br-b");
     let v = wait_until("mroute to be unhealthy", Duration::from_secs(15), || {
-        let (code, v) = status_json(&sb)?;
+        let (code, v) = sb.status_json()?;
         let m = v["children"]
             .as_array()?
             .iter()

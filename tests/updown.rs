@@ -18,12 +18,6 @@ bridge = "br-iot"
 address = "10.20.2.2/24"
 "#;
 
-fn status_json(sb: &Sandbox) -> Option<(i32, serde_json::Value)> {
-    let out = sb.appliance().args(["status", "--json"]).output().ok()?;
-    let v = serde_json::from_slice(&out.stdout).ok()?;
-    Some((out.status.code()?, v))
-}
-
 fn wait_healthy(sb: &Sandbox, up: &mut Up, within: Duration) -> serde_json::Value {
     wait_until("the site to be healthy", within, || {
         if let Ok(Some(st)) = up.child.try_wait() {
@@ -32,7 +26,7 @@ fn wait_healthy(sb: &Sandbox, up: &mut Up, within: Duration) -> serde_json::Valu
                 up.log()
             );
         }
-        match status_json(sb) {
+        match sb.status_json() {
             Some((0, v)) => Some(v),
             _ => None,
         }
@@ -207,7 +201,7 @@ fn killed_avahi_and_dbus_are_restarted_and_healthy_again() {
         "avahi to be restarted and healthy",
         Duration::from_secs(10),
         || {
-            let (code, v) = status_json(&sb)?;
+            let (code, v) = sb.status_json()?;
             (code == 0 && child_pid(&v, "avahi@iot").is_some_and(|p| p != avahi)).then_some(v)
         },
     );
@@ -222,7 +216,7 @@ fn killed_avahi_and_dbus_are_restarted_and_healthy_again() {
         "dbus, then its avahi, to be restarted and healthy",
         Duration::from_secs(10),
         || {
-            let (code, v) = status_json(&sb)?;
+            let (code, v) = sb.status_json()?;
             (code == 0
                 && child_pid(&v, "dbus@iot").is_some_and(|p| p != dbus)
                 && child_pid(&v, "avahi@iot").is_some_and(|p| p != avahi))
@@ -400,7 +394,7 @@ fn down_after_the_supervisor_was_killed_leaves_nothing_and_twice_is_fine() {
     assert_eq!(again.status.code(), Some(1));
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("already running"), "{err}");
-    assert_eq!(status_json(&sb).map(|s| s.0), Some(0));
+    assert_eq!(sb.status_json().map(|s| s.0), Some(0));
 
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc_kill(up.pid as i32, 9) };
@@ -532,12 +526,13 @@ fn readiness_goes_to_systemd_and_status_passes_mroute_through() {
     }
     assert!(got.iter().any(|m| m.starts_with("STATUS=")), "{got:?}");
     // READY=1 comes when every avahi answers on its bus: status agrees at once.
-    let (code, _) = status_json(&sb).expect("status");
+    let (code, _) = sb.status_json().expect("status");
     assert_eq!(code, 0);
 
     // The real forwarder's answer (its VIFs, its templates) is passed through.
     let v = wait_until("mroute's status in status", Duration::from_secs(10), || {
-        status_json(&sb).filter(|(_, v)| v["mroute"]["vifs"].is_array())
+        sb.status_json()
+            .filter(|(_, v)| v["mroute"]["vifs"].is_array())
     })
     .1;
     let vifs: Vec<&str> = v["mroute"]["vifs"]
@@ -613,7 +608,7 @@ fn a_stuck_avahi_makes_status_exit_1_until_it_answers_again() {
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc_kill(avahi as i32, 19) }; // SIGSTOP: alive, but its bus calls go unanswered
     let v = wait_until("status to say unhealthy", Duration::from_secs(15), || {
-        let (code, v) = status_json(&sb)?;
+        let (code, v) = sb.status_json()?;
         (code == 1).then_some(v)
     });
     assert_eq!(child_field(&v, "avahi@iot", "health"), "unhealthy", "{v}");
@@ -706,7 +701,7 @@ vlans = ["a", "b"]
         "the reflector and the avahis of a and b to be back, healthy",
         Duration::from_secs(15),
         || {
-            let (code, v) = status_json(&sb)?;
+            let (code, v) = sb.status_json()?;
             (code == 0
                 && child_pid(&v, "reflector@ab").is_some_and(|p| p != refl)
                 && child_pid(&v, "avahi@a").is_some_and(|p| p != a)
@@ -748,7 +743,7 @@ fn the_site_is_ready_only_when_its_ipv6_addresses_are_usable() {
         if let Ok(Some(st)) = up.child.try_wait() {
             panic!("appliance up exited ({st}):\n{}", up.log());
         }
-        let (code, v) = status_json(&sb)?;
+        let (code, v) = sb.status_json()?;
         if code != 0 {
             return None;
         }
@@ -795,7 +790,7 @@ fn an_ipv6_address_another_host_has_is_reported_and_the_site_is_unhealthy() {
     let v = wait_until(
         "the conflict in status",
         Duration::from_secs(20),
-        || match status_json(&sb) {
+        || match sb.status_json() {
             Some((1, v)) if v["addresses"]["state"] == "conflict" => Some(v),
             _ => None,
         },

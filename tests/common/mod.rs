@@ -127,6 +127,14 @@ impl Sandbox {
         self.cmd(appliance_bin())
     }
 
+    /// `appliance status --json` of the site running in the sandbox: its exit code and
+    /// answer; None while it cannot answer.
+    pub fn status_json(&self) -> Option<(i32, serde_json::Value)> {
+        let out = self.appliance().args(["status", "--json"]).output().ok()?;
+        let v = serde_json::from_slice(&out.stdout).ok()?;
+        Some((out.status.code()?, v))
+    }
+
     /// Runs a shell script inside the sandbox; panics with its output if it fails.
     pub fn sh(&self, script: &str) -> String {
         let out = self
